@@ -1,0 +1,88 @@
+"""Time the PoC protocol math at Qwen3-0.6B dimensions (hidden 1024, vocab 151936, seq_len 256).
+
+Prints milliseconds per call of each function for batch 32 and 128, on CPU and on CUDA when
+present; writes the same figures as JSON with --json. Run: python benchmarks/bench_math.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from vllm_poc import gpu_random as gr
+
+HIDDEN, VOCAB, SEQ_LEN = 1024, 151936, 256
+
+
+def _time_ms(fn: Callable[[], object], device: str, reps: int) -> float:
+    fn()
+    samples = []
+    for _ in range(reps):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        samples.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(samples)
+
+
+def bench(device: str, batch: int, reps: int) -> dict[str, float]:
+    nonces = list(range(batch))
+    dtype = torch.bfloat16
+    perms = gr.generate_permutations("blk", "pk", nonces, VOCAB, device)
+    target = gr.generate_target("blk", VOCAB, device)
+    logits = torch.randn(batch, VOCAB, device=device)
+    return {
+        "inputs": _time_ms(
+            lambda: gr.generate_inputs("blk", "pk", nonces, HIDDEN, SEQ_LEN, device, dtype),
+            device,
+            reps,
+        ),
+        "permutations": _time_ms(
+            lambda: gr.generate_permutations("blk", "pk", nonces, VOCAB, device), device, reps
+        ),
+        "target": _time_ms(lambda: gr.generate_target("blk", VOCAB, device), device, reps),
+        "distances": _time_ms(lambda: gr.compute_distances(logits, perms, target), device, reps),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--batches", type=int, nargs="+", default=[32, 128])
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args()
+
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    names = {"cpu": platform.processor() or platform.machine()}
+    if "cuda" in devices:
+        names["cuda"] = torch.cuda.get_device_name()
+    print(
+        f"# PoC math, hidden={HIDDEN} vocab={VOCAB} seq_len={SEQ_LEN}, "
+        f"{datetime.date.today()}, torch {torch.__version__}, threads {torch.get_num_threads()}"
+    )
+    header = ("device", "batch", "inputs ms", "perms ms", "target ms", "dist ms")
+    print("".join(f"{h:>12}" for h in header))
+    results = []
+    for device in devices:
+        for batch in args.batches:
+            r = bench(device, batch, args.reps)
+            results.append({"device": device, "device_name": names[device], "batch": batch, **r})
+            row = (device, batch, r["inputs"], r["permutations"], r["target"], r["distances"])
+            print("".join(f"{v:>12.2f}" if isinstance(v, float) else f"{v:>12}" for v in row))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"date": str(datetime.date.today()), "results": results}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
