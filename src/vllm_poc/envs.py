@@ -44,12 +44,37 @@ SETTINGS: dict[str, Setting] = {
         ),
         Setting(
             "VLLM_POC_MAX_TOKENS_PER_FORWARD",
-            32768,
+            65536,
             int,
-            "Most tokens (batch x seq_len) one PoC forward may run; larger requests are split.",
+            "Most tokens (batch_size x seq_len) one PoC forward may run (400 above).",
+        ),
+        Setting(
+            "VLLM_POC_INFERENCE_DURING_VALIDATION",
+            False,
+            _bool,
+            "Let inference run while VALIDATING (it is always paused while GENERATING).",
         ),
         Setting("VLLM_POC_RPC_TIMEOUT", 300.0, float, "Seconds one PoC forward RPC may take."),
         Setting("VLLM_POC_CALLBACK_TIMEOUT", 10.0, float, "Seconds one callback POST may take."),
+        Setting(
+            "VLLM_POC_CALLBACK_MAX_RETRIES",
+            5,
+            int,
+            "Retries of a failed callback before dropping it.",
+        ),
+        Setting(
+            "VLLM_POC_CALLBACK_BACKOFF_BASE",
+            0.5,
+            float,
+            "Seconds before the first retry; doubles with each further retry.",
+        ),
+        Setting("VLLM_POC_CALLBACK_BACKOFF_MAX", 30.0, float, "Longest wait between retries."),
+        Setting(
+            "VLLM_POC_CALLBACK_QUEUE_SIZE",
+            1000,
+            int,
+            "Most callbacks waiting for delivery; the oldest is dropped (and counted) above.",
+        ),
     ]
 }
 

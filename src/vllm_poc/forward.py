@@ -1,0 +1,156 @@
+"""One PoC batch through the worker's model runner.
+
+The model sees ``batch`` independent causal prefills of ``seq_len`` tokens fed as
+``inputs_embeds``. Attention metadata is built by the runner's own metadata builders, so every
+attention backend sees the same kind of metadata as during inference. K/V are written to a
+private zero-filled scratch tensor swapped into the attention layers for the call, so the engine's
+KV cache (and the prefix cache living in it) is never touched.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from vllm_poc import compat, gpu_random
+from vllm_poc.log import get_logger
+
+logger = get_logger(__name__)
+
+
+@dataclass
+class _Scratch:
+    """Scratch KV tensors, one per distinct layer cache layout, shared by all layers."""
+
+    tensors: dict[tuple[Any, ...], torch.Tensor] = field(default_factory=dict)
+
+    def get(self, like: torch.Tensor, num_blocks: int) -> torch.Tensor:
+        """Zeros shaped like ``like`` but with ``num_blocks`` blocks in dim 0, same stride order.
+
+        Zero-filled because kernels read whole pages: uninitialised memory gave NaN logits.
+        """
+        key = (tuple(like.shape[1:]), like.dtype, like.device, _stride_order(like))
+        have = self.tensors.get(key)
+        if have is None or have.shape[0] < num_blocks:
+            self.tensors.pop(key, None)
+            have = _zeros_like_layout(like, num_blocks)
+            self.tensors[key] = have
+            logger.info(
+                "vllm-poc: scratch KV cache of %d blocks (%.1f MiB)",
+                num_blocks,
+                have.numel() * have.element_size() / 2**20,
+            )
+        return have
+
+
+def _stride_order(t: torch.Tensor) -> tuple[int, ...]:
+    return tuple(sorted(range(t.dim()), key=lambda d: -t.stride(d)))
+
+
+def _zeros_like_layout(like: torch.Tensor, num_blocks: int) -> torch.Tensor:
+    """Zeros with ``num_blocks`` in dim 0 and the dimension order (strides) of ``like``."""
+    shape = (num_blocks, *like.shape[1:])
+    order = _stride_order(like)
+    dense = torch.zeros([shape[d] for d in order], dtype=like.dtype, device=like.device)
+    return dense.permute([order.index(d) for d in range(len(shape))])
+
+
+class PoCForward:
+    """Computes PoC distances with the model loaded in one worker."""
+
+    def __init__(self, model_runner: Any) -> None:
+        self.runner = model_runner
+        self.vllm_config = model_runner.vllm_config
+        self.device = model_runner.device
+        self.dtype = self.vllm_config.model_config.dtype
+        self.hidden_size = self.vllm_config.model_config.get_hidden_size()
+        # A compiled graph traced with token ids refuses ``input_ids=None``; with prompt embeds
+        # enabled the graph was traced with ``inputs_embeds`` and can run compiled.
+        self.skip_compiled = not self.vllm_config.model_config.enable_prompt_embeds
+        self._scratch = _Scratch()
+        self._targets: dict[tuple[str, int], torch.Tensor] = {}
+
+    @torch.inference_mode()
+    def distances(
+        self, block_hash: str, public_key: str, nonces: list[int], seq_len: int
+    ) -> list[float] | None:
+        """Distances of ``nonces`` in order, or None on ranks that do not hold the logits."""
+        logits = self.logits(block_hash, public_key, nonces, seq_len)
+        if logits is None:
+            return None
+        vocab = logits.shape[-1]
+        perms = gpu_random.generate_permutations(block_hash, public_key, nonces, vocab, self.device)
+        dist = gpu_random.compute_distances(logits, perms, self.target(block_hash, vocab))
+        return dist.cpu().tolist()
+
+    def target(self, block_hash: str, vocab: int) -> torch.Tensor:
+        key = (block_hash, vocab)
+        if key not in self._targets:
+            self._targets.clear()
+            self._targets[key] = gpu_random.generate_target(block_hash, vocab, self.device)
+        return self._targets[key]
+
+    def logits(
+        self, block_hash: str, public_key: str, nonces: list[int], seq_len: int
+    ) -> torch.Tensor | None:
+        """Float32 last-position logits ``[batch, vocab]`` (None off the answering ranks)."""
+        batch = len(nonces)
+        num_tokens = batch * seq_len
+        inputs = gpu_random.generate_inputs(
+            block_hash, public_key, nonces, self.hidden_size, seq_len, self.device, self.dtype
+        ).view(num_tokens, self.hidden_size)
+        positions = torch.arange(seq_len, device=self.device, dtype=torch.int64).repeat(batch)
+        attn_metadata, slot_mappings, scratch_for = self._attention(batch, seq_len, positions)
+        model = self.runner.get_model()
+        with (
+            compat.swapped_kv_caches(self.vllm_config, scratch_for),
+            compat.forward_context(
+                attn_metadata,
+                self.vllm_config,
+                num_tokens=num_tokens,
+                slot_mapping=slot_mappings,
+                skip_compiled=self.skip_compiled,
+            ),
+        ):
+            hidden = compat.run_model(self.runner, model, positions, inputs)
+        if hidden is None:
+            return None
+        last = torch.arange(1, batch + 1, device=self.device) * seq_len - 1
+        logits = model.compute_logits(hidden[last])
+        return None if logits is None else logits.to(torch.float32)
+
+    def _attention(
+        self, batch: int, seq_len: int, positions: torch.Tensor
+    ) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Per-layer attention metadata, slot mappings and scratch KV tensors for one batch."""
+        attn_metadata: dict[str, Any] = {}
+        slot_mappings: dict[str, torch.Tensor] = {}
+        scratch_for: dict[str, torch.Tensor] = {}
+        kv_caches = compat.layer_kv_caches(self.vllm_config)
+        for gid, groups in enumerate(self.runner.attn_groups):
+            block_size = compat.group_block_size(self.runner, gid, groups)
+            blocks_per_seq = math.ceil(seq_len / block_size)
+            # Block 0 is the null block: sequences use blocks 1 .. batch * blocks_per_seq.
+            block_table = (
+                torch.arange(batch * blocks_per_seq, dtype=torch.int32, device=self.device) + 1
+            ).view(batch, blocks_per_seq)
+            t = torch.arange(seq_len, device=self.device)
+            slot_mapping = (
+                block_table[:, t // block_size].to(torch.int64) * block_size + t % block_size
+            ).flatten()
+            common = compat.common_attn_metadata(
+                batch, seq_len, block_table, slot_mapping, positions, self.device
+            )
+            for group in groups:
+                metadata = compat.build_group_metadata(group, common)
+                for name in group.layer_names:
+                    attn_metadata[name] = metadata
+                    slot_mappings[name] = slot_mapping
+                    if name in kv_caches:
+                        scratch_for[name] = self._scratch.get(
+                            kv_caches[name], 1 + batch * blocks_per_seq
+                        )
+        return attn_metadata, slot_mappings, scratch_for

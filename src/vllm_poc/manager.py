@@ -1,0 +1,301 @@
+"""PoCManager: rounds, states, nonce striding and statistics, in the API server process.
+
+The manager reaches the model only through the worker extension (``collective_rpc``), so it can
+be tested with a fake engine client. Generation runs as one tracked asyncio task that awaits
+RPCs and never blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from vllm_poc import envs
+from vllm_poc.config import PoCConfig, PoCState
+from vllm_poc.data import ProofBatch, ValidatedBatch
+from vllm_poc.log import get_logger
+from vllm_poc.sender import PoCCallbackSender
+
+logger = get_logger(__name__)
+
+
+class EngineClient(Protocol):
+    """The part of vLLM's engine client the manager uses."""
+
+    async def collective_rpc(
+        self,
+        method: str,
+        timeout: float | None = None,
+        args: tuple = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> list[Any]: ...
+
+
+@dataclass
+class PoCStats:
+    total_checked: int = 0
+    total_valid: int = 0
+    start_time: float = 0.0
+    end_time: float = 0.0
+    """Set when generation stops, so elapsed time and rate freeze with the counters."""
+
+    @property
+    def elapsed(self) -> float:
+        if self.start_time <= 0:
+            return 0.0
+        return (self.end_time or time.time()) - self.start_time
+
+    @property
+    def rate(self) -> float:
+        return self.total_checked / self.elapsed if self.elapsed > 0 else 0.0
+
+
+class PoCManager:
+    """One node's PoC rounds: IDLE -> GENERATING / VALIDATING -> STOPPED."""
+
+    def __init__(
+        self,
+        engine: EngineClient,
+        max_model_len: int,
+        sender: PoCCallbackSender | None = None,
+    ) -> None:
+        self.engine = engine
+        self.max_model_len = max_model_len
+        self.state = PoCState.IDLE
+        self.config: PoCConfig | None = None
+        self.stats = PoCStats()
+        self.valid_nonces: list[int] = []
+        self.valid_distances: list[float] = []
+        self.error: str | None = None
+        self.sender = sender or PoCCallbackSender(
+            timeout=envs.get("VLLM_POC_CALLBACK_TIMEOUT"),
+            max_retries=envs.get("VLLM_POC_CALLBACK_MAX_RETRIES"),
+            backoff_base=envs.get("VLLM_POC_CALLBACK_BACKOFF_BASE"),
+            backoff_max=envs.get("VLLM_POC_CALLBACK_BACKOFF_MAX"),
+            queue_size=envs.get("VLLM_POC_CALLBACK_QUEUE_SIZE"),
+        )
+        self._nonce_counter = 0
+        self._round = 0
+        self._generation_task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ state machine
+
+    def check_config(self, config: PoCConfig) -> None:
+        """Reject a round this server cannot run (ValueError)."""
+        if config.seq_len > self.max_model_len:
+            raise ValueError(
+                f"seq_len {config.seq_len} exceeds the model's max length {self.max_model_len}"
+            )
+        max_tokens = envs.get("VLLM_POC_MAX_TOKENS_PER_FORWARD")
+        if config.batch_size * config.seq_len > max_tokens:
+            raise ValueError(
+                f"batch_size x seq_len = {config.batch_size * config.seq_len} exceeds "
+                f"VLLM_POC_MAX_TOKENS_PER_FORWARD={max_tokens}"
+            )
+
+    def init_round(self, config: PoCConfig) -> None:
+        """Set the round's config and reset results. Does not start generating."""
+        if self.state == PoCState.GENERATING:
+            raise RuntimeError("Round already in progress")
+        self.check_config(config)
+        self._cancel_generation()
+        self._round += 1
+        self.config = config
+        self.stats = PoCStats(start_time=time.time())
+        self.valid_nonces = []
+        self.valid_distances = []
+        self.error = None
+        self._nonce_counter = max(config.node_id, 0)
+        self.state = PoCState.IDLE
+        logger.info(
+            "vllm-poc: round initialised, block_height=%d node=%d/%d batch_size=%d seq_len=%d",
+            config.block_height,
+            config.node_id,
+            config.node_count,
+            config.batch_size,
+            config.seq_len,
+        )
+
+    def start_generate(self) -> None:
+        """Switch to GENERATING and start the generation loop."""
+        if self.config is None:
+            raise RuntimeError("Round not initialized")
+        if self.state == PoCState.GENERATING:
+            raise RuntimeError("Round already in progress")
+        if not self.config.has_node:
+            raise RuntimeError("Node ID and node count must be set")
+        self.state = PoCState.GENERATING
+        if self.stats.total_checked == 0:
+            self.stats.start_time = time.time()
+        self.stats.end_time = 0.0
+        self._generation_task = asyncio.get_running_loop().create_task(
+            self._generation_loop(self._round), name=f"vllm-poc-generate-{self._round}"
+        )
+
+    def start_validate(self) -> None:
+        """Switch to VALIDATING (stops generation)."""
+        if self.config is None:
+            raise RuntimeError("Round not initialized")
+        self._cancel_generation()
+        self.state = PoCState.VALIDATING
+
+    def stop_round(self) -> None:
+        """Stop the round; counters freeze at once, an RPC in flight is discarded."""
+        self._cancel_generation()
+        self.state = PoCState.STOPPED
+
+    def _cancel_generation(self) -> None:
+        if self.state == PoCState.GENERATING:
+            self.stats.end_time = time.time()
+        if self._generation_task is not None and not self._generation_task.done():
+            self._generation_task.cancel()
+        self._generation_task = None
+
+    # ------------------------------------------------------------------ generation
+
+    def get_next_nonces(self) -> list[int]:
+        """The next ``batch_size`` nonces of this node: ``node_id + k * node_count``."""
+        assert self.config is not None
+        step = self.config.node_count
+        start = self._nonce_counter
+        self._nonce_counter += step * self.config.batch_size
+        return list(range(start, self._nonce_counter, step))
+
+    async def compute_distances(
+        self, public_key: str, nonces: list[int], batch_size: int | None = None
+    ) -> list[float]:
+        """Distances of ``nonces`` on the served model, in forwards of at most ``batch_size``."""
+        assert self.config is not None
+        config = self.config
+        size = batch_size or config.batch_size
+        out: list[float] = []
+        for i in range(0, len(nonces), size):
+            out.extend(await self._rpc_distances(config, public_key, nonces[i : i + size]))
+        return out
+
+    async def _rpc_distances(
+        self, config: PoCConfig, public_key: str, nonces: list[int]
+    ) -> list[float]:
+        timeout = envs.get("VLLM_POC_RPC_TIMEOUT")
+        results = await asyncio.wait_for(
+            self.engine.collective_rpc(
+                "poc_distances",
+                timeout=timeout,
+                args=(config.block_hash, public_key, nonces, config.seq_len),
+            ),
+            timeout=timeout,
+        )
+        # Every TP rank computes the same answer; with PP only the last stage answers.
+        answers = [r for r in results if r is not None]
+        if not answers or len(answers[0]) != len(nonces):
+            raise RuntimeError(f"worker returned no distances for {len(nonces)} nonces")
+        return [float(d) for d in answers[0]]
+
+    async def run_batch(self) -> ProofBatch:
+        """Check the next batch of nonces and record the valid ones."""
+        if self.state != PoCState.GENERATING or self.config is None:
+            return ProofBatch.empty()
+        config, round_id = self.config, self._round
+        nonces = self.get_next_nonces()
+        started = time.monotonic()
+        dist = await self.compute_distances(config.public_key, nonces)
+        batch = ProofBatch(
+            public_key=config.public_key,
+            block_hash=config.block_hash,
+            block_height=config.block_height,
+            nonces=nonces,
+            dist=dist,
+            node_id=config.node_id,
+        )
+        if round_id != self._round or self.state != PoCState.GENERATING:
+            return ProofBatch.empty()
+        valid = batch.sub_batch(config.r_target)
+        self.stats.total_checked += len(nonces)
+        self.stats.total_valid += len(valid)
+        self.valid_nonces.extend(valid.nonces)
+        self.valid_distances.extend(valid.dist)
+        logger.debug(
+            "vllm-poc: block_height=%d batch of %d nonces in %.3fs, %d valid",
+            config.block_height,
+            len(nonces),
+            time.monotonic() - started,
+            len(valid),
+        )
+        if config.callback_url:
+            self.sender.submit_generated(config.callback_url, batch, config.r_target)
+        return batch
+
+    async def _generation_loop(self, round_id: int) -> None:
+        try:
+            while self.state == PoCState.GENERATING and round_id == self._round:
+                await self.run_batch()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            height = self.config.block_height if self.config else -1
+            logger.exception("vllm-poc: generation failed at block_height=%d", height)
+            if round_id == self._round:
+                self.error = f"generation failed: {type(e).__name__}: {e}"
+                self.stats.end_time = time.time()
+                self.state = PoCState.STOPPED
+
+    # ------------------------------------------------------------------ validation
+
+    async def validate(self, nonces: list[int], public_key: str) -> tuple[list[float], list[bool]]:
+        """Recompute distances of another node's nonces under the current round."""
+        if self.config is None:
+            raise RuntimeError("No round configured")
+        distances = await self.compute_distances(public_key, nonces)
+        return distances, [d < self.config.r_target for d in distances]
+
+    async def validate_batch(self, batch: ProofBatch) -> ValidatedBatch:
+        """Recompute ``batch`` and judge it; push the verdict to the callback if configured."""
+        if self.config is None:
+            raise RuntimeError("No round configured")
+        config = self.config
+        distances, _ = await self.validate(batch.nonces, batch.public_key)
+        verdict = ValidatedBatch(
+            public_key=batch.public_key,
+            block_hash=batch.block_hash,
+            block_height=batch.block_height,
+            nonces=batch.nonces,
+            received_dist=batch.dist,
+            dist=distances,
+            r_target=config.r_target,
+            fraud_threshold=config.fraud_threshold,
+            node_id=batch.node_id,
+        )
+        logger.info(
+            "vllm-poc: validated %d nonces of %s at block_height=%d: %d invalid, fraud=%s",
+            len(batch),
+            batch.public_key,
+            batch.block_height,
+            verdict.n_invalid,
+            verdict.fraud_detected,
+        )
+        if config.callback_url:
+            self.sender.submit_validated(config.callback_url, verdict)
+        return verdict
+
+    # ------------------------------------------------------------------ status
+
+    def get_status(self) -> dict[str, Any]:
+        return {
+            "state": self.state.value,
+            "valid_nonces": self.valid_nonces,
+            "valid_distances": self.valid_distances,
+            "total_checked": self.stats.total_checked,
+            "total_valid": self.stats.total_valid,
+            "elapsed_seconds": self.stats.elapsed,
+            "rate_per_second": self.stats.rate,
+            "block_height": self.config.block_height if self.config else None,
+            "error": self.error,
+            "callbacks": {
+                "sent": self.sender.stats.sent,
+                "failed_attempts": self.sender.stats.failed_attempts,
+                "pending": self.sender.pending,
+                "dropped": self.sender.stats.dropped,
+            },
+        }

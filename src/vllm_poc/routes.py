@@ -1,0 +1,287 @@
+"""The ``/api/v1/pow`` router (seed Phase 4) and inference blocking during PoC.
+
+Request bodies are strict pydantic models; the manager's ``ValueError`` (impossible values) and
+``RuntimeError`` (a transition the current state forbids) become 4xx answers with the message,
+never a 500.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from typing import Annotated, Any
+
+from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.routing import Route
+
+from vllm_poc import envs
+from vllm_poc.config import PoCConfig, PoCState
+from vllm_poc.data import ProofBatch
+from vllm_poc.log import get_logger
+
+logger = get_logger(__name__)
+
+router = APIRouter(prefix="/api/v1/pow", tags=["PoC"])
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class PoCInitRequest(BaseModel):
+    model_config = ConfigDict(strict=True)
+
+    block_hash: Annotated[str, Field(min_length=1)]
+    block_height: Annotated[int, Field(ge=0)]
+    public_key: Annotated[str, Field(min_length=1)]
+    r_target: Annotated[float, Field(gt=0, le=2, allow_inf_nan=False)]
+    fraud_threshold: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] = 0.01
+    node_id: int = -1
+    node_count: int = -1
+    batch_size: Annotated[int, Field(ge=1)] = Field(
+        default_factory=lambda: envs.get("VLLM_POC_BATCH_SIZE")
+    )
+    seq_len: Annotated[int, Field(ge=1)] = Field(
+        default_factory=lambda: envs.get("VLLM_POC_SEQ_LEN")
+    )
+    callback_url: str | None = None
+
+
+class ProofBatchRequest(BaseModel):
+    """A ProofBatch as submitted for validation."""
+
+    model_config = ConfigDict(strict=True)
+
+    public_key: Annotated[str, Field(min_length=1)]
+    block_hash: Annotated[str, Field(min_length=1)]
+    block_height: int
+    nonces: list[Annotated[int, Field(ge=0)]]
+    dist: list[FiniteFloat]
+    node_id: int
+
+
+class PoCStatusResponse(BaseModel):
+    state: str
+    valid_nonces: list[int]
+    valid_distances: list[float]
+    total_checked: int
+    total_valid: int
+    elapsed_seconds: float
+    rate_per_second: float
+    block_height: int | None = None
+    error: str | None = None
+    callbacks: dict[str, int] | None = None
+
+
+class PoCValidateResponse(BaseModel):
+    nonces: list[int]
+    distances: list[float]
+    valid: list[bool]
+    n_invalid: int
+    probability_honest: float
+    fraud_detected: bool
+
+
+def get_poc_manager(request: Request) -> Any:
+    manager = getattr(request.app.state, "poc_manager", None)
+    if manager is None:
+        raise HTTPException(status_code=503, detail="PoC not enabled")
+    return manager
+
+
+def _create_config(body: PoCInitRequest) -> PoCConfig:
+    try:
+        return PoCConfig(**body.model_dump())
+    except ValueError as e:
+        raise HTTPException(status_code=400, detail=str(e)) from e
+
+
+def _ok(manager: Any) -> dict[str, Any]:
+    return {"status": "OK", "pow_status": manager.get_status()}
+
+
+def _transition(action: Callable[[], None]) -> None:
+    """Run a state change; refused transitions and impossible configs answer 400."""
+    try:
+        action()
+    except (RuntimeError, ValueError) as e:
+        raise HTTPException(status_code=400, detail=str(e)) from e
+
+
+def _require_node(config: PoCConfig) -> None:
+    if not config.has_node:
+        raise HTTPException(status_code=400, detail="Node ID and node count must be set")
+
+
+@router.post("/init")
+async def init_round(request: Request, body: PoCInitRequest) -> dict[str, Any]:
+    """Initialize a round without starting generation."""
+    manager = get_poc_manager(request)
+    if manager.state == PoCState.GENERATING:
+        raise HTTPException(status_code=400, detail="Round already in progress")
+    config = _create_config(body)
+    _transition(lambda: manager.init_round(config))
+    return _ok(manager)
+
+
+@router.post("/init/generate")
+async def init_generate(request: Request, body: PoCInitRequest) -> dict[str, Any]:
+    """Initialize a round and start generating."""
+    manager = get_poc_manager(request)
+    config = _create_config(body)
+    _require_node(config)
+    if manager.state == PoCState.GENERATING:
+        raise HTTPException(status_code=400, detail="Round already in progress")
+    _transition(lambda: manager.init_round(config))
+    _transition(manager.start_generate)
+    return _ok(manager)
+
+
+@router.post("/init/validate")
+async def init_validate(request: Request, body: PoCInitRequest) -> dict[str, Any]:
+    """Initialize a round and start validating."""
+    manager = get_poc_manager(request)
+    config = _create_config(body)
+    if manager.state == PoCState.GENERATING:
+        raise HTTPException(status_code=400, detail="Round already in progress")
+    _transition(lambda: manager.init_round(config))
+    _transition(manager.start_validate)
+    return _ok(manager)
+
+
+@router.post("/phase/generate")
+async def start_generate(request: Request) -> dict[str, Any]:
+    """Switch the initialized round to generation."""
+    manager = get_poc_manager(request)
+    if manager.config is None:
+        raise HTTPException(status_code=400, detail="PoC not initialized")
+    _require_node(manager.config)
+    _transition(manager.start_generate)
+    return _ok(manager)
+
+
+@router.post("/phase/validate")
+async def start_validate(request: Request) -> dict[str, Any]:
+    """Switch the initialized round to validation."""
+    manager = get_poc_manager(request)
+    if manager.config is None:
+        raise HTTPException(status_code=400, detail="PoC not initialized")
+    _transition(manager.start_validate)
+    return _ok(manager)
+
+
+@router.post("/stop")
+async def stop_round(request: Request) -> dict[str, Any]:
+    manager = get_poc_manager(request)
+    manager.stop_round()
+    return _ok(manager)
+
+
+@router.get("/status", response_model=PoCStatusResponse)
+async def get_status(request: Request) -> PoCStatusResponse:
+    manager = get_poc_manager(request)
+    return PoCStatusResponse(**manager.get_status())
+
+
+@router.post("/validate", response_model=PoCValidateResponse)
+async def validate_nonces(request: Request, body: ProofBatchRequest) -> PoCValidateResponse:
+    """Recompute the distances of a submitted ProofBatch and judge it."""
+    manager = get_poc_manager(request)
+    if manager.config is None:
+        raise HTTPException(status_code=400, detail="No round configured")
+    if manager.config.block_hash != body.block_hash:
+        raise HTTPException(status_code=400, detail="Block hash mismatch")
+    limit = envs.get("VLLM_POC_MAX_VALIDATE_NONCES")
+    if len(body.nonces) > limit:
+        raise HTTPException(
+            status_code=413,
+            detail=f"{len(body.nonces)} nonces exceed VLLM_POC_MAX_VALIDATE_NONCES={limit}",
+        )
+    try:
+        batch = ProofBatch(**body.model_dump())
+    except ValueError as e:
+        raise HTTPException(status_code=400, detail=str(e)) from e
+    try:
+        verdict = await manager.validate_batch(batch)
+    except RuntimeError as e:
+        raise HTTPException(status_code=400, detail=str(e)) from e
+    except Exception as e:
+        logger.exception("vllm-poc: validation of %d nonces failed", len(batch))
+        raise HTTPException(
+            status_code=503, detail=f"validation failed in the engine: {type(e).__name__}: {e}"
+        ) from e
+    v = asdict(verdict)
+    return PoCValidateResponse(
+        nonces=v["nonces"],
+        distances=v["dist"],
+        valid=[d < verdict.r_target for d in verdict.dist],
+        n_invalid=v["n_invalid"],
+        probability_honest=v["probability_honest"],
+        fraud_detected=v["fraud_detected"],
+    )
+
+
+# ---------------------------------------------------------------------- inference blocking
+
+BLOCKED_PREFIXES = ("/v1/", "/v2/", "/inference/")
+BLOCKED_PATHS = frozenset({"/invocations", "/pooling", "/classify", "/score", "/rerank"})
+
+
+def is_inference_route(route: Any) -> bool:
+    """POST routes that run the model for a client (OpenAI API and vLLM's own)."""
+    if not isinstance(route, Route) or "POST" not in (route.methods or ()):
+        return False
+    return route.path.startswith(BLOCKED_PREFIXES) or route.path in BLOCKED_PATHS
+
+
+def blocking_states() -> frozenset[PoCState]:
+    """GENERATING always blocks; VALIDATING unless the operator lets inference run then."""
+    if envs.get("VLLM_POC_INFERENCE_DURING_VALIDATION"):
+        return frozenset({PoCState.GENERATING})
+    return frozenset({PoCState.GENERATING, PoCState.VALIDATING})
+
+
+ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
+
+
+def _guarded(inner: ASGIApp, app: FastAPI) -> ASGIApp:
+    async def guard(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        manager = getattr(app.state, "poc_manager", None)
+        if manager is not None and manager.state in blocking_states():
+            body = {
+                "error": {
+                    "message": f"PoC in progress ({manager.state.value}); inference is paused",
+                    "type": "ServiceUnavailable",
+                    "code": 503,
+                }
+            }
+            response = JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
+            await response(scope, receive, send)
+            return
+        await inner(scope, receive, send)
+
+    guard.__wrapped__ = inner  # type: ignore[attr-defined]
+    return guard
+
+
+def guard_inference_routes(app: FastAPI) -> list[str]:
+    """Make every inference route answer 503 while a round generates or validates.
+
+    Wraps each route's ASGI handler instead of adding middleware, which vLLM >= 0.32 forbids
+    once the app is built. Returns the guarded paths.
+    """
+    guarded = []
+    for route in app.router.routes:
+        if is_inference_route(route) and not hasattr(route.app, "__wrapped__"):
+            route.app = _guarded(route.app, app)
+            guarded.append(route.path)
+    return guarded
+
+
+def attach(app: FastAPI) -> list[str]:
+    """Add the PoC router and inference blocking to a built vLLM app."""
+    app.include_router(router)
+    return guard_inference_routes(app)
+
+
+__all__ = ["attach", "guard_inference_routes", "router"]

@@ -1,0 +1,58 @@
+"""The worker extension: ``poc_*`` methods that vLLM mixes into its worker class.
+
+The API server reaches them with ``engine_client.collective_rpc("poc_...")``; they take and
+return plain data (strings, ints, lists of floats), never tensors.
+
+An operator's own ``--worker-extension-cls`` is kept: vLLM accepts one class, so the plugin
+names a class of this module that inherits from both (see ``extension_qualname``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from functools import cache
+from typing import Any
+
+from vllm_poc.forward import PoCForward
+
+_COMBINED_PREFIX = "PoCWorkerExtensionWith_"
+
+
+class PoCWorkerExtension:
+    """Methods run inside every worker (all TP and PP ranks)."""
+
+    def poc_distances(
+        self, block_hash: str, public_key: str, nonces: list[int], seq_len: int
+    ) -> list[float] | None:
+        """Distances of ``nonces``; None on ranks that do not hold the final logits."""
+        return self._poc_forward().distances(block_hash, public_key, nonces, seq_len)
+
+    def _poc_forward(self) -> PoCForward:
+        forward = self.__dict__.get("_poc_forward_state")
+        if forward is None:
+            forward = PoCForward(self.model_runner)  # type: ignore[attr-defined]
+            self.__dict__["_poc_forward_state"] = forward
+        return forward
+
+
+def extension_qualname(existing: str | None) -> str:
+    """The ``worker_extension_cls`` to configure, keeping an extension the operator set."""
+    ours = f"{__name__}.{PoCWorkerExtension.__name__}"
+    if not existing or existing == ours or existing.startswith(f"{__name__}.{_COMBINED_PREFIX}"):
+        return existing or ours
+    return f"{__name__}.{_COMBINED_PREFIX}{existing.encode().hex()}"
+
+
+@cache
+def _combined(encoded: str) -> type:
+    qualname = bytes.fromhex(encoded).decode()
+    module_name, _, class_name = qualname.rpartition(".")
+    theirs = getattr(importlib.import_module(module_name), class_name)
+    return type(f"PoCWorkerExtensionWith{class_name}", (PoCWorkerExtension, theirs), {})
+
+
+def __getattr__(name: str) -> Any:
+    """Resolve the combined extension classes named by ``extension_qualname``."""
+    if name.startswith(_COMBINED_PREFIX):
+        return _combined(name[len(_COMBINED_PREFIX) :])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,348 @@
+"""PoCManager: the seed's Phase 3 tests (adapted to a fake engine client) plus the loop."""
+
+import asyncio
+import time
+
+import pytest
+
+from tests.unit.fakes import FakeEngine, fake_distance
+from vllm_poc.config import PoCConfig, PoCState
+from vllm_poc.manager import PoCManager, PoCStats
+
+
+def _config(**overrides):
+    fields = dict(block_hash="hash1", block_height=100, public_key="node1", r_target=0.5)
+    fields.update(overrides)
+    return PoCConfig(**fields)
+
+
+@pytest.fixture
+def engine():
+    return FakeEngine()
+
+
+@pytest.fixture
+def manager(engine):
+    return PoCManager(engine, max_model_len=512)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def _generate_for(manager, config, seconds):
+    manager.init_round(config)
+    manager.start_generate()
+    await asyncio.sleep(seconds)
+    manager.stop_round()
+
+
+class TestPoCStats:
+    def test_initial_state(self):
+        stats = PoCStats()
+        assert stats.total_checked == 0
+        assert stats.total_valid == 0
+        assert stats.elapsed == 0.0
+        assert stats.rate == 0.0
+
+    def test_elapsed_calculation(self):
+        stats = PoCStats(total_checked=100, start_time=time.time() - 10)
+        assert 10 <= stats.elapsed < 11
+
+    def test_rate_calculation(self):
+        stats = PoCStats(total_checked=100, start_time=time.time() - 10)
+        assert 9 <= stats.rate <= 11
+
+    def test_elapsed_freezes_at_end_time(self):
+        now = time.time()
+        stats = PoCStats(total_checked=100, start_time=now - 10, end_time=now - 5)
+        assert stats.elapsed == pytest.approx(5.0)
+
+
+class TestStateTransitions:
+    def test_initial_state(self, manager):
+        assert manager.state == PoCState.IDLE
+        assert manager.config is None
+        assert manager.valid_nonces == []
+        assert manager.valid_distances == []
+
+    def test_init_round_sets_config(self, manager):
+        config = _config()
+        manager.init_round(config)
+        assert manager.state == PoCState.IDLE
+        assert manager.config == config
+
+    def test_start_generate_sets_state(self, manager):
+        async def scenario():
+            manager.init_round(_config())
+            manager.start_generate()
+            state = manager.state
+            manager.stop_round()
+            return state
+
+        assert run(scenario()) == PoCState.GENERATING
+
+    def test_start_validate_sets_state(self, manager):
+        manager.init_round(_config())
+        manager.start_validate()
+        assert manager.state == PoCState.VALIDATING
+
+    def test_init_round_resets_counters(self, manager):
+        manager.valid_nonces = [1, 2, 3]
+        manager.valid_distances = [0.1, 0.2, 0.3]
+        manager.stats.total_checked = 100
+        manager.error = "old"
+        manager.init_round(_config())
+        assert manager.valid_nonces == []
+        assert manager.valid_distances == []
+        assert manager.stats.total_checked == 0
+        assert manager.error is None
+
+    def test_init_round_raises_if_already_generating(self, manager):
+        async def scenario():
+            manager.init_round(_config())
+            manager.start_generate()
+            try:
+                with pytest.raises(RuntimeError, match="Round already in progress"):
+                    manager.init_round(_config())
+                with pytest.raises(RuntimeError, match="Round already in progress"):
+                    manager.start_generate()
+            finally:
+                manager.stop_round()
+
+        run(scenario())
+
+    def test_start_generate_requires_init(self, manager):
+        with pytest.raises(RuntimeError, match="Round not initialized"):
+            manager.start_generate()
+
+    def test_start_generate_requires_node(self, manager):
+        manager.init_round(_config(node_id=-1, node_count=-1))
+        with pytest.raises(RuntimeError, match="Node ID and node count must be set"):
+            manager.start_generate()
+
+    def test_start_validate_requires_init(self, manager):
+        with pytest.raises(RuntimeError, match="Round not initialized"):
+            manager.start_validate()
+
+    def test_stop_round(self, manager):
+        async def scenario():
+            manager.init_round(_config())
+            manager.start_generate()
+            manager.stop_round()
+
+        run(scenario())
+        assert manager.state == PoCState.STOPPED
+
+    def test_rejects_seq_len_above_model_length(self, manager):
+        with pytest.raises(ValueError, match="max length 512"):
+            manager.init_round(_config(seq_len=513))
+        assert manager.config is None
+
+    def test_rejects_too_many_tokens_per_forward(self, manager, monkeypatch):
+        monkeypatch.setenv("VLLM_POC_MAX_TOKENS_PER_FORWARD", "1000")
+        with pytest.raises(ValueError, match="VLLM_POC_MAX_TOKENS_PER_FORWARD"):
+            manager.init_round(_config(batch_size=8, seq_len=256))
+
+
+class TestNonceStriding:
+    @pytest.mark.parametrize(
+        "node_id, node_count, first, second",
+        [
+            (0, 1, [0, 1, 2, 3], [4, 5, 6, 7]),
+            (0, 3, [0, 3, 6, 9], [12, 15, 18, 21]),
+            (1, 3, [1, 4, 7, 10], [13, 16, 19, 22]),
+            (2, 3, [2, 5, 8, 11], [14, 17, 20, 23]),
+        ],
+    )
+    def test_node_gets_its_stride(self, manager, node_id, node_count, first, second):
+        manager.init_round(_config(node_id=node_id, node_count=node_count, batch_size=4))
+        assert manager.get_next_nonces() == first
+        assert manager.get_next_nonces() == second
+
+    def test_nodes_never_overlap_and_never_repeat(self):
+        seen: dict[int, int] = {}
+        for node_id in range(3):
+            engine = FakeEngine()
+            manager = PoCManager(engine, max_model_len=512)
+            config = _config(node_id=node_id, node_count=3, batch_size=5, r_target=2.0)
+            run(_generate_for(manager, config, 0.05))
+            assert engine.checked, "the loop checked nothing"
+            assert len(set(engine.checked)) == len(engine.checked)
+            for n in engine.checked:
+                assert n % 3 == node_id
+                assert seen.setdefault(n, node_id) == node_id
+
+
+class TestGenerationLoop:
+    def test_collects_valid_nonces_and_counts(self, engine, manager):
+        run(_generate_for(manager, _config(batch_size=4, r_target=0.9), 0.05))
+        # the batch in flight at stop is discarded
+        checked = engine.checked[: manager.stats.total_checked]
+        assert len(engine.checked) - 4 <= len(checked) and checked
+        expected = [n for n in checked if fake_distance(n) < 0.9]
+        assert manager.valid_nonces == expected
+        assert manager.valid_distances == [fake_distance(n) for n in expected]
+        assert manager.stats.total_valid == len(expected)
+
+    def test_rpc_carries_round_parameters(self, engine, manager):
+        run(_generate_for(manager, _config(batch_size=2, seq_len=16), 0.01))
+        method, args = engine.calls[0]
+        assert method == "poc_distances"
+        assert args == ("hash1", "node1", [0, 1], 16)
+
+    def test_stop_freezes_counters(self, engine, manager):
+        async def scenario():
+            engine.delay = 0.01
+            await _generate_for(manager, _config(batch_size=2), 0.05)
+            frozen = (manager.stats.total_checked, list(manager.valid_nonces))
+            rate = manager.stats.rate
+            await asyncio.sleep(0.05)
+            return frozen, rate
+
+        (checked, valid), rate = run(scenario())
+        assert manager.stats.total_checked == checked
+        assert manager.valid_nonces == valid
+        assert manager.stats.rate == rate
+
+    def test_stop_discards_batch_in_flight(self, engine, manager):
+        async def scenario():
+            engine.delay = 0.2
+            manager.init_round(_config(batch_size=2))
+            manager.start_generate()
+            await asyncio.sleep(0.05)  # first RPC in flight
+            manager.stop_round()
+            await asyncio.sleep(0.3)
+
+        run(scenario())
+        assert manager.stats.total_checked == 0
+        assert manager.state == PoCState.STOPPED
+
+    def test_loop_does_not_block_event_loop(self, engine, manager):
+        async def scenario():
+            engine.delay = 0.001
+            manager.init_round(_config(batch_size=2))
+            manager.start_generate()
+            ticks = 0
+            end = time.monotonic() + 0.1
+            while time.monotonic() < end:
+                await asyncio.sleep(0.005)
+                ticks += 1
+            manager.stop_round()
+            return ticks
+
+        assert run(scenario()) >= 10
+
+    def test_engine_error_stops_round_with_error(self, engine, manager):
+        async def scenario():
+            engine.error = RuntimeError("engine died")
+            manager.init_round(_config())
+            manager.start_generate()
+            await asyncio.sleep(0.05)
+
+        run(scenario())
+        assert manager.state == PoCState.STOPPED
+        assert "engine died" in manager.get_status()["error"]
+
+    def test_new_round_after_engine_error(self, engine, manager):
+        async def scenario():
+            engine.error = RuntimeError("engine died")
+            await _generate_for(manager, _config(), 0.02)
+            engine.error = None
+            await _generate_for(manager, _config(block_hash="hash2"), 0.02)
+
+        run(scenario())
+        assert manager.error is None
+        assert manager.stats.total_checked > 0
+
+    def test_rpc_timeout_stops_round(self, engine, manager, monkeypatch):
+        monkeypatch.setenv("VLLM_POC_RPC_TIMEOUT", "0.01")
+
+        async def scenario():
+            engine.delay = 1.0
+            manager.init_round(_config())
+            manager.start_generate()
+            await asyncio.sleep(0.1)
+
+        run(scenario())
+        assert manager.state == PoCState.STOPPED
+        assert "TimeoutError" in manager.error
+
+    def test_tensor_parallel_ranks_use_one_answer(self):
+        engine = FakeEngine(workers=4, answering=3)
+        manager = PoCManager(engine, max_model_len=512)
+        run(_generate_for(manager, _config(batch_size=3, r_target=2.0), 0.02))
+        assert manager.valid_distances == [fake_distance(n) for n in manager.valid_nonces]
+
+    def test_generated_batches_go_to_the_sender(self, engine):
+        class RecordingSender:
+            def __init__(self):
+                self.generated = []
+
+            def submit_generated(self, url, batch, r_target):
+                self.generated.append((url, batch, r_target))
+
+        sender = RecordingSender()
+        manager = PoCManager(engine, max_model_len=512, sender=sender)
+        config = _config(batch_size=4, callback_url="http://receiver")
+        run(_generate_for(manager, config, 0.02))
+        assert sender.generated
+        url, batch, r_target = sender.generated[0]
+        assert (url, r_target) == ("http://receiver", 0.5)
+        assert batch.nonces == [0, 1, 2, 3]
+
+
+class TestValidation:
+    def test_validate_recomputes_in_batches(self, engine, manager):
+        manager.init_round(_config(batch_size=3))
+        manager.start_validate()
+        distances, valid = run(manager.validate(list(range(7)), "other"))
+        assert distances == [fake_distance(n) for n in range(7)]
+        assert valid == [d < 0.5 for d in distances]
+        assert [len(args[2]) for _, args in engine.calls] == [3, 3, 1]
+        assert {args[1] for _, args in engine.calls} == {"other"}
+
+    def test_validate_requires_round(self, manager):
+        with pytest.raises(RuntimeError, match="No round configured"):
+            run(manager.validate([1], "pk"))
+
+    def test_validate_batch_judges_forged_distances(self, manager):
+        from vllm_poc.data import ProofBatch
+
+        manager.init_round(_config(r_target=0.5))
+        nonces = [n for n in range(200) if fake_distance(n) >= 0.5][:20]
+        forged = ProofBatch("pk", "hash1", 100, nonces, [0.1] * len(nonces), 1)
+        verdict = run(manager.validate_batch(forged))
+        assert verdict.n_invalid == len(nonces)
+        assert verdict.fraud_detected is True
+
+        honest_nonces = [n for n in range(200) if fake_distance(n) < 0.5][:20]
+        honest = ProofBatch(
+            "pk", "hash1", 100, honest_nonces, [fake_distance(n) for n in honest_nonces], 1
+        )
+        verdict = run(manager.validate_batch(honest))
+        assert verdict.n_invalid == 0
+        assert verdict.fraud_detected is False
+
+
+class TestStatus:
+    def test_get_status_idle(self, manager):
+        status = manager.get_status()
+        assert status["state"] == "IDLE"
+        assert status["valid_nonces"] == []
+        assert status["valid_distances"] == []
+        assert status["total_checked"] == 0
+        assert status["total_valid"] == 0
+        assert status["error"] is None
+        assert status["callbacks"] == {"sent": 0, "failed_attempts": 0, "pending": 0, "dropped": 0}
+
+    def test_get_status_with_data(self, manager):
+        manager.valid_nonces = [1, 2, 3]
+        manager.valid_distances = [0.1, 0.2, 0.3]
+        manager.stats.total_checked = 100
+        manager.stats.total_valid = 3
+        status = manager.get_status()
+        assert status["valid_nonces"] == [1, 2, 3]
+        assert status["valid_distances"] == [0.1, 0.2, 0.3]
+        assert status["total_checked"] == 100
+        assert status["total_valid"] == 3
