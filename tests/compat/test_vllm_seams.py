@@ -1,0 +1,155 @@
+"""Contract tests: the vLLM seams the plugin relies on exist in the installed release.
+
+Each supported release has a row in ``SUPPORTED``; a release that moves a seam fails here,
+loudly, before anything subtle breaks in a server. Run under every pinned vLLM (see Makefile).
+"""
+
+import dataclasses
+import importlib
+import inspect
+
+import pytest
+
+from vllm_poc import compat
+
+SUPPORTED = {
+    "0.32.0": {"api_server_module": "vllm.entrypoints.launchers.api_server.entry"},
+    "0.26.0": {"api_server_module": "vllm.entrypoints.openai.api_server"},
+}
+
+
+@pytest.fixture(scope="module")
+def release():
+    version = compat.vllm_version()
+    if version not in SUPPORTED:
+        pytest.fail(f"vLLM {version} is not a supported release: {sorted(SUPPORTED)}")
+    return SUPPORTED[version]
+
+
+def test_api_server_module_builds_the_app(release):
+    module = importlib.import_module(release["api_server_module"])
+    assert compat.api_server_module() is module
+    source = inspect.getsource(module)
+    assert "build_app(" in source and "init_app_state(" in source
+
+
+def test_build_app_and_init_app_state_signatures(release):
+    module = importlib.import_module(release["api_server_module"])
+    build_params = list(inspect.signature(module.build_app).parameters)
+    assert build_params[0] == "args"
+    init = module.init_app_state
+    assert inspect.iscoroutinefunction(init)
+    init_params = list(inspect.signature(init).parameters)
+    assert init_params[0] == "engine_client"
+    assert "state" in init_params
+
+
+def test_engine_args_create_engine_config():
+    cls = compat.engine_args_class()
+    assert callable(cls.create_engine_config)
+
+
+def test_parallel_config_has_worker_extension_cls():
+    from vllm.config import ParallelConfig
+
+    assert "worker_extension_cls" in {f.name for f in dataclasses.fields(ParallelConfig)}
+
+
+def test_worker_mixes_in_the_extension_by_qualname():
+    from vllm.v1.worker import worker_base
+
+    source = inspect.getsource(worker_base)
+    assert "worker_extension_cls" in source
+    assert "resolve_obj_by_qualname" in source
+
+
+def test_common_attention_metadata_fields():
+    from vllm.v1.attention.backend import CommonAttentionMetadata
+
+    names = {f.name for f in dataclasses.fields(CommonAttentionMetadata)}
+    required = {
+        "query_start_loc",
+        "query_start_loc_cpu",
+        "seq_lens",
+        "num_reqs",
+        "num_actual_tokens",
+        "max_query_len",
+        "max_seq_len",
+        "block_table_tensor",
+        "slot_mapping",
+        "causal",
+    }
+    assert required <= names
+    no_default = {
+        f.name
+        for f in dataclasses.fields(CommonAttentionMetadata)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    }
+    built = compat.common_attn_metadata(2, 4, _block_table(), _slot_mapping(), _positions(), _cpu())
+    for name in no_default:
+        assert getattr(built, name) is not None, f"{name} is required and was not set"
+
+
+def test_set_forward_context_parameters():
+    from vllm.forward_context import set_forward_context
+
+    params = inspect.signature(set_forward_context).parameters
+    for name in ("attn_metadata", "vllm_config", "num_tokens", "slot_mapping", "skip_compiled"):
+        assert name in params, f"set_forward_context lost {name}"
+
+
+def test_attention_group_builds_metadata():
+    from vllm.v1.worker.utils import AttentionGroup
+
+    assert hasattr(AttentionGroup, "build_metadata") or hasattr(
+        AttentionGroup, "get_metadata_builder"
+    )
+
+
+def test_model_runner_exposes_what_the_forward_uses():
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    source = inspect.getsource(GPUModelRunner)
+    for name in ("self.attn_groups", "self.kv_cache_config", "def get_model"):
+        assert name in source, f"GPUModelRunner lost {name}"
+
+
+def test_collective_rpc_signature():
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    params = list(inspect.signature(AsyncLLM.collective_rpc).parameters)
+    assert params[:5] == ["self", "method", "timeout", "args", "kwargs"]
+
+
+def test_pipeline_and_tensor_groups():
+    from vllm.distributed import parallel_state
+
+    assert callable(parallel_state.get_pp_group)
+    assert callable(parallel_state.get_tp_group)
+    from vllm.sequence import IntermediateTensors
+
+    assert IntermediateTensors is not None
+
+
+def _cpu():
+    import torch
+
+    return torch.device("cpu")
+
+
+def _block_table():
+    import torch
+
+    return torch.tensor([[1], [2]], dtype=torch.int32)
+
+
+def _slot_mapping():
+    import torch
+
+    return torch.arange(8, dtype=torch.int64)
+
+
+def _positions():
+    import torch
+
+    return torch.arange(4).repeat(2)
