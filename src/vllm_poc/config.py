@@ -31,6 +31,8 @@ class PoCConfig:
     batch_size: int = 32
     seq_len: int = 256
     callback_url: str | None = None
+    random_projection: bool = False
+    """Apply the round's random residual projections around the forward (Phase 6.1)."""
 
     def __post_init__(self) -> None:
         if not self.block_hash:

@@ -10,6 +10,7 @@ KV cache (and the prefix cache living in it) is never touched.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,14 +72,19 @@ class PoCForward:
         # enabled the graph was traced with ``inputs_embeds`` and can run compiled.
         self.skip_compiled = not self.vllm_config.model_config.enable_prompt_embeds
         self._scratch = _Scratch()
-        self._targets: dict[tuple[str, int], torch.Tensor] = {}
+        self._round_cache: dict[tuple[Any, ...], torch.Tensor] = {}
 
     @torch.inference_mode()
     def distances(
-        self, block_hash: str, public_key: str, nonces: list[int], seq_len: int
+        self,
+        block_hash: str,
+        public_key: str,
+        nonces: list[int],
+        seq_len: int,
+        random_projection: bool = False,
     ) -> list[float] | None:
         """Distances of ``nonces`` in order, or None on ranks that do not hold the logits."""
-        logits = self.logits(block_hash, public_key, nonces, seq_len)
+        logits = self.logits(block_hash, public_key, nonces, seq_len, random_projection)
         if logits is None:
             return None
         vocab = logits.shape[-1]
@@ -87,14 +93,34 @@ class PoCForward:
         return dist.cpu().tolist()
 
     def target(self, block_hash: str, vocab: int) -> torch.Tensor:
-        key = (block_hash, vocab)
-        if key not in self._targets:
-            self._targets.clear()
-            self._targets[key] = gpu_random.generate_target(block_hash, vocab, self.device)
-        return self._targets[key]
+        return self._round_tensor(
+            ("target", block_hash, vocab),
+            lambda: gpu_random.generate_target(block_hash, vocab, self.device),
+        )
+
+    def projection(self, block_hash: str, which: str) -> torch.Tensor:
+        return self._round_tensor(
+            ("projection", block_hash, which),
+            lambda: gpu_random.generate_projection(
+                block_hash, which, self.hidden_size, self.device
+            ),
+        )
+
+    def _round_tensor(self, key: tuple[Any, ...], make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """Per-round tensors, cached until a call asks for another block hash."""
+        if key not in self._round_cache:
+            if any(k[1] != key[1] for k in self._round_cache):
+                self._round_cache.clear()
+            self._round_cache[key] = make()
+        return self._round_cache[key]
 
     def logits(
-        self, block_hash: str, public_key: str, nonces: list[int], seq_len: int
+        self,
+        block_hash: str,
+        public_key: str,
+        nonces: list[int],
+        seq_len: int,
+        random_projection: bool = False,
     ) -> torch.Tensor | None:
         """Float32 last-position logits ``[batch, vocab]`` (None off the answering ranks)."""
         batch = len(nonces)
@@ -102,6 +128,8 @@ class PoCForward:
         inputs = gpu_random.generate_inputs(
             block_hash, public_key, nonces, self.hidden_size, seq_len, self.device, self.dtype
         ).view(num_tokens, self.hidden_size)
+        if random_projection:
+            inputs = gpu_random.apply_projection(inputs, self.projection(block_hash, "pre"))
         positions = torch.arange(seq_len, device=self.device, dtype=torch.int64).repeat(batch)
         attn_metadata, slot_mappings, scratch_for = self._attention(batch, seq_len, positions)
         model = self.runner.get_model()
@@ -118,8 +146,10 @@ class PoCForward:
             hidden = compat.run_model(self.runner, model, positions, inputs)
         if hidden is None:
             return None
-        last = torch.arange(1, batch + 1, device=self.device) * seq_len - 1
-        logits = model.compute_logits(hidden[last])
+        last = hidden[torch.arange(1, batch + 1, device=self.device) * seq_len - 1]
+        if random_projection:
+            last = gpu_random.apply_projection(last, self.projection(block_hash, "post"))
+        logits = model.compute_logits(last)
         return None if logits is None else logits.to(torch.float32)
 
     def _attention(

@@ -42,6 +42,13 @@ def target_seed(block_hash: str) -> int:
     return seed_from_string(f"{block_hash}_target")
 
 
+def projection_seed(block_hash: str, which: str) -> int:
+    """Seed of the ``"pre"`` or ``"post"`` random projection of a round."""
+    if which not in ("pre", "post"):
+        raise ValueError(f"projection must be 'pre' or 'post', got {which!r}")
+    return seed_from_string(f"{block_hash}_proj_{which}")
+
+
 def _rotl32(x: torch.Tensor, r: int) -> torch.Tensor:
     return ((x << r) | (x >> (32 - r))) & _MASK
 
@@ -159,6 +166,23 @@ def generate_target(
     """The round's unit target vector: float32 ``[vocab]``."""
     t = normals(target_seed(block_hash), vocab_size, device)
     return t / torch.linalg.vector_norm(t)
+
+
+PROJECTION_SCALE = 0.01
+
+
+def generate_projection(
+    block_hash: str, which: str, dim: int, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """A round's random projection matrix: ``0.01 * N(seed, dim*dim).view(dim, dim)``, float32."""
+    seed = projection_seed(block_hash, which)
+    return normals(seed, dim * dim, device).view(dim, dim) * PROJECTION_SCALE
+
+
+def apply_projection(x: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
+    """The residual projection ``x + x @ P`` computed in float32, returned in ``x``'s dtype."""
+    x32 = x.to(torch.float32)
+    return (x32 + x32 @ projection).to(x.dtype)
 
 
 def compute_distances(

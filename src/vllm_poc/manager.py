@@ -184,6 +184,7 @@ class PoCManager:
                 "poc_distances",
                 timeout=timeout,
                 args=(config.block_hash, public_key, nonces, config.seq_len),
+                kwargs={"random_projection": True} if config.random_projection else None,
             ),
             timeout=timeout,
         )

@@ -45,6 +45,7 @@ class PoCInitRequest(BaseModel):
         default_factory=lambda: envs.get("VLLM_POC_SEQ_LEN")
     )
     callback_url: str | None = None
+    random_projection: bool = False
 
 
 class ProofBatchRequest(BaseModel):

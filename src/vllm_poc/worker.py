@@ -22,10 +22,17 @@ class PoCWorkerExtension:
     """Methods run inside every worker (all TP and PP ranks)."""
 
     def poc_distances(
-        self, block_hash: str, public_key: str, nonces: list[int], seq_len: int
+        self,
+        block_hash: str,
+        public_key: str,
+        nonces: list[int],
+        seq_len: int,
+        random_projection: bool = False,
     ) -> list[float] | None:
         """Distances of ``nonces``; None on ranks that do not hold the final logits."""
-        return self._poc_forward().distances(block_hash, public_key, nonces, seq_len)
+        return self._poc_forward().distances(
+            block_hash, public_key, nonces, seq_len, random_projection
+        )
 
     def _poc_forward(self) -> PoCForward:
         forward = self.__dict__.get("_poc_forward_state")
@@ -54,5 +61,8 @@ def _combined(encoded: str) -> type:
 def __getattr__(name: str) -> Any:
     """Resolve the combined extension classes named by ``extension_qualname``."""
     if name.startswith(_COMBINED_PREFIX):
-        return _combined(name[len(_COMBINED_PREFIX) :])
+        try:
+            return _combined(name[len(_COMBINED_PREFIX) :])
+        except (ValueError, ImportError, AttributeError) as e:
+            raise AttributeError(f"{__name__}.{name} names no extension class: {e}") from e
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

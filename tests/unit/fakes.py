@@ -16,6 +16,7 @@ class FakeEngine:
 
     def __init__(self, *, workers: int = 1, delay: float = 0.0, answering: int = 0) -> None:
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
+        self.kwargs: list[dict[str, Any] | None] = []
         self.workers = workers
         self.answering = answering
         self.delay = delay
@@ -29,6 +30,7 @@ class FakeEngine:
         kwargs: dict[str, Any] | None = None,
     ) -> list[Any]:
         self.calls.append((method, args))
+        self.kwargs.append(kwargs)
         await asyncio.sleep(self.delay)
         if self.error is not None:
             raise self.error

@@ -220,3 +220,48 @@ class TestCudaEqualsCpu:
         d_cpu = gr.compute_distances(logits, perms, t_cpu)
         d_gpu = gr.compute_distances(logits.cuda(), perms.cuda(), t_cpu.cuda()).cpu()
         torch.testing.assert_close(d_gpu, d_cpu, rtol=0, atol=1e-5)
+
+
+class TestRandomProjection:
+    """Phase 6.1 projections; vectors also listed in docs/random-projection.md."""
+
+    def test_seeds(self):
+        assert gr.projection_seed("abc", "pre") == 2853540889
+        assert gr.projection_seed("abc", "post") == 3866761470
+        with pytest.raises(ValueError, match="pre"):
+            gr.projection_seed("abc", "middle")
+
+    def test_vectors(self):
+        pre = torch.tensor([[8.0205643e-07, 4.9408469e-03], [2.3972269e-03, -3.1940250e-03]])
+        post = torch.tensor([[0.0050434, 0.0032171], [0.0193570, -0.0040832]])
+        torch.testing.assert_close(gr.generate_projection("abc", "pre", 2), pre, **TOL)
+        torch.testing.assert_close(gr.generate_projection("abc", "post", 2), post, **TOL)
+
+    def test_projection_is_scaled_normals_of_its_seed(self):
+        p = gr.generate_projection("blk", "pre", 8)
+        expected = gr.normals(gr.seed_from_string("blk_proj_pre"), 64).view(8, 8) * 0.01
+        assert torch.equal(p, expected)
+        assert p.dtype == torch.float32
+
+    def test_apply_vector(self):
+        x = gr.generate_inputs("abc", "node1", [0], 3, 2)[0]
+        y = gr.apply_projection(x, gr.generate_projection("abc", "pre", 3))
+        expected = torch.tensor(
+            [[-1.4886684, -2.2767806, -0.5524540], [1.6509581, -0.5770236, -0.8638464]]
+        )
+        torch.testing.assert_close(y, expected, **TOL)
+
+    def test_apply_is_residual_in_float32_and_keeps_dtype(self):
+        x = torch.randn(5, 16, dtype=torch.bfloat16)
+        p = gr.generate_projection("blk", "post", 16)
+        y = gr.apply_projection(x, p)
+        assert y.dtype == torch.bfloat16
+        expected = (x.float() + x.float() @ p).to(torch.bfloat16)
+        assert torch.equal(y, expected)
+        assert not torch.equal(y, x)
+
+    def test_pre_post_and_blocks_differ(self):
+        a = gr.generate_projection("b1", "pre", 16)
+        assert not torch.equal(a, gr.generate_projection("b1", "post", 16))
+        assert not torch.equal(a, gr.generate_projection("b2", "pre", 16))
+        assert torch.equal(a, gr.generate_projection("b1", "pre", 16))

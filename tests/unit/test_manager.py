@@ -346,3 +346,13 @@ class TestStatus:
         assert status["valid_distances"] == [0.1, 0.2, 0.3]
         assert status["total_checked"] == 100
         assert status["total_valid"] == 3
+
+
+class TestRandomProjectionOption:
+    def test_off_by_default_keeps_the_plain_rpc(self, engine, manager):
+        run(_generate_for(manager, _config(batch_size=2), 0.01))
+        assert engine.kwargs[0] is None
+
+    def test_on_is_passed_to_the_workers(self, engine, manager):
+        run(_generate_for(manager, _config(batch_size=2, random_projection=True), 0.01))
+        assert engine.kwargs[0] == {"random_projection": True}

@@ -1,0 +1,143 @@
+"""A tiny random-weight Qwen3 model folder that vLLM and transformers load offline.
+
+The end-to-end tests cannot download a model, so they make one: a 2-layer Qwen3 (hidden 128,
+head_dim 64, vocab 512, bf16) with weights from ``torch.manual_seed(0)`` and a byte-level BPE
+tokenizer trained here with the ``tokenizers`` library.
+
+Usage: ``python -m vllm_poc.testing.tiny_model DIR``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+VOCAB_SIZE = 512
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+MODEL_SHAPE = {
+    "hidden_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+    "head_dim": 64,
+    "intermediate_size": 256,
+    "tie_word_embeddings": False,
+}
+_DONE_MARKER = ".complete"
+_REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+
+
+def _corpus(n_lines: int = 2000) -> list[str]:
+    """A deterministic pseudo-text corpus for training the tokenizer."""
+    rng = random.Random(0)
+    sylls = ["ka", "to", "ri", "mu", "se", "la", "no", "vi", "de", "po", "the", "and", "ing"]
+    words = ["".join(rng.choice(sylls) for _ in range(rng.randint(1, 4))) for _ in range(2000)]
+    tail = " Hello world, the quick brown fox jumps over the lazy dog. 0123456789"
+    return [" ".join(rng.choice(words) for _ in range(30)) + tail for _ in range(n_lines)]
+
+
+def _write_tokenizer(out_dir: Path) -> int:
+    """Train and save a byte-level BPE tokenizer; returns the id of ``<|endoftext|>``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_corpus(), trainer)
+    if tok.get_vocab_size() > VOCAB_SIZE:
+        raise RuntimeError(f"tokenizer vocab {tok.get_vocab_size()} exceeds {VOCAB_SIZE}")
+    tok.save(str(out_dir / "tokenizer.json"))
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "eos_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+        "bos_token": None,
+        "model_max_length": 4096,
+        "chat_template": CHAT_TEMPLATE,
+    }
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=1))
+    eos = tok.token_to_id("<|endoftext|>")
+    assert eos is not None
+    return eos
+
+
+def _write_model(out_dir: Path, eos_id: int) -> None:
+    """Save the random-weight bf16 Qwen3 as safetensors plus its config."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    config = Qwen3Config(
+        vocab_size=VOCAB_SIZE,
+        max_position_embeddings=4096,
+        rope_theta=1000000.0,
+        rms_norm_eps=1e-6,
+        hidden_act="silu",
+        bos_token_id=eos_id,
+        eos_token_id=eos_id,
+        **MODEL_SHAPE,
+    )
+    config.architectures = ["Qwen3ForCausalLM"]
+    torch.manual_seed(0)
+    model = Qwen3ForCausalLM(config).to(torch.bfloat16)
+    model.save_pretrained(str(out_dir))
+
+
+def is_complete(out_dir: Path) -> bool:
+    """Whether ``out_dir`` holds a finished model folder made by :func:`make_tiny_model`."""
+    return (out_dir / _DONE_MARKER).is_file() and all(
+        (out_dir / name).is_file() for name in _REQUIRED_FILES
+    )
+
+
+def make_tiny_model(out_dir: Path) -> Path:
+    """Write the tiny model to ``out_dir`` (reused when already complete); returns the path."""
+    out_dir = Path(out_dir).resolve()
+    if is_complete(out_dir):
+        return out_dir
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # Build in a sibling temp folder and rename, so a crash never leaves a half-made model.
+    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent))
+    try:
+        eos_id = _write_tokenizer(tmp)
+        _write_model(tmp, eos_id)
+        (tmp / _DONE_MARKER).write_text("ok\n")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    if not is_complete(out_dir):  # another process may have raced us; it must have finished
+        raise RuntimeError(f"tiny model at {out_dir} is incomplete")
+    return out_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: ``python -m vllm_poc.testing.tiny_model DIR``."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or args[0].startswith("-"):
+        print("usage: python -m vllm_poc.testing.tiny_model DIR", file=sys.stderr)
+        return 2
+    path = make_tiny_model(Path(args[0]))
+    print(f"tiny model ready at {path}: {sorted(p.name for p in path.iterdir())}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

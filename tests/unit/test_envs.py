@@ -1,0 +1,140 @@
+"""Every ``VLLM_POC_*`` setting: parsing, defaults, and the README's settings table."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from vllm_poc import envs
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+NAMES = sorted(envs.SETTINGS)
+BOOL_NAMES = [n for n in NAMES if isinstance(envs.SETTINGS[n].default, bool)]
+SAMPLE = {bool: ("yes", True), int: ("7", 7), float: ("2.5", 2.5)}
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch):
+    for name in envs.SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_every_setting_is_registered_under_its_own_name():
+    assert NAMES
+    for name, setting in envs.SETTINGS.items():
+        assert setting.name == name
+        assert name.startswith("VLLM_POC_")
+        assert setting.help.strip()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_unset_gives_the_default(name):
+    assert envs.get(name) == envs.SETTINGS[name].default
+
+
+@pytest.mark.parametrize("raw", ["", "  ", "\t"])
+@pytest.mark.parametrize("name", NAMES)
+def test_blank_gives_the_default(monkeypatch, name, raw):
+    monkeypatch.setenv(name, raw)
+    assert envs.get(name) == envs.SETTINGS[name].default
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_value_parses_from_the_environment(monkeypatch, name):
+    default = envs.SETTINGS[name].default
+    raw, expected = SAMPLE[type(default)]
+    monkeypatch.setenv(name, raw)
+    value = envs.get(name)
+    assert value == expected
+    assert value != default
+    assert type(value) is type(default)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_default_round_trips_through_its_parser(name):
+    setting = envs.SETTINGS[name]
+    assert setting.parse(str(setting.default)) == setting.default
+
+
+@pytest.mark.parametrize("raw", ["1", "true", "TRUE", "True", "yes", "YES", "on", "On", " on "])
+@pytest.mark.parametrize("name", BOOL_NAMES)
+def test_booleans_accept_truthy_spellings(monkeypatch, name, raw):
+    monkeypatch.setenv(name, raw)
+    assert envs.get(name) is True
+
+
+@pytest.mark.parametrize("raw", ["0", "false", "False", "no", "off", "2", "enabled"])
+@pytest.mark.parametrize("name", BOOL_NAMES)
+def test_booleans_reject_everything_else(monkeypatch, name, raw):
+    monkeypatch.setenv(name, raw)
+    assert envs.get(name) is False
+
+
+def test_numbers_that_do_not_parse_raise(monkeypatch):
+    monkeypatch.setenv("VLLM_POC_BATCH_SIZE", "many")
+    with pytest.raises(ValueError):
+        envs.get("VLLM_POC_BATCH_SIZE")
+
+
+def test_settings_are_read_on_every_access(monkeypatch):
+    monkeypatch.setenv("VLLM_POC_SEQ_LEN", "64")
+    assert envs.get("VLLM_POC_SEQ_LEN") == 64
+    monkeypatch.setenv("VLLM_POC_SEQ_LEN", "128")
+    assert envs.get("VLLM_POC_SEQ_LEN") == 128
+
+
+def test_enabled_follows_the_toggle(monkeypatch):
+    assert envs.enabled() is False
+    monkeypatch.setenv("VLLM_POC_ENABLED", "1")
+    assert envs.enabled() is True
+    monkeypatch.setenv("VLLM_POC_ENABLED", "off")
+    assert envs.enabled() is False
+
+
+def test_unknown_setting_is_a_key_error():
+    with pytest.raises(KeyError):
+        envs.get("VLLM_POC_NO_SUCH_SETTING")
+
+
+# ---------------------------------------------------------------- README settings table
+
+
+def _readme_table() -> dict[str, str]:
+    """``{name: default}`` of the README rows that start with "| `VLLM_POC_"."""
+    rows = {}
+    for line in README.read_text().splitlines():
+        if not line.startswith("| `VLLM_POC_"):
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        name = re.fullmatch(r"`([A-Z0-9_]+)`", cells[0])
+        default = re.fullmatch(r"`([^`]*)`", cells[1])
+        assert name and default, f"malformed README settings row: {line!r}"
+        assert name.group(1) not in rows, f"{name.group(1)} is listed twice in the README"
+        rows[name.group(1)] = default.group(1)
+    return rows
+
+
+def _as_written(default: object) -> str:
+    return str(default).lower() if isinstance(default, bool) else str(default)
+
+
+def test_readme_table_is_found():
+    assert "VLLM_POC_ENABLED" in _readme_table()
+
+
+def test_readme_lists_exactly_the_settings():
+    listed = set(_readme_table())
+    assert sorted(set(envs.SETTINGS) - listed) == [], "settings missing from the README"
+    assert sorted(listed - set(envs.SETTINGS)) == [], "README lists unknown settings"
+
+
+def test_readme_defaults_match_the_settings():
+    table = _readme_table()
+    wrong = {
+        name: (table[name], _as_written(setting.default))
+        for name, setting in envs.SETTINGS.items()
+        if name in table and table[name] != _as_written(setting.default)
+    }
+    assert wrong == {}, "README default vs envs.py default"
