@@ -200,8 +200,13 @@ def find_app_state(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     raise TypeError("init_app_state was called without an app state")
 
 
-async def max_model_len(engine_client: Any) -> int:
-    model_config = getattr(engine_client, "model_config", None)
-    if model_config is None:  # older clients expose it only through a coroutine
-        model_config = await engine_client.get_model_config()
-    return int(model_config.max_model_len)
+async def model_config(engine_client: Any) -> Any:
+    config = getattr(engine_client, "model_config", None)
+    if config is None:  # older clients expose it only through a coroutine
+        config = await engine_client.get_model_config()
+    return config
+
+
+def served_model_name(model_config: Any) -> str:
+    name = getattr(model_config, "served_model_name", None) or model_config.model
+    return name[0] if isinstance(name, list | tuple) else str(name)

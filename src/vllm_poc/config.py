@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import Enum
+from urllib.parse import urlsplit
 
 NODE_UNSET = -1
 """The init request's sentinel for "node id / node count not given" (the seed's routes use it)."""
@@ -55,6 +56,12 @@ class PoCConfig:
             raise ValueError(f"node_count must be >= 1 (or -1 for unset), got {self.node_count}")
         if self.node_id != NODE_UNSET and self.node_id < 0:
             raise ValueError(f"node_id must be >= 0 (or -1 for unset), got {self.node_id}")
+        if self.callback_url is not None:
+            url = urlsplit(self.callback_url)
+            if url.scheme not in ("http", "https") or not url.hostname:
+                raise ValueError(
+                    f"callback_url must be an http(s) URL with a host, got {self.callback_url!r}"
+                )
         if self.has_node and not self.node_id < self.node_count:
             raise ValueError(
                 f"node_id must be in [0, node_count={self.node_count}), got {self.node_id}"

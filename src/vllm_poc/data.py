@@ -5,7 +5,9 @@ Both are plain dataclasses that round-trip through ``dataclasses.asdict`` and JS
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 PROBABILITY_MISMATCH = 5e-4
 """Probability that an honest node's nonce fails re-validation (numerical noise across devices)."""
@@ -100,3 +102,12 @@ class ValidatedBatch:
                 ).pvalue
             )
             self.fraud_detected = self.probability_honest < self.fraud_threshold
+
+
+def to_json_dict(batch: ProofBatch | ValidatedBatch) -> dict[str, Any]:
+    """``asdict(batch)`` with non-finite distances as ``None``: strict JSON has no NaN."""
+    out = asdict(batch)
+    for key in ("dist", "received_dist"):
+        if key in out:
+            out[key] = [d if math.isfinite(d) else None for d in out[key]]
+    return out

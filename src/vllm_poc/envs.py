@@ -54,6 +54,27 @@ SETTINGS: dict[str, Setting] = {
             _bool,
             "Let inference run while VALIDATING (it is always paused while GENERATING).",
         ),
+        Setting(
+            "VLLM_POC_API_KEY",
+            "",
+            str,
+            "Bearer key for /api/v1/pow/* (if empty: vLLM's --api-key / VLLM_API_KEY, if any).",
+        ),
+        Setting(
+            "VLLM_POC_MAX_BODY_BYTES", 1048576, int, "Largest request body to /api/v1/pow/* (413)."
+        ),
+        Setting(
+            "VLLM_POC_MAX_CALIBRATION_SAMPLES",
+            4096,
+            int,
+            "Most nonces one /calibrate request may sample (413 above).",
+        ),
+        Setting(
+            "VLLM_POC_CALLBACK_ALLOWED_HOSTS",
+            "",
+            str,
+            "Comma-separated hosts a callback_url may name (empty: any host).",
+        ),
         Setting("VLLM_POC_RPC_TIMEOUT", 300.0, float, "Seconds one PoC forward RPC may take."),
         Setting("VLLM_POC_CALLBACK_TIMEOUT", 10.0, float, "Seconds one callback POST may take."),
         Setting(
@@ -86,3 +107,16 @@ def get(name: str) -> Any:
 
 def enabled() -> bool:
     return bool(get("VLLM_POC_ENABLED"))
+
+
+def markdown_table() -> str:
+    """The README's settings table (``python -m vllm_poc.envs`` prints it)."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for s in SETTINGS.values():
+        default = str(s.default).lower() if isinstance(s.default, bool) else str(s.default)
+        rows.append(f"| `{s.name}` | `{default}` | {s.help} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

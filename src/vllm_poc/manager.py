@@ -8,11 +8,12 @@ RPCs and never blocks the event loop.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from vllm_poc import envs
+from vllm_poc import envs, metrics
 from vllm_poc.config import PoCConfig, PoCState
 from vllm_poc.data import ProofBatch, ValidatedBatch
 from vllm_poc.log import get_logger
@@ -60,14 +61,17 @@ class PoCManager:
         engine: EngineClient,
         max_model_len: int,
         sender: PoCCallbackSender | None = None,
+        model_name: str = "",
     ) -> None:
         self.engine = engine
         self.max_model_len = max_model_len
+        self.model_name = model_name
         self.state = PoCState.IDLE
         self.config: PoCConfig | None = None
         self.stats = PoCStats()
         self.valid_nonces: list[int] = []
         self.valid_distances: list[float] = []
+        self.total_nonfinite = 0
         self.error: str | None = None
         self.sender = sender or PoCCallbackSender(
             timeout=envs.get("VLLM_POC_CALLBACK_TIMEOUT"),
@@ -79,6 +83,15 @@ class PoCManager:
         self._nonce_counter = 0
         self._round = 0
         self._generation_task: asyncio.Task[None] | None = None
+
+    @property
+    def state(self) -> PoCState:
+        return self._state
+
+    @state.setter
+    def state(self, value: PoCState) -> None:
+        self._state = value
+        metrics.set_state(value)
 
     # ------------------------------------------------------------------ state machine
 
@@ -106,6 +119,7 @@ class PoCManager:
         self.stats = PoCStats(start_time=time.time())
         self.valid_nonces = []
         self.valid_distances = []
+        self.total_nonfinite = 0
         self.error = None
         self._nonce_counter = max(config.node_id, 0)
         self.state = PoCState.IDLE
@@ -164,12 +178,10 @@ class PoCManager:
         return list(range(start, self._nonce_counter, step))
 
     async def compute_distances(
-        self, public_key: str, nonces: list[int], batch_size: int | None = None
+        self, config: PoCConfig, public_key: str, nonces: list[int]
     ) -> list[float]:
-        """Distances of ``nonces`` on the served model, in forwards of at most ``batch_size``."""
-        assert self.config is not None
-        config = self.config
-        size = batch_size or config.batch_size
+        """Distances of ``nonces`` under ``config``'s block, in forwards of ``batch_size``."""
+        size = config.batch_size
         out: list[float] = []
         for i in range(0, len(nonces), size):
             out.extend(await self._rpc_distances(config, public_key, nonces[i : i + size]))
@@ -201,7 +213,7 @@ class PoCManager:
         config, round_id = self.config, self._round
         nonces = self.get_next_nonces()
         started = time.monotonic()
-        dist = await self.compute_distances(config.public_key, nonces)
+        dist = await self.compute_distances(config, config.public_key, nonces)
         batch = ProofBatch(
             public_key=config.public_key,
             block_hash=config.block_hash,
@@ -212,16 +224,31 @@ class PoCManager:
         )
         if round_id != self._round or self.state != PoCState.GENERATING:
             return ProofBatch.empty()
+        seconds = time.monotonic() - started
         valid = batch.sub_batch(config.r_target)
+        nonfinite = sum(1 for d in dist if not math.isfinite(d))
         self.stats.total_checked += len(nonces)
         self.stats.total_valid += len(valid)
+        self.total_nonfinite += nonfinite
         self.valid_nonces.extend(valid.nonces)
         self.valid_distances.extend(valid.dist)
+        metrics.BATCHES.inc()
+        metrics.BATCH_SECONDS.observe(seconds)
+        metrics.NONCES_CHECKED.inc(len(nonces))
+        metrics.NONCES_VALID.inc(len(valid))
+        if nonfinite:
+            metrics.NONCES_INVALID_NUMBER.inc(nonfinite)
+            logger.warning(
+                "vllm-poc: block_height=%d: %d of %d distances are not finite (never valid)",
+                config.block_height,
+                nonfinite,
+                len(nonces),
+            )
         logger.debug(
             "vllm-poc: block_height=%d batch of %d nonces in %.3fs, %d valid",
             config.block_height,
             len(nonces),
-            time.monotonic() - started,
+            seconds,
             len(valid),
         )
         if config.callback_url:
@@ -248,8 +275,10 @@ class PoCManager:
         """Recompute distances of another node's nonces under the current round."""
         if self.config is None:
             raise RuntimeError("No round configured")
-        distances = await self.compute_distances(public_key, nonces)
-        return distances, [d < self.config.r_target for d in distances]
+        config = self.config
+        distances = await self.compute_distances(config, public_key, nonces)
+        metrics.VALIDATED_NONCES.inc(len(nonces))
+        return distances, [d < config.r_target for d in distances]
 
     async def validate_batch(self, batch: ProofBatch) -> ValidatedBatch:
         """Recompute ``batch`` and judge it; push the verdict to the callback if configured."""
@@ -293,6 +322,7 @@ class PoCManager:
             "rate_per_second": self.stats.rate,
             "block_height": self.config.block_height if self.config else None,
             "error": self.error,
+            "total_nonfinite": self.total_nonfinite,
             "callbacks": {
                 "sent": self.sender.stats.sent,
                 "failed_attempts": self.sender.stats.failed_attempts,
@@ -300,3 +330,41 @@ class PoCManager:
                 "dropped": self.sender.stats.dropped,
             },
         }
+
+    # ------------------------------------------------------------------ calibration
+
+    async def calibrate(
+        self, config: PoCConfig, n_samples: int, valid_rate: float
+    ) -> dict[str, Any]:
+        """Sample the distance distribution of a block and derive ``r_target`` for a valid rate.
+
+        Uses nonces ``0 .. n_samples-1`` of ``config.public_key``; refused while generating,
+        since it would compete with the round for the engine.
+        """
+        if self.state == PoCState.GENERATING:
+            raise RuntimeError("Cannot calibrate while generating")
+        self.check_config(config)
+        dist = await self.compute_distances(config, config.public_key, list(range(n_samples)))
+        finite = sorted(d for d in dist if math.isfinite(d))
+        if not finite:
+            raise RuntimeError("the model produced no finite distance")
+        probabilities = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9)
+        return {
+            "block_hash": config.block_hash,
+            "n_samples": n_samples,
+            "n_nonfinite": n_samples - len(finite),
+            "min": finite[0],
+            "max": finite[-1],
+            "mean": sum(finite) / len(finite),
+            "quantiles": {str(p): _quantile(finite, p) for p in probabilities},
+            "valid_rate": valid_rate,
+            "r_target": _quantile(finite, valid_rate),
+        }
+
+
+def _quantile(sorted_values: list[float], p: float) -> float:
+    """Linear-interpolation quantile (numpy's default) of sorted values."""
+    position = p * (len(sorted_values) - 1)
+    low = math.floor(position)
+    high = min(low + 1, len(sorted_values) - 1)
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)

@@ -92,8 +92,11 @@ def _patch_api_server() -> None:
 
             result = await original(engine_client, *args, **kwargs)
             state = compat.find_app_state(args, kwargs)
+            model_config = await compat.model_config(engine_client)
             state.poc_manager = PoCManager(
-                engine_client, max_model_len=await compat.max_model_len(engine_client)
+                engine_client,
+                max_model_len=int(model_config.max_model_len),
+                model_name=compat.served_model_name(model_config),
             )
             logger.info("vllm-poc: PoC manager ready (vLLM %s)", compat.vllm_version())
             return result

@@ -7,23 +7,74 @@ never a 500.
 
 from __future__ import annotations
 
+import hmac
+import os
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
-from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.routing import Route
 
 from vllm_poc import envs
 from vllm_poc.config import PoCConfig, PoCState
-from vllm_poc.data import ProofBatch
+from vllm_poc.data import ProofBatch, to_json_dict
 from vllm_poc.log import get_logger
 
 logger = get_logger(__name__)
 
-router = APIRouter(prefix="/api/v1/pow", tags=["PoC"])
+
+def _api_keys(request: Request) -> list[str]:
+    """VLLM_POC_API_KEY, else vLLM's own ``--api-key`` / ``VLLM_API_KEY``; empty: no auth."""
+    own = envs.get("VLLM_POC_API_KEY")
+    if own:
+        return [own]
+    args = getattr(request.app.state, "args", None)
+    keys = getattr(args, "api_key", None) or os.environ.get("VLLM_API_KEY") or []
+    return [k for k in ([keys] if isinstance(keys, str) else keys) if k]
+
+
+async def require_api_key(request: Request) -> None:
+    """Reject requests without the right ``Authorization: Bearer`` key (constant-time check)."""
+    keys = _api_keys(request)
+    if not keys:
+        return
+    given = request.headers.get("authorization", "")
+    scheme, _, token = given.partition(" ")
+    ok = False
+    for key in keys:
+        ok |= hmac.compare_digest(token.encode(), key.encode())
+    if scheme.lower() != "bearer" or not ok:
+        raise HTTPException(
+            status_code=401,
+            detail="missing or wrong API key (Authorization: Bearer <key>)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+async def limit_body_size(request: Request) -> None:
+    """Refuse bodies above VLLM_POC_MAX_BODY_BYTES before parsing them."""
+    limit = envs.get("VLLM_POC_MAX_BODY_BYTES")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit():
+        size = int(declared)
+    elif request.method in ("POST", "PUT", "PATCH"):
+        size = len(await request.body())
+    else:
+        return
+    if size > limit:
+        raise HTTPException(
+            status_code=413, detail=f"body of {size} bytes exceeds VLLM_POC_MAX_BODY_BYTES={limit}"
+        )
+
+
+router = APIRouter(
+    prefix="/api/v1/pow",
+    tags=["PoC"],
+    dependencies=[Depends(require_api_key), Depends(limit_body_size)],
+)
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
@@ -72,11 +123,13 @@ class PoCStatusResponse(BaseModel):
     block_height: int | None = None
     error: str | None = None
     callbacks: dict[str, int] | None = None
+    total_nonfinite: int = 0
 
 
 class PoCValidateResponse(BaseModel):
     nonces: list[int]
-    distances: list[float]
+    distances: list[float | None]
+    """Recomputed distances; ``null`` where the model gave a non-finite number."""
     valid: list[bool]
     n_invalid: int
     probability_honest: float
@@ -92,9 +145,19 @@ def get_poc_manager(request: Request) -> Any:
 
 def _create_config(body: PoCInitRequest) -> PoCConfig:
     try:
-        return PoCConfig(**body.model_dump())
+        config = PoCConfig(**body.model_dump())
     except ValueError as e:
         raise HTTPException(status_code=400, detail=str(e)) from e
+    allowed = {h.strip().lower() for h in envs.get("VLLM_POC_CALLBACK_ALLOWED_HOSTS").split(",")}
+    allowed.discard("")
+    if config.callback_url and allowed:
+        host = (urlsplit(config.callback_url).hostname or "").lower()
+        if host not in allowed:
+            raise HTTPException(
+                status_code=400,
+                detail=f"callback host {host!r} is not in VLLM_POC_CALLBACK_ALLOWED_HOSTS",
+            )
+    return config
 
 
 def _ok(manager: Any) -> dict[str, Any]:
@@ -211,7 +274,7 @@ async def validate_nonces(request: Request, body: ProofBatchRequest) -> PoCValid
         raise HTTPException(
             status_code=503, detail=f"validation failed in the engine: {type(e).__name__}: {e}"
         ) from e
-    v = asdict(verdict)
+    v = to_json_dict(verdict)
     return PoCValidateResponse(
         nonces=v["nonces"],
         distances=v["dist"],
@@ -220,6 +283,74 @@ async def validate_nonces(request: Request, body: ProofBatchRequest) -> PoCValid
         probability_honest=v["probability_honest"],
         fraud_detected=v["fraud_detected"],
     )
+
+
+class CalibrateRequest(BaseModel):
+    model_config = ConfigDict(strict=True)
+
+    block_hash: Annotated[str, Field(min_length=1)]
+    public_key: Annotated[str, Field(min_length=1)] = "calibration"
+    valid_rate: Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)]
+    n_samples: Annotated[int, Field(ge=1)] = 256
+    batch_size: Annotated[int, Field(ge=1)] = Field(
+        default_factory=lambda: envs.get("VLLM_POC_BATCH_SIZE")
+    )
+    seq_len: Annotated[int, Field(ge=1)] = Field(
+        default_factory=lambda: envs.get("VLLM_POC_SEQ_LEN")
+    )
+    random_projection: bool = False
+
+
+@router.post("/calibrate")
+async def calibrate(request: Request, body: CalibrateRequest) -> dict[str, Any]:
+    """Sample a block's distance distribution; the r_target giving ``valid_rate`` valid nonces.
+
+    With trained weights the distribution moves from block to block, so a fixed r_target can
+    give anything from 1% to 99% valid nonces. Does not change the round's state.
+    """
+    manager = get_poc_manager(request)
+    limit = envs.get("VLLM_POC_MAX_CALIBRATION_SAMPLES")
+    if body.n_samples > limit:
+        raise HTTPException(
+            status_code=413,
+            detail=f"n_samples {body.n_samples} exceeds VLLM_POC_MAX_CALIBRATION_SAMPLES={limit}",
+        )
+    try:
+        config = PoCConfig(
+            block_hash=body.block_hash,
+            block_height=0,
+            public_key=body.public_key,
+            r_target=1.0,
+            batch_size=body.batch_size,
+            seq_len=body.seq_len,
+            random_projection=body.random_projection,
+        )
+    except ValueError as e:
+        raise HTTPException(status_code=400, detail=str(e)) from e
+    try:
+        return await manager.calibrate(config, body.n_samples, body.valid_rate)
+    except (RuntimeError, ValueError) as e:
+        raise HTTPException(status_code=400, detail=str(e)) from e
+
+
+@router.get("/version")
+async def version(request: Request) -> dict[str, Any]:
+    """Versions of the plugin, the protocol math and vLLM, the model, and enabled options."""
+    from vllm_poc import __version__, compat, gpu_random
+
+    manager = get_poc_manager(request)
+    return {
+        "plugin_version": __version__,
+        "protocol_version": gpu_random.PROTOCOL_VERSION,
+        "vllm_version": compat.vllm_version(),
+        "model": manager.model_name,
+        "options": {
+            "random_projection": True,
+            "inference_during_validation": bool(envs.get("VLLM_POC_INFERENCE_DURING_VALIDATION")),
+            "callbacks": True,
+            "auth": bool(_api_keys(request)),
+        },
+    }
 
 
 # ---------------------------------------------------------------------- inference blocking

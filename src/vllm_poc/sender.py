@@ -12,12 +12,13 @@ import asyncio
 import collections
 import contextlib
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from vllm_poc.data import ProofBatch, ValidatedBatch
+from vllm_poc import metrics
+from vllm_poc.data import ProofBatch, ValidatedBatch, to_json_dict
 from vllm_poc.log import get_logger
 
 logger = get_logger(__name__)
@@ -70,16 +71,17 @@ class PoCCallbackSender:
         """Queue the valid nonces of ``batch`` for ``{callback_url}/generated`` (if any)."""
         valid = batch.sub_batch(r_target)
         if len(valid) > 0:
-            self._submit(f"{callback_url.rstrip('/')}/generated", asdict(valid))
+            self._submit(f"{callback_url.rstrip('/')}/generated", to_json_dict(valid))
 
     def submit_validated(self, callback_url: str, batch: ValidatedBatch) -> None:
         """Queue a verdict for ``{callback_url}/validated``."""
-        self._submit(f"{callback_url.rstrip('/')}/validated", asdict(batch))
+        self._submit(f"{callback_url.rstrip('/')}/validated", to_json_dict(batch))
 
     def _submit(self, url: str, payload: dict[str, Any]) -> None:
         if len(self._queue) >= self._queue_size:
             dropped = self._queue.popleft()
             self.stats.dropped += 1
+            metrics.CALLBACKS.labels(result="dropped").inc()
             logger.warning(
                 "vllm-poc: callback queue full (%d); dropped the oldest post to %s",
                 self._queue_size,
@@ -105,8 +107,10 @@ class PoCCallbackSender:
             item, self._in_flight = self._in_flight, None
             if ok:
                 self.stats.sent += 1
+                metrics.CALLBACKS.labels(result="sent").inc()
             elif item.attempts > self.max_retries:
                 self.stats.dropped += 1
+                metrics.CALLBACKS.labels(result="dropped").inc()
                 logger.error(
                     "vllm-poc: dropped a callback to %s after %d attempts", item.url, item.attempts
                 )
@@ -129,6 +133,7 @@ class PoCCallbackSender:
                 return True
             error = f"HTTP {response.status_code}"
         self.stats.failed_attempts += 1
+        metrics.CALLBACKS.labels(result="failed").inc()
         logger.warning(
             "vllm-poc: callback to %s failed (attempt %d, %.2fs): %s",
             item.url,

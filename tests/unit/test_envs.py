@@ -12,7 +12,7 @@ from vllm_poc import envs
 README = Path(__file__).resolve().parents[2] / "README.md"
 NAMES = sorted(envs.SETTINGS)
 BOOL_NAMES = [n for n in NAMES if isinstance(envs.SETTINGS[n].default, bool)]
-SAMPLE = {bool: ("yes", True), int: ("7", 7), float: ("2.5", 2.5)}
+SAMPLE = {bool: ("yes", True), int: ("7", 7), float: ("2.5", 2.5), str: ("a,b", "a,b")}
 
 
 @pytest.fixture(autouse=True)

@@ -70,3 +70,12 @@ def test_malformed_combined_name_raises_attribute_error():
     with pytest.raises(AttributeError):
         getattr(worker, name)
     assert getattr(worker, name, None) is None
+
+
+def test_combined_name_of_a_missing_class_raises_attribute_error():
+    qualname = extension_qualname("tests.unit.no_such_module.Extension")
+    with pytest.raises(AttributeError):
+        resolve_obj_by_qualname(qualname)
+    qualname = extension_qualname("tests.unit.operator_extension.NoSuchExtension")
+    with pytest.raises(AttributeError):
+        resolve_obj_by_qualname(qualname)
