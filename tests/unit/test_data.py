@@ -189,3 +189,14 @@ class TestValidatedBatch:
         again = ValidatedBatch(**json.loads(json.dumps(asdict(batch))))
         assert again == batch
         assert again.fraud_detected is True
+
+
+class TestJsonDict:
+    def test_non_finite_distances_become_null(self):
+        from vllm_poc.data import to_json_dict
+
+        batch = _validated([math.nan, 0.1], [0.1, math.inf])
+        out = to_json_dict(batch)
+        assert out["received_dist"] == [None, 0.1]
+        assert out["dist"] == [0.1, None]
+        json.dumps(out, allow_nan=False)

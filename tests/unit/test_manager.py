@@ -356,3 +356,43 @@ class TestRandomProjectionOption:
     def test_on_is_passed_to_the_workers(self, engine, manager):
         run(_generate_for(manager, _config(batch_size=2, random_projection=True), 0.01))
         assert engine.kwargs[0] == {"random_projection": True}
+
+
+class TestCalibration:
+    def test_quantiles_and_r_target(self, engine, manager):
+        result = run(manager.calibrate(_config(batch_size=16), n_samples=100, valid_rate=0.25))
+        dist = sorted(fake_distance(n) for n in range(100))
+        assert result["n_samples"] == 100
+        assert result["min"] == dist[0] and result["max"] == dist[-1]
+        valid_share = sum(d < result["r_target"] for d in dist) / 100
+        assert 0.2 <= valid_share <= 0.3
+        assert result["quantiles"]["0.5"] == pytest.approx((dist[49] + dist[50]) / 2)
+        assert manager.state == PoCState.IDLE and manager.config is None
+
+    def test_refused_while_generating(self, manager):
+        async def scenario():
+            manager.init_round(_config())
+            manager.start_generate()
+            try:
+                with pytest.raises(RuntimeError, match="while generating"):
+                    await manager.calibrate(_config(), 10, 0.5)
+            finally:
+                manager.stop_round()
+
+        run(scenario())
+
+
+class TestNonFiniteDistances:
+    def test_never_valid_and_counted(self):
+        class NanEngine(FakeEngine):
+            async def collective_rpc(self, method, timeout=None, args=(), kwargs=None):
+                results = await super().collective_rpc(method, timeout, args, kwargs)
+                return [
+                    [float("nan") if n % 2 else d for n, d in zip(args[2], results[0], strict=True)]
+                ]
+
+        manager = PoCManager(NanEngine(), max_model_len=512)
+        run(_generate_for(manager, _config(batch_size=4, r_target=2.0), 0.02))
+        assert manager.total_nonfinite == manager.stats.total_checked // 2 > 0
+        assert all(n % 2 == 0 for n in manager.valid_nonces)
+        assert manager.get_status()["total_nonfinite"] == manager.total_nonfinite

@@ -269,17 +269,19 @@ def test_patched_init_app_state_creates_the_manager(monkeypatch, fake_engine_arg
     made = []
 
     class FakeManager:
-        def __init__(self, engine: Any, max_model_len: int) -> None:
-            made.append((engine, max_model_len))
+        def __init__(self, engine: Any, max_model_len: int, model_name: str) -> None:
+            made.append((engine, max_model_len, model_name))
 
     monkeypatch.setattr(manager, "PoCManager", FakeManager)
     monkeypatch.setenv("VLLM_POC_ENABLED", "1")
     plugin.register()
-    engine = SimpleNamespace(model_config=SimpleNamespace(max_model_len=4096))
+    engine = SimpleNamespace(
+        model_config=SimpleNamespace(max_model_len=4096, served_model_name="tiny", model="/m")
+    )
     state = State()
     result = asyncio.run(fake_api_server.init_app_state(engine, "vllm_config", state))
     assert result == "initialised"
-    assert made == [(engine, 4096)]
+    assert made == [(engine, 4096, "tiny")]
     assert isinstance(state.poc_manager, FakeManager)
 
 

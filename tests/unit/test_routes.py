@@ -367,3 +367,112 @@ class TestInferenceBlocking:
         paths = {route.path for route in app.router.routes if is_inference_route(route)}
         assert "/api/v1/pow/validate" not in paths
         assert "/api/v1/pow/init" not in paths
+
+
+class TestAuthentication:
+    @pytest.fixture
+    def keyed(self, client, monkeypatch):
+        monkeypatch.setenv("VLLM_POC_API_KEY", "s3cret")
+        return client
+
+    def test_missing_key_is_401_and_touches_nothing(self, keyed, mock_manager):
+        response = keyed.post("/api/v1/pow/init", json=INIT)
+        assert response.status_code == 401
+        assert response.headers["www-authenticate"] == "Bearer"
+        mock_manager.init_round.assert_not_called()
+
+    @pytest.mark.parametrize("header", ["Bearer wrong", "s3cret", "Basic s3cret", "Bearer "])
+    def test_wrong_key_is_401(self, keyed, header):
+        response = keyed.get("/api/v1/pow/status", headers={"Authorization": header})
+        assert response.status_code == 401
+
+    def test_right_key_passes(self, keyed):
+        response = keyed.get("/api/v1/pow/status", headers={"Authorization": "Bearer s3cret"})
+        assert response.status_code == 200
+
+    def test_falls_back_to_vllm_api_key(self, app, client):
+        from types import SimpleNamespace
+
+        app.state.args = SimpleNamespace(api_key=["k1", "k2"])
+        assert client.get("/api/v1/pow/status").status_code == 401
+        assert (
+            client.get("/api/v1/pow/status", headers={"Authorization": "Bearer k2"}).status_code
+            == 200
+        )
+
+    def test_no_key_configured_means_open(self, client, monkeypatch):
+        monkeypatch.delenv("VLLM_API_KEY", raising=False)
+        assert client.get("/api/v1/pow/status").status_code == 200
+
+
+class TestLimits:
+    def test_body_over_limit_is_413(self, client, mock_manager, monkeypatch):
+        monkeypatch.setenv("VLLM_POC_MAX_BODY_BYTES", "100")
+        _configured(mock_manager)
+        body = {**BATCH, "nonces": list(range(50)), "dist": [0.1] * 50}
+        response = client.post("/api/v1/pow/validate", json=body)
+        assert response.status_code == 413
+        assert "VLLM_POC_MAX_BODY_BYTES" in response.json()["detail"]
+
+    @pytest.mark.parametrize(
+        "url", ["ftp://host/x", "not a url", "http://", "file:///etc/passwd", "//host/path"]
+    )
+    def test_callback_url_must_be_http_with_host(self, client, mock_manager, url):
+        response = client.post("/api/v1/pow/init", json={**INIT, "callback_url": url})
+        assert response.status_code == 400
+        assert "callback_url" in response.json()["detail"]
+        mock_manager.init_round.assert_not_called()
+
+    def test_callback_allowlist(self, client, mock_manager, monkeypatch):
+        monkeypatch.setenv("VLLM_POC_CALLBACK_ALLOWED_HOSTS", "receiver.local, 127.0.0.1")
+        bad = client.post("/api/v1/pow/init", json={**INIT, "callback_url": "http://evil:80/x"})
+        assert bad.status_code == 400
+        assert "VLLM_POC_CALLBACK_ALLOWED_HOSTS" in bad.json()["detail"]
+        good = client.post(
+            "/api/v1/pow/init", json={**INIT, "callback_url": "http://127.0.0.1:9/cb"}
+        )
+        assert good.status_code == 200
+
+
+class TestCalibrateAndVersion:
+    def test_calibrate_passes_a_config_and_returns_the_result(self, client, mock_manager):
+        mock_manager.calibrate = AsyncMock(return_value={"r_target": 1.41})
+        response = client.post(
+            "/api/v1/pow/calibrate",
+            json={"block_hash": "b", "valid_rate": 0.1, "n_samples": 64, "seq_len": 32},
+        )
+        assert response.status_code == 200
+        assert response.json() == {"r_target": 1.41}
+        config, n, rate = mock_manager.calibrate.call_args.args
+        assert (config.block_hash, config.seq_len, n, rate) == ("b", 32, 64, 0.1)
+
+    @pytest.mark.parametrize("rate", [0, 1, -0.5, 2])
+    def test_calibrate_rejects_impossible_rates(self, client, rate):
+        response = client.post(
+            "/api/v1/pow/calibrate", json={"block_hash": "b", "valid_rate": rate}
+        )
+        assert response.status_code == 400
+
+    def test_calibrate_sample_limit(self, client, monkeypatch):
+        monkeypatch.setenv("VLLM_POC_MAX_CALIBRATION_SAMPLES", "10")
+        response = client.post(
+            "/api/v1/pow/calibrate", json={"block_hash": "b", "valid_rate": 0.5, "n_samples": 11}
+        )
+        assert response.status_code == 413
+
+    def test_calibrate_while_generating_is_a_400(self, client, mock_manager):
+        mock_manager.calibrate = AsyncMock(side_effect=RuntimeError("Cannot calibrate while"))
+        response = client.post("/api/v1/pow/calibrate", json={"block_hash": "b", "valid_rate": 0.5})
+        assert response.status_code == 400
+
+    def test_version(self, client, mock_manager):
+        from vllm_poc import __version__
+        from vllm_poc.gpu_random import PROTOCOL_VERSION
+
+        mock_manager.model_name = "tiny"
+        data = client.get("/api/v1/pow/version").json()
+        assert data["plugin_version"] == __version__
+        assert data["protocol_version"] == PROTOCOL_VERSION
+        assert data["model"] == "tiny"
+        assert data["vllm_version"]
+        assert data["options"]["random_projection"] is True
