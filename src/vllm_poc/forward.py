@@ -123,33 +123,54 @@ class PoCForward:
         random_projection: bool = False,
     ) -> torch.Tensor | None:
         """Float32 last-position logits ``[batch, vocab]`` (None off the answering ranks)."""
-        batch = len(nonces)
-        num_tokens = batch * seq_len
+        inputs = self.inputs(block_hash, public_key, nonces, seq_len, random_projection)
+        last = self.last_hidden(inputs, len(nonces), seq_len)
+        if last is None:
+            return None
+        return self.head(last, block_hash, random_projection)
+
+    def inputs(
+        self,
+        block_hash: str,
+        public_key: str,
+        nonces: list[int],
+        seq_len: int,
+        random_projection: bool = False,
+    ) -> torch.Tensor:
+        """Flat ``[batch * seq_len, hidden]`` inputs in the model dtype (flat: see plugin.md)."""
         inputs = gpu_random.generate_inputs(
             block_hash, public_key, nonces, self.hidden_size, seq_len, self.device, self.dtype
-        ).view(num_tokens, self.hidden_size)
+        ).view(len(nonces) * seq_len, self.hidden_size)
         if random_projection:
             inputs = gpu_random.apply_projection(inputs, self.projection(block_hash, "pre"))
+        return inputs
+
+    def last_hidden(self, inputs: torch.Tensor, batch: int, seq_len: int) -> torch.Tensor | None:
+        """Hidden states of each sequence's last position (None off the last PP stage)."""
         positions = torch.arange(seq_len, device=self.device, dtype=torch.int64).repeat(batch)
         attn_metadata, slot_mappings, scratch_for = self._attention(batch, seq_len, positions)
-        model = self.runner.get_model()
         with (
             compat.swapped_kv_caches(self.vllm_config, scratch_for),
             compat.forward_context(
                 attn_metadata,
                 self.vllm_config,
-                num_tokens=num_tokens,
+                num_tokens=batch * seq_len,
                 slot_mapping=slot_mappings,
                 skip_compiled=self.skip_compiled,
             ),
         ):
-            hidden = compat.run_model(self.runner, model, positions, inputs)
+            hidden = compat.run_model(self.runner, self.runner.get_model(), positions, inputs)
         if hidden is None:
             return None
-        last = hidden[torch.arange(1, batch + 1, device=self.device) * seq_len - 1]
+        return hidden[torch.arange(1, batch + 1, device=self.device) * seq_len - 1]
+
+    def head(
+        self, last: torch.Tensor, block_hash: str, random_projection: bool = False
+    ) -> torch.Tensor | None:
+        """Float32 logits from last hidden states (None on TP ranks that don't gather them)."""
         if random_projection:
             last = gpu_random.apply_projection(last, self.projection(block_hash, "post"))
-        logits = model.compute_logits(last)
+        logits = self.runner.get_model().compute_logits(last)
         return None if logits is None else logits.to(torch.float32)
 
     def _attention(

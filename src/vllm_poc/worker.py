@@ -34,6 +34,16 @@ class PoCWorkerExtension:
             block_hash, public_key, nonces, seq_len, random_projection
         )
 
+    def poc_profile(self, batch: int, seq_len: int, reps: int = 5) -> dict[str, float]:
+        """Median ms per PoC stage and of a bare forward (``profiling``); for benchmarks."""
+        from vllm_poc.profiling import peak_matmul_tflops, profile_stages
+
+        forward = self._poc_forward()
+        timings = profile_stages(forward, batch, seq_len, reps)
+        size = 8192 if forward.device.type == "cuda" else 1024
+        timings["peak_tflops"] = peak_matmul_tflops(forward.device, forward.dtype, size)
+        return timings
+
     def _poc_forward(self) -> PoCForward:
         forward = self.__dict__.get("_poc_forward_state")
         if forward is None:
