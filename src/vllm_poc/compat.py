@@ -46,6 +46,8 @@ def api_server_module() -> ModuleType | None:
     """
     main = sys.modules.get("__main__")
     main_name = getattr(getattr(main, "__spec__", None), "name", None)
+    if getattr(main, "__name__", None) == "__mp_main__":
+        main_name = None  # a spawned child re-imports the server module; it serves nothing
     for name in API_SERVER_MODULES:
         if main_name == name and _has_app_seams(main):
             return main
