@@ -30,10 +30,20 @@ def run(coro):
     return asyncio.run(coro)
 
 
-async def _generate_for(manager, config, seconds):
+async def _wait_until(predicate, timeout=5.0):
+    """Poll instead of sleeping a fixed time: these tests must hold on a loaded machine."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.002)
+
+
+async def _generate_for(manager, config, seconds, min_calls=3):
+    """Generate for at least ``seconds`` and at least ``min_calls`` RPCs, then stop."""
     manager.init_round(config)
     manager.start_generate()
     await asyncio.sleep(seconds)
+    await _wait_until(lambda: len(manager.engine.calls) >= min_calls)
     manager.stop_round()
 
 
@@ -210,7 +220,7 @@ class TestGenerationLoop:
             engine.delay = 0.2
             manager.init_round(_config(batch_size=2))
             manager.start_generate()
-            await asyncio.sleep(0.05)  # first RPC in flight
+            await _wait_until(lambda: len(engine.calls) == 1)  # first RPC in flight
             manager.stop_round()
             await asyncio.sleep(0.3)
 
@@ -224,21 +234,21 @@ class TestGenerationLoop:
             manager.init_round(_config(batch_size=2))
             manager.start_generate()
             ticks = 0
-            end = time.monotonic() + 0.1
-            while time.monotonic() < end:
-                await asyncio.sleep(0.005)
+            while len(engine.calls) < 20:
+                await asyncio.sleep(0)
                 ticks += 1
             manager.stop_round()
             return ticks
 
-        assert run(scenario()) >= 10
+        # other coroutines run between every batch, not only after the loop ends
+        assert run(scenario()) >= 20
 
     def test_engine_error_stops_round_with_error(self, engine, manager):
         async def scenario():
             engine.error = RuntimeError("engine died")
             manager.init_round(_config())
             manager.start_generate()
-            await asyncio.sleep(0.05)
+            await _wait_until(lambda: manager.state != PoCState.GENERATING)
 
         run(scenario())
         assert manager.state == PoCState.STOPPED
@@ -247,7 +257,9 @@ class TestGenerationLoop:
     def test_new_round_after_engine_error(self, engine, manager):
         async def scenario():
             engine.error = RuntimeError("engine died")
-            await _generate_for(manager, _config(), 0.02)
+            manager.init_round(_config())
+            manager.start_generate()
+            await _wait_until(lambda: manager.state == PoCState.STOPPED)
             engine.error = None
             await _generate_for(manager, _config(block_hash="hash2"), 0.02)
 
@@ -262,7 +274,7 @@ class TestGenerationLoop:
             engine.delay = 1.0
             manager.init_round(_config())
             manager.start_generate()
-            await asyncio.sleep(0.1)
+            await _wait_until(lambda: manager.state != PoCState.GENERATING)
 
         run(scenario())
         assert manager.state == PoCState.STOPPED
