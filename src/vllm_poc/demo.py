@@ -423,7 +423,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _drive(url: str, args: argparse.Namespace) -> int:
     with PoCClient(url) as client:
-        result = run_round(client, args)
+        try:
+            result = run_round(client, args)
+        finally:
+            # Also on Ctrl-C or an error mid-round: a node left GENERATING refuses inference.
+            with contextlib.suppress(PoCError, httpx.HTTPError):
+                client.stop()
     print(summary(result))
     if not result.as_expected:
         print("unexpected verdicts: the honest batch should pass and the forged one fail")
