@@ -90,6 +90,11 @@ async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
         await asyncio.sleep(0.001)
 
 
+async def close(s: PoCCallbackSender) -> None:
+    """``aclose`` that fails the test instead of hanging (shielded: a timeout can't finish it)."""
+    await asyncio.wait_for(asyncio.shield(s.aclose()), 2.0)
+
+
 def batch(nonces: list[int], dist: list[float], height: int = 7) -> ProofBatch:
     return ProofBatch(
         public_key="pk", block_hash="bh", block_height=height, nonces=nonces, dist=dist, node_id=0
@@ -170,7 +175,7 @@ def test_generated_posts_only_the_valid_nonces():
         s = PoCCallbackSender(client=receiver.client())
         s.submit_generated(URL, batch([1, 2, 3, 4], [0.1, 0.9, 0.3, 0.5]), r_target=0.5)
         await until(lambda: s.stats.sent == 1)
-        await s.aclose()
+        await close(s)
         return s
 
     s = asyncio.run(main())
@@ -195,7 +200,7 @@ def test_nothing_is_posted_for_a_batch_without_valid_nonces(dist):
         # A later valid batch is delivered, so the sender did run in between.
         s.submit_generated(URL, batch([9], [0.1], height=8), r_target=0.5)
         await until(lambda: s.stats.sent == 1)
-        await s.aclose()
+        await close(s)
 
     asyncio.run(main())
     assert [body["block_height"] for _, body in receiver.delivered] == [8]
@@ -209,7 +214,7 @@ def test_trailing_slash_on_the_url():
         s.submit_generated(URL + "/", batch([1], [0.1]), r_target=0.5)
         s.submit_validated(URL + "/", verdict())
         await until(lambda: s.stats.sent == 2)
-        await s.aclose()
+        await close(s)
 
     asyncio.run(main())
     assert [str(r.url) for r in receiver.requests] == [f"{URL}/generated", f"{URL}/validated"]
@@ -224,7 +229,7 @@ def test_validated_payload_is_the_dataclass_as_dict():
         s = PoCCallbackSender(client=receiver.client())
         s.submit_validated(URL, vb)
         await until(lambda: s.stats.sent == 1)
-        await s.aclose()
+        await close(s)
 
     asyncio.run(main())
     assert [str(r.url) for r in receiver.requests] == [f"{URL}/validated"]
@@ -242,7 +247,7 @@ def test_delivery_follows_submission_order():
             else:
                 s.submit_generated(URL, batch([height], [0.1], height), r_target=0.5)
         await until(lambda: s.stats.sent == 10)
-        await s.aclose()
+        await close(s)
 
     asyncio.run(main())
     assert [body["block_height"] for _, body in receiver.delivered] == list(range(10))
@@ -263,7 +268,7 @@ def test_failing_receiver_gets_every_item_once_and_in_order(failures):
         for height in range(4):
             s.submit_generated(URL, batch([height], [0.1], height), r_target=0.5)
         await until(lambda: s.stats.sent + s.stats.dropped == 4)
-        await s.aclose()
+        await close(s)
         return s
 
     s = asyncio.run(main())
@@ -285,7 +290,7 @@ def test_http_errors_and_connection_errors_are_failures(sleeps, failure):
         s = PoCCallbackSender(client=receiver.client(), max_retries=5)
         s.submit_validated(URL, verdict())
         await until(lambda: s.stats.sent == 1)
-        await s.aclose()
+        await close(s)
         return s
 
     s = asyncio.run(main())
@@ -304,7 +309,7 @@ def test_backoff_doubles_up_to_the_maximum(sleeps):
         )
         s.submit_validated(URL, verdict())
         await until(lambda: s.stats.dropped == 1)
-        await s.aclose()
+        await close(s)
 
     asyncio.run(main())
     assert sleeps == [0.5, 1.0, 2.0, 3.0, 3.0, 3.0]
@@ -318,7 +323,7 @@ def test_item_is_dropped_after_one_plus_max_retries_attempts(sleeps, records):
         s.submit_generated(URL, batch([1], [0.1], height=1), r_target=0.5)
         s.submit_generated(URL, batch([2], [0.1], height=2), r_target=0.5)
         await until(lambda: s.stats.sent + s.stats.dropped == 2)
-        await s.aclose()
+        await close(s)
         return s
 
     s = asyncio.run(main())
@@ -342,7 +347,7 @@ def test_zero_retries_means_one_attempt(sleeps):
         s = PoCCallbackSender(client=receiver.client(), max_retries=0)
         s.submit_validated(URL, verdict())
         await until(lambda: s.stats.dropped == 1)
-        await s.aclose()
+        await close(s)
         return s
 
     s = asyncio.run(main())
@@ -371,7 +376,7 @@ def test_full_queue_drops_the_oldest_waiting_items(records):
         assert s.stats.dropped == 7 - queue_size
         hang.release()
         await until(lambda: s.pending == 0)
-        await s.aclose()
+        await close(s)
         return s
 
     s = asyncio.run(main())
@@ -401,7 +406,7 @@ def test_an_item_waiting_for_its_retry_is_queued_and_can_be_dropped(fake_sleep):
         assert s.pending == 2
         fake_sleep.hold = False
         await until(lambda: s.pending == 0)
-        await s.aclose()
+        await close(s)
         return s
 
     s = asyncio.run(main())
@@ -427,7 +432,7 @@ def test_submit_returns_immediately_while_the_receiver_hangs():
         assert len(receiver.requests) == 1  # nothing else was posted meanwhile
         hang.release()
         await until(lambda: s.pending == 0)
-        await s.aclose()
+        await close(s)
         return elapsed, s
 
     elapsed, s = asyncio.run(main())
@@ -449,7 +454,7 @@ def test_aclose_cancels_the_delivery_task_cleanly():
         await until(lambda: len(receiver.requests) == 1)
         task = s._task
         assert task is not None and not task.done()
-        await s.aclose()
+        await close(s)
         assert task.cancelled()
         assert client.is_closed
         assert s.stats.sent == 0
@@ -464,7 +469,7 @@ def test_aclose_without_any_submission():
     async def main():
         client = receiver.client()
         s = PoCCallbackSender(client=client)
-        await s.aclose()
+        await close(s)
         assert client.is_closed
 
     asyncio.run(main())
@@ -480,7 +485,7 @@ def test_aclose_while_waiting_for_work():
         await until(lambda: s.stats.sent == 1)
         await asyncio.sleep(0.01)  # the task is now idle, waiting for the next submission
         task = s._task
-        await s.aclose()
+        await close(s)
         assert task.done()
 
     asyncio.run(main())
