@@ -65,7 +65,9 @@ def _combined(encoded: str) -> type:
     qualname = bytes.fromhex(encoded).decode()
     module_name, _, class_name = qualname.rpartition(".")
     theirs = getattr(importlib.import_module(module_name), class_name)
-    return type(f"PoCWorkerExtensionWith{class_name}", (PoCWorkerExtension, theirs), {})
+    name = f"{_COMBINED_PREFIX}{encoded}"
+    # Named like the module attribute that resolves it, so the class pickles by reference.
+    return type(name, (PoCWorkerExtension, theirs), {"__module__": __name__, "__qualname__": name})
 
 
 def __getattr__(name: str) -> Any:

@@ -79,3 +79,16 @@ def test_combined_name_of_a_missing_class_raises_attribute_error():
     qualname = extension_qualname("tests.unit.operator_extension.NoSuchExtension")
     with pytest.raises(AttributeError):
         resolve_obj_by_qualname(qualname)
+
+
+def test_combined_class_pickles_by_reference():
+    import pickle
+
+    from vllm.utils.import_utils import resolve_obj_by_qualname
+
+    from vllm_poc.worker import extension_qualname
+
+    cls = resolve_obj_by_qualname(
+        extension_qualname("tests.unit.operator_extension.OperatorExtension")
+    )
+    assert pickle.loads(pickle.dumps(cls)) is cls
