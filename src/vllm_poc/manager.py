@@ -8,6 +8,7 @@ RPCs and never blocks the event loop.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import math
 import time
@@ -21,6 +22,9 @@ from vllm_poc.log import get_logger
 from vllm_poc.sender import PoCCallbackSender
 
 logger = get_logger(__name__)
+
+PIPELINE_DEPTH = 2
+"""Generation batches in flight at once (one running in the engine, one queued behind it)."""
 
 
 class EngineClient(Protocol):
@@ -215,6 +219,17 @@ class PoCManager:
         nonces = self.get_next_nonces()
         started = time.monotonic()
         dist = await self.compute_distances(config, config.public_key, nonces)
+        return self._record_batch(config, round_id, nonces, dist, time.monotonic() - started)
+
+    def _record_batch(
+        self, config: PoCConfig, round_id: int, nonces: list[int], dist: list[float], seconds: float
+    ) -> ProofBatch:
+        """Count a finished batch, keep its valid nonces and queue its callback.
+
+        A batch that finishes after its round was stopped or replaced is discarded.
+        """
+        if round_id != self._round or self.state != PoCState.GENERATING:
+            return ProofBatch.empty()
         batch = ProofBatch(
             public_key=config.public_key,
             block_hash=config.block_hash,
@@ -223,9 +238,6 @@ class PoCManager:
             dist=dist,
             node_id=config.node_id,
         )
-        if round_id != self._round or self.state != PoCState.GENERATING:
-            return ProofBatch.empty()
-        seconds = time.monotonic() - started
         valid = batch.sub_batch(config.r_target)
         nonfinite = sum(1 for d in dist if not math.isfinite(d))
         self.stats.total_checked += len(nonces)
@@ -257,18 +269,41 @@ class PoCManager:
         return batch
 
     async def _generation_loop(self, round_id: int) -> None:
+        """Keep ``PIPELINE_DEPTH`` batches in flight, record them in order.
+
+        The engine runs one RPC at a time; with the next one already queued it starts at once
+        when the previous one ends, so the RPC and Python time of the API process is hidden.
+        """
+        assert self.config is not None
+        config = self.config
+        in_flight: collections.deque[tuple[list[int], asyncio.Task[list[float]]]] = (
+            collections.deque()
+        )
+        last_done = time.monotonic()
         try:
             while self.state == PoCState.GENERATING and round_id == self._round:
-                await self.run_batch()
+                while len(in_flight) < PIPELINE_DEPTH:
+                    nonces = self.get_next_nonces()
+                    task = asyncio.ensure_future(
+                        self.compute_distances(config, config.public_key, nonces)
+                    )
+                    in_flight.append((nonces, task))
+                nonces, task = in_flight.popleft()
+                dist = await task
+                now = time.monotonic()
+                self._record_batch(config, round_id, nonces, dist, now - last_done)
+                last_done = now
         except asyncio.CancelledError:
             raise
         except Exception as e:
-            height = self.config.block_height if self.config else -1
-            logger.exception("vllm-poc: generation failed at block_height=%d", height)
+            logger.exception("vllm-poc: generation failed at block_height=%d", config.block_height)
             if round_id == self._round:
                 self.error = f"generation failed: {type(e).__name__}: {e}"
                 self.stats.end_time = time.time()
                 self.state = PoCState.STOPPED
+        finally:
+            for _, task in in_flight:
+                task.cancel()
 
     # ------------------------------------------------------------------ validation
 

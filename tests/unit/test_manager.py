@@ -7,7 +7,7 @@ import pytest
 
 from tests.unit.fakes import FakeEngine, fake_distance
 from vllm_poc.config import PoCConfig, PoCState
-from vllm_poc.manager import PoCManager, PoCStats
+from vllm_poc.manager import PIPELINE_DEPTH, PoCManager, PoCStats
 
 
 def _config(**overrides):
@@ -187,9 +187,9 @@ class TestNonceStriding:
 class TestGenerationLoop:
     def test_collects_valid_nonces_and_counts(self, engine, manager):
         run(_generate_for(manager, _config(batch_size=4, r_target=0.9), 0.05))
-        # the batch in flight at stop is discarded
+        # the batches in flight at stop (PIPELINE_DEPTH of 4 nonces) are discarded
         checked = engine.checked[: manager.stats.total_checked]
-        assert len(engine.checked) - 4 <= len(checked) and checked
+        assert len(engine.checked) - 4 * PIPELINE_DEPTH <= len(checked) and checked
         expected = [n for n in checked if fake_distance(n) < 0.9]
         assert manager.valid_nonces == expected
         assert manager.valid_distances == [fake_distance(n) for n in expected]
@@ -220,13 +220,38 @@ class TestGenerationLoop:
             engine.delay = 0.2
             manager.init_round(_config(batch_size=2))
             manager.start_generate()
-            await _wait_until(lambda: len(engine.calls) == 1)  # first RPC in flight
+            await _wait_until(lambda: len(engine.calls) >= 1)  # first RPCs in flight
             manager.stop_round()
             await asyncio.sleep(0.3)
 
         run(scenario())
         assert manager.stats.total_checked == 0
         assert manager.state == PoCState.STOPPED
+
+    def test_pipeline_keeps_order_and_depth(self):
+        class UnevenEngine(FakeEngine):
+            """Every other RPC is slow, so later batches finish before earlier ones."""
+
+            def __init__(self):
+                super().__init__()
+                self.running = 0
+                self.most_running = 0
+
+            async def collective_rpc(self, method, timeout=None, args=(), kwargs=None):
+                self.running += 1
+                self.most_running = max(self.most_running, self.running)
+                self.delay = 0.02 if len(self.calls) % 2 == 0 else 0.0
+                try:
+                    return await super().collective_rpc(method, timeout, args, kwargs)
+                finally:
+                    self.running -= 1
+
+        engine = UnevenEngine()
+        manager = PoCManager(engine, max_model_len=512)
+        run(_generate_for(manager, _config(batch_size=3, r_target=2.0), 0.1, min_calls=6))
+        assert engine.most_running == PIPELINE_DEPTH
+        assert manager.valid_nonces == list(range(len(manager.valid_nonces)))
+        assert len(manager.valid_nonces) >= 12
 
     def test_loop_does_not_block_event_loop(self, engine, manager):
         async def scenario():

@@ -4,7 +4,11 @@ The end-to-end tests cannot download a model, so they make one: a 2-layer Qwen3 
 head_dim 64, vocab 512, bf16) with weights from ``torch.manual_seed(0)`` and a byte-level BPE
 tokenizer trained here with the ``tokenizers`` library.
 
-Usage: ``python -m vllm_poc.testing.tiny_model DIR``.
+With ``shape="0.6b"`` or ``shape="8b"`` it writes instead the same tokenizer and the
+``config.json`` of a real Qwen3 shape, without weights: load it with ``load_format="dummy"``
+(random weights made by vLLM), so nothing big is written to disk (``benchmarks/bench_poc.py``).
+
+Usage: ``python -m vllm_poc.testing.tiny_model DIR [--shape 0.6b|8b]``.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 VOCAB_SIZE = 512
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -32,8 +37,32 @@ MODEL_SHAPE = {
     "intermediate_size": 256,
     "tie_word_embeddings": False,
 }
+REAL_SHAPES: dict[str, dict[str, object]] = {
+    "0.6b": {
+        "vocab_size": 151936,
+        "hidden_size": 1024,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "intermediate_size": 3072,
+        "tie_word_embeddings": True,
+    },
+    "8b": {
+        "vocab_size": 151936,
+        "hidden_size": 4096,
+        "num_hidden_layers": 36,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "intermediate_size": 12288,
+        "tie_word_embeddings": False,
+    },
+}
+"""Real Qwen3 shapes that ``make_tiny_model(dir, shape=...)`` writes as a config only."""
 _DONE_MARKER = ".complete"
 _REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+_CONFIG_ONLY_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json")
 
 
 def _corpus(n_lines: int = 2000) -> list[str]:
@@ -77,64 +106,98 @@ def _write_tokenizer(out_dir: Path) -> int:
     return eos
 
 
-def _write_model(out_dir: Path, eos_id: int) -> None:
-    """Save the random-weight bf16 Qwen3 as safetensors plus its config."""
-    import torch
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+def _qwen3_config(eos_id: int, **shape: object) -> Any:
+    from transformers import Qwen3Config
 
     config = Qwen3Config(
-        vocab_size=VOCAB_SIZE,
         max_position_embeddings=4096,
         rope_theta=1000000.0,
         rms_norm_eps=1e-6,
         hidden_act="silu",
         bos_token_id=eos_id,
         eos_token_id=eos_id,
-        **MODEL_SHAPE,
+        **shape,
     )
     config.architectures = ["Qwen3ForCausalLM"]
+    return config
+
+
+def _write_model(out_dir: Path, eos_id: int) -> None:
+    """Save the random-weight bf16 Qwen3 as safetensors plus its config."""
+    import torch
+    from transformers import Qwen3ForCausalLM
+
+    config = _qwen3_config(eos_id, vocab_size=VOCAB_SIZE, **MODEL_SHAPE)
     torch.manual_seed(0)
     model = Qwen3ForCausalLM(config).to(torch.bfloat16)
     model.save_pretrained(str(out_dir))
 
 
-def is_complete(out_dir: Path) -> bool:
+def _write_config_only(out_dir: Path, eos_id: int, shape: str) -> None:
+    """Save only the bf16 config of a real shape (weights: ``load_format="dummy"``)."""
+    config = _qwen3_config(eos_id, torch_dtype="bfloat16", **REAL_SHAPES[shape])
+    config.save_pretrained(str(out_dir))
+
+
+def _shape_marker(shape: str) -> str:
+    return f"shape={shape}\n"
+
+
+def is_complete(out_dir: Path, shape: str | None = None) -> bool:
     """Whether ``out_dir`` holds a finished model folder made by :func:`make_tiny_model`."""
-    return (out_dir / _DONE_MARKER).is_file() and all(
-        (out_dir / name).is_file() for name in _REQUIRED_FILES
+    marker = out_dir / _DONE_MARKER
+    if shape is None:
+        return marker.is_file() and all((out_dir / name).is_file() for name in _REQUIRED_FILES)
+    return (
+        marker.is_file()
+        and marker.read_text() == _shape_marker(shape)
+        and all((out_dir / name).is_file() for name in _CONFIG_ONLY_FILES)
     )
 
 
-def make_tiny_model(out_dir: Path) -> Path:
-    """Write the tiny model to ``out_dir`` (reused when already complete); returns the path."""
+def make_tiny_model(out_dir: Path, shape: str | None = None) -> Path:
+    """Write the tiny model to ``out_dir`` (reused when already complete); returns the path.
+
+    ``shape`` (a key of ``REAL_SHAPES``) writes that shape's config and the tokenizer instead,
+    without weights.
+    """
+    if shape is not None and shape not in REAL_SHAPES:
+        raise ValueError(f"unknown shape {shape!r}; known: {', '.join(REAL_SHAPES)}")
     out_dir = Path(out_dir).resolve()
-    if is_complete(out_dir):
+    if is_complete(out_dir, shape):
         return out_dir
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     # Build in a sibling temp folder and rename, so a crash never leaves a half-made model.
     tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent))
     try:
         eos_id = _write_tokenizer(tmp)
-        _write_model(tmp, eos_id)
-        (tmp / _DONE_MARKER).write_text("ok\n")
+        if shape is None:
+            _write_model(tmp, eos_id)
+            (tmp / _DONE_MARKER).write_text("ok\n")
+        else:
+            _write_config_only(tmp, eos_id, shape)
+            (tmp / _DONE_MARKER).write_text(_shape_marker(shape))
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    if not is_complete(out_dir):  # another process may have raced us; it must have finished
+    if not is_complete(out_dir, shape):  # another process may have raced us; it must have finished
         raise RuntimeError(f"tiny model at {out_dir} is incomplete")
     return out_dir
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI: ``python -m vllm_poc.testing.tiny_model DIR``."""
+    """CLI: ``python -m vllm_poc.testing.tiny_model DIR [--shape 0.6b|8b]``."""
     args = sys.argv[1:] if argv is None else argv
+    shape = None
+    if len(args) == 3 and args[1] == "--shape" and args[2] in REAL_SHAPES:
+        shape, args = args[2], args[:1]
     if len(args) != 1 or args[0].startswith("-"):
-        print("usage: python -m vllm_poc.testing.tiny_model DIR", file=sys.stderr)
+        print("usage: python -m vllm_poc.testing.tiny_model DIR [--shape 0.6b|8b]", file=sys.stderr)
         return 2
-    path = make_tiny_model(Path(args[0]))
+    path = make_tiny_model(Path(args[0]), shape)
     print(f"tiny model ready at {path}: {sorted(p.name for p in path.iterdir())}")
     return 0
 
