@@ -71,6 +71,14 @@ def _calls_seams(module: ModuleType) -> bool:
     return "build_app" in inspect.getsource(serve)
 
 
+def declare_environment_variables(getters: dict[str, Any]) -> None:
+    """Add names to vLLM's registry of environment variables (``vllm.envs``)."""
+    import vllm.envs
+
+    for name, getter in getters.items():
+        vllm.envs.environment_variables.setdefault(name, getter)
+
+
 def engine_args_class() -> type:
     from vllm.engine.arg_utils import EngineArgs
 

@@ -15,6 +15,7 @@ nothing unless ``VLLM_POC_ENABLED`` is true. When enabled it applies two patches
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +30,7 @@ _ORIGINAL = "__vllm_poc_original__"
 def register() -> None:
     """Entry point of the ``vllm.general_plugins`` group."""
     try:
+        _declare_settings()
         if not envs.enabled():
             return
         _patch_engine_config()
@@ -47,6 +49,18 @@ def _patch(owner: Any, name: str, make: Callable[[Callable[..., Any]], Callable[
     setattr(replacement, _ORIGINAL, original)
     setattr(owner, name, replacement)
     logger.info("vllm-poc: replaced %s.%s", getattr(owner, "__name__", owner), name)
+
+
+def _declare_settings() -> None:
+    """Tell vLLM our ``VLLM_POC_*`` variables exist, when any is set.
+
+    vLLM warns about (or, with ``--fail-on-environ-validation``, refuses) unknown ``VLLM_*``
+    variables.
+    """
+    if any(name in os.environ for name in envs.SETTINGS):
+        from vllm_poc import compat
+
+        compat.declare_environment_variables({n: s.get for n, s in envs.SETTINGS.items()})
 
 
 def _patch_engine_config() -> None:

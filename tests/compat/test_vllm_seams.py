@@ -153,3 +153,11 @@ def _positions():
     import torch
 
     return torch.arange(4).repeat(2)
+
+
+def test_environment_variable_registry():
+    import vllm.envs
+
+    assert isinstance(vllm.envs.environment_variables, dict)
+    source = inspect.getsource(vllm.platforms.interface)
+    assert "envs.environment_variables" in source

@@ -312,3 +312,16 @@ def test_real_engine_args_enabled(monkeypatch, tiny_model, no_api_server):
     assert config.parallel_config.worker_extension_cls == extension_qualname(
         operator_extension.QUALNAME
     )
+
+
+def test_settings_are_declared_to_vllm_when_set(monkeypatch, fake_engine_args, no_api_server):
+    import vllm.envs
+
+    registry = dict(vllm.envs.environment_variables)
+    monkeypatch.setattr(vllm.envs, "environment_variables", registry)
+    plugin.register()
+    assert "VLLM_POC_ENABLED" not in registry  # nothing set: nothing declared
+    monkeypatch.setenv("VLLM_POC_BATCH_SIZE", "8")
+    plugin.register()
+    assert set(envs.SETTINGS) <= set(registry)
+    assert registry["VLLM_POC_BATCH_SIZE"]() == 8
