@@ -157,6 +157,7 @@ def _positions():
 
 def test_environment_variable_registry():
     import vllm.envs
+    import vllm.platforms.interface
 
     assert isinstance(vllm.envs.environment_variables, dict)
     source = inspect.getsource(vllm.platforms.interface)

@@ -323,5 +323,7 @@ def test_settings_are_declared_to_vllm_when_set(monkeypatch, fake_engine_args, n
     assert "VLLM_POC_ENABLED" not in registry  # nothing set: nothing declared
     monkeypatch.setenv("VLLM_POC_BATCH_SIZE", "8")
     plugin.register()
-    assert set(envs.SETTINGS) <= set(registry)
+    from vllm_poc import envs as poc_envs
+
+    assert set(poc_envs.SETTINGS) <= set(registry)
     assert registry["VLLM_POC_BATCH_SIZE"]() == 8
