@@ -70,9 +70,12 @@ def _start(
     *,
     poc_enabled: bool,
     extra_env: dict[str, str] | None = None,
+    extra_args: list[str] | None = None,
 ) -> VllmServer:
     log = factory.mktemp("vllm-logs") / f"{name}.log"
-    server = VllmServer(model, log, poc_enabled=poc_enabled, extra_env=extra_env)
+    server = VllmServer(
+        model, log, poc_enabled=poc_enabled, extra_env=extra_env, extra_args=extra_args or ()
+    )
     server.start()
     print(f"\n[e2e] {name} healthy after {server.startup_seconds:.1f} s (log: {log})")
     return server

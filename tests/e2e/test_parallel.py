@@ -1,0 +1,89 @@
+"""Tensor parallelism and an operator's own worker extension, on a real TP=2 server.
+
+vLLM's CPU backend runs TP=2 on this 2-core machine with one OpenMP thread per rank. Every rank
+computes the PoC batch and one answer is used; the operator's ``--worker-extension-cls`` keeps
+working beside ours (reached through vLLM's dev ``/collective_rpc`` route).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .conftest import _require_installed_plugin, _start
+from .helpers import POW, generate, ok, post_ok, round_body
+from .reference import reference_distances
+from .server import VllmServer
+from .test_correctness import DIST_TOL
+
+BLOCK = "tp-block"
+PROVER = "tp-prover"
+SEQ_LEN = 32
+NONCES = list(range(12))
+
+
+@pytest.fixture(scope="module")
+def tp_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer]:
+    _require_installed_plugin()
+    server = _start(
+        tiny_model,
+        tmp_path_factory,
+        "tp2-server",
+        poc_enabled=True,
+        extra_args=[
+            "--tensor-parallel-size",
+            "2",
+            "--worker-extension-cls",
+            "tests.unit.operator_extension.OperatorExtension",
+        ],
+        extra_env={"VLLM_CPU_OMP_THREADS_BIND": "0|1", "VLLM_SERVER_DEV_MODE": "1"},
+    )
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def tp_client(tp_server: VllmServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=tp_server.base_url, timeout=120.0) as c:
+        yield c
+        assert tp_server.alive(), f"server died; log tail:\n{tp_server.log_tail()}"
+
+
+def test_operator_extension_still_answers_on_every_rank(tp_client: httpx.Client) -> None:
+    data = ok(tp_client.post("/collective_rpc", json={"method": "operator_ping"}))
+    assert data["results"] == ["pong", "pong"]
+
+
+def test_tensor_parallel_distances_match_reference(
+    tp_client: httpx.Client, tiny_model: Path
+) -> None:
+    post_ok(
+        tp_client,
+        "/init/validate",
+        round_body(block_hash=BLOCK, public_key="validator", seq_len=SEQ_LEN, batch_size=6),
+    )
+    claimed = [1.0] * len(NONCES)
+    batch = {
+        "public_key": PROVER,
+        "block_hash": BLOCK,
+        "block_height": 100,
+        "nonces": NONCES,
+        "dist": claimed,
+        "node_id": 0,
+    }
+    got = ok(tp_client.post(POW + "/validate", json=batch))["distances"]
+    ref = reference_distances(tiny_model, BLOCK, PROVER, NONCES, SEQ_LEN)
+    diffs = [abs(g - r) for g, r in zip(got, ref, strict=True)]
+    print(f"\n[e2e] TP=2: max |distance - reference| over {len(NONCES)} nonces: {max(diffs):.3e}")
+    assert max(diffs) <= DIST_TOL
+
+
+def test_tensor_parallel_round_generates(tp_client: httpx.Client) -> None:
+    final = generate(tp_client, 16, block_hash=BLOCK, seq_len=16)
+    assert final["error"] is None
+    assert final["valid_nonces"] == list(range(len(final["valid_nonces"])))
