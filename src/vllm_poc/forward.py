@@ -71,6 +71,8 @@ class PoCForward:
         # A compiled graph traced with token ids refuses ``input_ids=None``; with prompt embeds
         # enabled the graph was traced with ``inputs_embeds`` and can run compiled.
         self.skip_compiled = not self.vllm_config.model_config.enable_prompt_embeds
+        # The compiled graph only covers token counts up to the scheduler's batch budget.
+        self.max_compiled_tokens = self.vllm_config.scheduler_config.max_num_batched_tokens
         self._scratch = _Scratch()
         self._round_cache: dict[tuple[Any, ...], torch.Tensor] = {}
 
@@ -156,7 +158,7 @@ class PoCForward:
                 self.vllm_config,
                 num_tokens=batch * seq_len,
                 slot_mapping=slot_mappings,
-                skip_compiled=self.skip_compiled,
+                skip_compiled=self.skip_compiled or batch * seq_len > self.max_compiled_tokens,
             ),
         ):
             hidden = compat.run_model(self.runner, self.runner.get_model(), positions, inputs)
