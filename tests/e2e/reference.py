@@ -1,0 +1,69 @@
+"""An independent reference for PoC distances: transformers' Qwen3 in float32, plain torch math.
+
+Written from shared/spec/gpu-random.md without the plugin's forward or distance code. Only the
+random parts (inputs, permutations, target) come from ``vllm_poc.gpu_random``, whose own unit
+tests pin them to the spec's test vectors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from vllm_poc.gpu_random import generate_inputs, generate_permutations, generate_target
+
+
+@lru_cache(maxsize=2)
+def load_model(model_dir: str) -> torch.nn.Module:
+    """The model folder loaded by transformers in float32, eval mode, eager attention."""
+    from transformers import Qwen3ForCausalLM
+
+    model = Qwen3ForCausalLM.from_pretrained(
+        model_dir, dtype=torch.float32, attn_implementation="eager"
+    )
+    return model.eval()
+
+
+def last_logits(
+    model_dir: Path | str, block_hash: str, public_key: str, nonces: Sequence[int], seq_len: int
+) -> torch.Tensor:
+    """Float32 full-vocabulary logits at the last position of each nonce's sequence."""
+    model = load_model(str(model_dir))
+    hidden = model.config.hidden_size
+    # The server feeds bf16 inputs to a bf16 model: round the inputs the same way.
+    embeds = generate_inputs(
+        block_hash, public_key, list(nonces), hidden, seq_len, dtype=torch.bfloat16
+    ).float()
+    rows = []
+    with torch.no_grad():
+        for i in range(len(nonces)):  # each nonce its own sequence: no padding, no batching
+            positions = torch.arange(seq_len).unsqueeze(0)
+            out = model(inputs_embeds=embeds[i : i + 1], position_ids=positions, use_cache=False)
+            rows.append(out.logits[0, -1].float())
+    return torch.stack(rows)
+
+
+def distances_from_logits(
+    logits: torch.Tensor, block_hash: str, public_key: str, nonces: Sequence[int]
+) -> list[float]:
+    """``|| normalize(logits[perm]) - target ||`` per nonce, spelled out in plain torch ops."""
+    vocab = logits.shape[1]
+    perms = generate_permutations(block_hash, public_key, list(nonces), vocab)
+    target = generate_target(block_hash, vocab).float()
+    out = []
+    for row, perm in zip(logits, perms, strict=True):
+        x = row.float()[perm]  # x[j] = logits[perm[j]]
+        x = x / torch.sqrt(torch.sum(x * x))
+        out.append(float(torch.sqrt(torch.sum((x - target) ** 2))))
+    return out
+
+
+def reference_distances(
+    model_dir: Path | str, block_hash: str, public_key: str, nonces: Sequence[int], seq_len: int
+) -> list[float]:
+    """The distance of each nonce, computed independently of the plugin."""
+    logits = last_logits(model_dir, block_hash, public_key, nonces, seq_len)
+    return distances_from_logits(logits, block_hash, public_key, nonces)
