@@ -85,7 +85,13 @@ def flops_per_nonce(config: dict[str, Any], seq_len: int) -> dict[str, float]:
 
 
 async def poc_rate(
-    manager: Any, batch: int, seq_len: int, warmup: int, seconds: float, min_batches: int
+    manager: Any,
+    batch: int,
+    seq_len: int,
+    warmup: int,
+    seconds: float,
+    min_batches: int,
+    random_projection: bool = False,
 ) -> dict[str, float]:
     """Nonces/s of the manager's generation loop, timed between batch completions.
 
@@ -101,6 +107,7 @@ async def poc_rate(
         r_target=1.0,
         batch_size=batch,
         seq_len=seq_len,
+        random_projection=random_projection,
     )
     stamps: list[tuple[float, int]] = []  # (time, total checked) after each batch
     enough = asyncio.Event()
@@ -285,7 +292,13 @@ async def run(args: argparse.Namespace, cuda: bool) -> dict[str, Any]:
         for round_no in range(args.rounds):
             for batch in batches:
                 poc = await poc_rate(
-                    manager, batch, seq_len, args.warmup_batches, args.seconds, args.min_batches
+                    manager,
+                    batch,
+                    seq_len,
+                    args.warmup_batches,
+                    args.seconds,
+                    args.min_batches,
+                    args.random_projection,
                 )
                 prof = await profile(engine, batch, seq_len, args.reps)
                 samples[batch].append({**poc, **prof})
@@ -351,6 +364,11 @@ def main() -> None:
     parser.add_argument("--warmup-batches", type=int, default=2)
     parser.add_argument("--reps", type=int, default=7, help="poc_profile repetitions")
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.85)
+    parser.add_argument(
+        "--random-projection",
+        action="store_true",
+        help="PoC rounds with the Phase 6.1 projections (their overhead against the bare forward)",
+    )
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
 
