@@ -48,9 +48,9 @@ def api_server_module() -> ModuleType | None:
     main_name = getattr(getattr(main, "__spec__", None), "name", None)
     if getattr(main, "__name__", None) == "__mp_main__":
         main_name = None  # a spawned child re-imports the server module; it serves nothing
+    if main_name in API_SERVER_MODULES and _has_app_seams(main):
+        return main
     for name in API_SERVER_MODULES:
-        if main_name == name and _has_app_seams(main):
-            return main
         module = sys.modules.get(name)
         if module is not None and _has_app_seams(module) and _calls_seams(module):
             return module

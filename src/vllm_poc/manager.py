@@ -195,11 +195,12 @@ class PoCManager:
     async def _rpc_distances(
         self, config: PoCConfig, public_key: str, nonces: list[int]
     ) -> list[float]:
+        # The timeout is enforced here only: a collective_rpc timeout inside the engine is
+        # fatal to vLLM's engine core, while a late answer here just ends the round.
         timeout = envs.get("VLLM_POC_RPC_TIMEOUT")
         results = await asyncio.wait_for(
             self.engine.collective_rpc(
                 "poc_distances",
-                timeout=timeout,
                 args=(config.block_hash, public_key, nonces, config.seq_len),
                 kwargs={"random_projection": True} if config.random_projection else None,
             ),

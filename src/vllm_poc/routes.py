@@ -36,7 +36,7 @@ def _api_keys(request: Request) -> list[str]:
     return [k for k in ([keys] if isinstance(keys, str) else keys) if k]
 
 
-async def require_api_key(request: Request) -> None:
+def _check_api_key(request: Request) -> None:
     """Reject requests without the right ``Authorization: Bearer`` key (constant-time check)."""
     keys = _api_keys(request)
     if not keys:
@@ -54,20 +54,29 @@ async def require_api_key(request: Request) -> None:
         )
 
 
-async def limit_body_size(request: Request) -> None:
-    """Refuse bodies above VLLM_POC_MAX_BODY_BYTES before parsing them."""
+def _check_size(size: int) -> None:
     limit = envs.get("VLLM_POC_MAX_BODY_BYTES")
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit():
-        size = int(declared)
-    elif request.method in ("POST", "PUT", "PATCH"):
-        size = len(await request.body())
-    else:
-        return
     if size > limit:
         raise HTTPException(
             status_code=413, detail=f"body of {size} bytes exceeds VLLM_POC_MAX_BODY_BYTES={limit}"
         )
+
+
+def _check_declared_size(request: Request) -> None:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit():
+        _check_size(int(declared))
+
+
+async def require_api_key(request: Request) -> None:
+    _check_api_key(request)
+
+
+async def limit_body_size(request: Request) -> None:
+    """Refuse bodies above VLLM_POC_MAX_BODY_BYTES (chunked bodies are measured once read)."""
+    _check_declared_size(request)
+    if request.headers.get("content-length") is None and request.method in ("POST", "PUT"):
+        _check_size(len(await request.body()))
 
 
 router = APIRouter(
@@ -77,19 +86,22 @@ router = APIRouter(
 )
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+MAX_INT = 2**62
+"""Bound of every integer field: nonces and striding must fit the RPC's 64-bit integers."""
+BoundedInt = Annotated[int, Field(le=MAX_INT)]
 
 
 class PoCInitRequest(BaseModel):
     model_config = ConfigDict(strict=True)
 
     block_hash: Annotated[str, Field(min_length=1)]
-    block_height: Annotated[int, Field(ge=0)]
+    block_height: Annotated[int, Field(ge=0, le=MAX_INT)]
     public_key: Annotated[str, Field(min_length=1)]
     r_target: Annotated[float, Field(gt=0, le=2, allow_inf_nan=False)]
     fraud_threshold: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] = 0.01
-    node_id: int = -1
-    node_count: int = -1
-    batch_size: Annotated[int, Field(ge=1)] = Field(
+    node_id: Annotated[int, Field(ge=-1, le=2**31)] = -1
+    node_count: Annotated[int, Field(ge=-1, le=2**31)] = -1
+    batch_size: Annotated[int, Field(ge=1, le=2**20)] = Field(
         default_factory=lambda: envs.get("VLLM_POC_BATCH_SIZE")
     )
     seq_len: Annotated[int, Field(ge=1)] = Field(
@@ -106,10 +118,10 @@ class ProofBatchRequest(BaseModel):
 
     public_key: Annotated[str, Field(min_length=1)]
     block_hash: Annotated[str, Field(min_length=1)]
-    block_height: int
-    nonces: list[Annotated[int, Field(ge=0)]]
+    block_height: BoundedInt
+    nonces: list[Annotated[int, Field(ge=0, le=MAX_INT)]]
     dist: list[FiniteFloat]
-    node_id: int
+    node_id: BoundedInt
 
 
 class PoCStatusResponse(BaseModel):
@@ -333,6 +345,11 @@ async def calibrate(request: Request, body: CalibrateRequest) -> dict[str, Any]:
         return await manager.calibrate(config, body.n_samples, body.valid_rate)
     except (RuntimeError, ValueError) as e:
         raise HTTPException(status_code=400, detail=str(e)) from e
+    except Exception as e:
+        logger.exception("vllm-poc: calibration of %d nonces failed", body.n_samples)
+        raise HTTPException(
+            status_code=503, detail=f"calibration failed in the engine: {type(e).__name__}: {e}"
+        ) from e
 
 
 @router.get("/version")
@@ -412,9 +429,42 @@ def guard_inference_routes(app: FastAPI) -> list[str]:
     return guarded
 
 
+def _pow_guarded(inner: ASGIApp) -> ASGIApp:
+    """Check the key and the declared body size before the route reads or parses the body.
+
+    vLLM's exception handlers would drop the ``WWW-Authenticate`` header, and FastAPI parses the
+    body before running the router's dependencies; answering here avoids both.
+    """
+
+    async def guard(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        try:
+            request = Request(scope)
+            _check_api_key(request)
+            _check_declared_size(request)
+        except HTTPException as e:
+            body = {
+                "error": {"message": e.detail, "type": "PoCRequestRefused", "code": e.status_code}
+            }
+            await JSONResponse(body, status_code=e.status_code, headers=e.headers)(
+                scope, receive, send
+            )
+            return
+        await inner(scope, receive, send)
+
+    guard.__wrapped__ = inner  # type: ignore[attr-defined]
+    return guard
+
+
 def attach(app: FastAPI) -> list[str]:
-    """Add the PoC router and inference blocking to a built vLLM app."""
+    """Add the PoC router (auth and size checked before parsing) and inference blocking."""
     app.include_router(router)
+    for route in app.router.routes:
+        if (
+            isinstance(route, Route)
+            and route.path.startswith(router.prefix)
+            and not hasattr(route.app, "__wrapped__")
+        ):
+            route.app = _pow_guarded(route.app)
     return guard_inference_routes(app)
 
 

@@ -7,12 +7,14 @@ server is shared by the whole session and the plugin-disabled one by its module 
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from .helpers import LIMITS
 from .server import VllmServer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -27,6 +29,16 @@ def pytest_configure(config: pytest.Config) -> None:
         "runs_last: e2e test that leaves callback retries behind on the shared server; "
         "run after every other test so no other receiver can be affected",
     )
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # A SIGTERM (a `timeout`, a CI limit) must still run fixture teardown, which stops the vLLM
+    # servers: they live in their own process groups and would outlive pytest otherwise.
+    signal.signal(signal.SIGTERM, _interrupt)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -123,7 +135,7 @@ def plain_server(
 @pytest.fixture
 def client(poc_server: VllmServer) -> Iterator[httpx.Client]:
     """HTTP client for the PoC server; stops any round and checks the server survived."""
-    with httpx.Client(base_url=poc_server.base_url, timeout=60.0) as c:
+    with httpx.Client(base_url=poc_server.base_url, timeout=60.0, limits=LIMITS) as c:
         yield c
         alive = poc_server.alive()
         if alive:
@@ -160,6 +172,6 @@ def tuned_client(tuned_server: VllmServer) -> Iterator[httpx.Client]:
 
 @pytest.fixture
 def plain_client(plain_server: VllmServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=plain_server.base_url, timeout=60.0) as c:
+    with httpx.Client(base_url=plain_server.base_url, timeout=60.0, limits=LIMITS) as c:
         yield c
         assert plain_server.alive(), f"server died; log tail:\n{plain_server.log_tail()}"

@@ -9,6 +9,9 @@ from typing import Any
 import httpx
 
 POW = "/api/v1/pow"
+LIMITS = httpx.Limits(keepalive_expiry=2.0)
+"""Drop idle connections before uvicorn's 5 s keep-alive timeout closes them: reusing one just as
+the server closes it fails as "Server disconnected without sending a response"."""
 
 
 def round_body(**overrides: Any) -> dict[str, Any]:

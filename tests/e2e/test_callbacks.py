@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .helpers import POW, ok, post_ok, round_body, status, wait_checked, wait_until
+from .helpers import POW, ok, post_ok, round_body, status, wait_checked
 from .receiver import CallbackReceiver, dead_url
 from .reference import reference_distances
 
@@ -131,20 +131,21 @@ def test_validate_posts_validated_batch(client: httpx.Client, receiver: Callback
     assert receiver.records("/generated") == []
 
 
-WINDOW_S = 5.0
+WINDOW_S = 4.0
 
 
 def _checked_per_second(client: httpx.Client, callback_url: str | None) -> float:
     """Nonces checked per second over a fixed window of a round (after its first batch)."""
-    post_ok(
-        client, "/init/generate", round_body(block_hash="rate-block", callback_url=callback_url)
-    )
+    body = round_body(block_hash="rate-block", callback_url=callback_url)
+    post_ok(client, "/init/generate", body)
     s0 = wait_checked(client, 1)
     t0 = time.monotonic()
-    wait_until(lambda: time.monotonic() - t0 >= WINDOW_S, WINDOW_S + 5, "the window", 0.25)
-    s1 = status(client)
+    s1 = s0
+    while time.monotonic() - t0 < WINDOW_S:  # polling also keeps the keep-alive connection warm
+        time.sleep(0.25)
+        s1 = status(client)
+        assert s1["state"] == "GENERATING" and s1["error"] is None, s1
     t1 = time.monotonic()
-    assert s1["state"] == "GENERATING" and s1["error"] is None, s1
     post_ok(client, "/stop")
     return (s1["total_checked"] - s0["total_checked"]) / (t1 - t0)
 
@@ -153,22 +154,27 @@ def _checked_per_second(client: httpx.Client, callback_url: str | None) -> float
 def test_broken_receiver_never_slows_generation(
     client: httpx.Client, receiver: CallbackReceiver
 ) -> None:
-    baseline = _checked_per_second(client, None)
-    assert baseline > 0
-    rates = {"baseline": baseline}
-    rates["down"] = _checked_per_second(client, dead_url())
-    receiver.set_mode("error")
-    rates["error 500"] = _checked_per_second(client, receiver.url)
-    n_error_posts = len(receiver.records("/generated"))
-    receiver.set_mode("slow", slow_seconds=3.0)
-    rates["slow 3 s"] = _checked_per_second(client, receiver.url)
-    print(f"\n[e2e] nonces/s by receiver: { {k: round(v, 1) for k, v in rates.items()} }")
-    assert n_error_posts > 0, "the 500 receiver was never called"
-    assert len(receiver.records("/generated")) > n_error_posts, "the slow one was never called"
-    for name, rate in rates.items():
-        # Generous: CPU noise on a shared 2-core machine; a blocking callback would cut the
-        # rate by orders of magnitude (a 3 s sleep per batch of 4).
-        assert rate >= 0.5 * baseline, (name, rates)
+    # Each broken mode is measured right after its own baseline, so load from other processes
+    # on a shared machine drifts less between the two. A callback on the generation path would
+    # cut the rate by orders of magnitude: to ~1 nonce/s with a 3 s receiver (batches of 4),
+    # and below that with retries to a dead or failing receiver (0.5 s, 1 s, 2 s... backoff).
+    # 0.2x the baseline tolerates CPU noise and still catches that.
+    modes = {"down": ("ok", dead_url()), "error 500": ("error", None), "slow 3 s": ("slow", None)}
+    results: dict[str, tuple[float, float]] = {}
+    posts_before = 0
+    for name, (mode, url) in modes.items():
+        baseline = _checked_per_second(client, None)
+        receiver.set_mode(mode, slow_seconds=3.0)
+        rate = _checked_per_second(client, url or receiver.url)
+        results[name] = (round(baseline, 1), round(rate, 1))
+        if url is None:  # the receiver was really called in this mode
+            posts = len(receiver.records("/generated"))
+            assert posts > posts_before, f"the {name} receiver was never called"
+            posts_before = posts
+    print(f"\n[e2e] nonces/s (baseline, with broken receiver): {results}")
+    for name, (baseline, rate) in results.items():
+        assert baseline > 0, results
+        assert rate >= 0.2 * baseline, (name, results)
 
 
 @pytest.mark.runs_last
@@ -176,15 +182,17 @@ def test_next_round_callbacks_are_not_stuck_behind_a_dead_receiver(
     client: httpx.Client, receiver: CallbackReceiver
 ) -> None:
     # A round whose receiver is down leaves undeliverable callbacks behind (one per batch).
-    post_ok(client, "/init/generate", round_body(block_hash="dead-block", callback_url=dead_url()))
-    wait_checked(client, 400)
+    body = round_body(block_hash="dead-block", callback_url=dead_url())
+    post_ok(client, "/init/generate", body)
+    wait_checked(client, 200)
     post_ok(client, "/stop")
-    # The next round reports to a healthy receiver: its callbacks must arrive promptly, not
-    # after the old round's retries (up to ~15 s of backoff per undeliverable post).
-    post_ok(
-        client, "/init/generate", round_body(block_hash="next-block", callback_url=receiver.url)
-    )
+    # The next round reports to a healthy receiver. It is stopped after a few batches, so its
+    # own posts cannot push the old ones out of a bounded queue: they must still arrive
+    # promptly, not after the old round's retries (~15 s of backoff per undeliverable post).
+    body = round_body(block_hash="next-block", callback_url=receiver.url)
+    post_ok(client, "/init/generate", body)
     wait_checked(client, 8)
+    post_ok(client, "/stop")
     try:
         got = receiver.wait_for("/generated", 1, timeout=20)
     except TimeoutError as e:

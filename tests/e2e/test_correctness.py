@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .helpers import POW, generate, ok, post_ok, round_body, status
+from .helpers import LIMITS, POW, generate, ok, post_ok, round_body, status
 from .reference import reference_distances
 from .server import VllmServer
 
@@ -36,7 +36,7 @@ def _as_map(s: dict[str, Any]) -> dict[int, float]:
 
 @pytest.fixture(scope="module")
 def module_client(poc_server: VllmServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=poc_server.base_url, timeout=120.0) as c:
+    with httpx.Client(base_url=poc_server.base_url, timeout=120.0, limits=LIMITS) as c:
         yield c
         if poc_server.alive():
             c.post(POW + "/stop")

@@ -2,7 +2,8 @@
 
 Each endpoint gets ``VLLM_POC_FUZZ_EXAMPLES`` (default 200) generated requests: mutations of a
 valid body (fields dropped, added or replaced by values of wrong types, huge/negative/zero
-integers, NaN/Infinity, long or odd unicode strings, deep nesting), arbitrary JSON values, raw
+integers, NaN/Infinity, long or odd unicode strings, deep nesting), valid bodies with one field
+at an extreme value of the right type (boundary values), arbitrary JSON values, raw
 non-JSON or truncated bytes, NaN/Infinity literals spliced into raw JSON text, wrong content
 types and wrong methods. Properties:
 
@@ -189,6 +190,29 @@ def _encode(value: Any, ascii_only: bool) -> bytes:
 
 
 @st.composite
+def boundary(draw: st.DrawFn, base: dict[str, Any] | None) -> Any:
+    """A valid body with one field set to an extreme value of the right JSON type."""
+    body = dict(base or {})
+    if not body:
+        return draw(json_values)
+    key = draw(st.sampled_from(sorted(body)))
+    value = body[key]
+    if key in ("nonces", "dist"):
+        nonces = draw(nonce_lists)
+        body["nonces"] = nonces
+        body["dist"] = draw(st.lists(st.floats(0, 2), min_size=len(nonces), max_size=len(nonces)))
+    elif isinstance(value, bool):
+        body[key] = not value
+    elif isinstance(value, int):
+        body[key] = draw(ints)
+    elif isinstance(value, float):
+        body[key] = draw(floats)
+    elif isinstance(value, str):
+        body[key] = draw(strings)
+    return body
+
+
+@st.composite
 def raw_bodies(draw: st.DrawFn, base: dict[str, Any] | None) -> bytes:
     valid = json.dumps(base or {"a": 1}).encode()
     kind = draw(st.sampled_from(["binary", "truncated", "deep", "literal", "bignum", "empty"]))
@@ -214,9 +238,11 @@ def raw_bodies(draw: st.DrawFn, base: dict[str, Any] | None) -> bytes:
 @st.composite
 def requests(draw: st.DrawFn, endpoint: str) -> tuple[str, str, bytes, dict[str, Any]]:
     method, path, base = ENDPOINTS[endpoint]
-    kind = draw(st.sampled_from(["mutated", "mutated", "json", "raw"]))
+    kind = draw(st.sampled_from(["mutated", "boundary", "json", "raw"]))
     if kind == "mutated":
         content = _encode(draw(mutated(base)), draw(st.booleans()))
+    elif kind == "boundary":
+        content = _encode(draw(boundary(base)), draw(st.booleans()))
     elif kind == "json":
         content = _encode(draw(json_values), draw(st.booleans()))
     else:
@@ -230,27 +256,41 @@ def requests(draw: st.DrawFn, endpoint: str) -> tuple[str, str, bytes, dict[str,
 
 
 class Tracker:
-    """The /status a refused request must leave unchanged."""
+    """The /status a refused request must leave unchanged.
 
-    def __init__(self, client: httpx.Client) -> None:
-        self.client = client
-        self.baseline = self.rebase()
+    Its own client opens a connection per request: a keep-alive connection that the server
+    closes while idle (hypothesis may pause between examples) would fail the next request.
+    """
+
+    def __init__(self, base_url: str) -> None:
+        self.client = httpx.Client(
+            base_url=base_url, timeout=120.0, limits=httpx.Limits(max_keepalive_connections=0)
+        )
+        self.clean = False
+        self.baseline: dict[str, Any] = {}
+
+    def start_example(self) -> None:
+        """Back to the fuzz round when the last example did not end cleanly (or at first)."""
+        if not self.clean:
+            post_ok(self.client, "/stop")
+            post_ok(self.client, "/init", FUZZ_ROUND)
+            self.rebase()
+        self.clean = False
 
     def snapshot(self) -> dict[str, Any]:
         return {k: v for k, v in status(self.client).items() if k not in IGNORED}
 
-    def rebase(self) -> dict[str, Any]:
+    def rebase(self) -> None:
         if status(self.client)["state"] == "GENERATING":
             post_ok(self.client, "/stop")  # an accepted round would move the counters
         self.baseline = self.snapshot()
-        return self.baseline
 
 
 @pytest.fixture
-def tracker(client: httpx.Client) -> Iterator[Tracker]:
-    post_ok(client, "/stop")
-    post_ok(client, "/init", FUZZ_ROUND)
-    yield Tracker(client)
+def tracker(client: httpx.Client, poc_server: VllmServer) -> Iterator[Tracker]:
+    t = Tracker(poc_server.base_url)
+    yield t
+    t.client.close()
 
 
 @pytest.mark.parametrize("endpoint", list(ENDPOINTS))
@@ -273,14 +313,16 @@ def test_fuzzed_requests_never_break_the_server(
     data: st.DataObject,
 ) -> None:
     method, path, content, headers = data.draw(requests(endpoint), label="request")
-    r = client.request(method, POW + path, content=content, headers=headers)
+    tracker.start_example()
+    r = tracker.client.request(method, POW + path, content=content, headers=headers)
     assert r.status_code < 500, (r.status_code, r.text[:800])
     assert poc_server.alive(), f"server died; log tail:\n{poc_server.log_tail()}"
     if r.status_code == 200:
         tracker.rebase()
-        return
-    assert r.json() is not None, "a refusal must be a JSON body"
-    assert tracker.snapshot() == tracker.baseline, "a refused request changed the state"
+    else:
+        assert r.json() is not None, "a refusal must be a JSON body"
+        assert tracker.snapshot() == tracker.baseline, "a refused request changed the state"
+    tracker.clean = True
 
 
 def test_server_serves_after_the_fuzzing(poc_server: VllmServer, client: httpx.Client) -> None:

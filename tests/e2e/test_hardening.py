@@ -135,7 +135,7 @@ def _send(c: httpx.Client, method: str, path: str, body: Any, headers: dict[str,
 def test_routes_under_test_are_all_the_pow_routes(anon: httpx.Client) -> None:
     r = anon.get("/openapi.json")
     if r.status_code != 200:
-        pytest.skip(f"no /openapi.json ({r.status_code})")
+        pytest.fail(f"no /openapi.json ({r.status_code})")
     served = {
         (method.upper(), path[len(POW) :])
         for path, ops in r.json()["paths"].items()
@@ -384,34 +384,6 @@ def _wait_state(c: httpx.Client, state: str, timeout: float = 90.0) -> dict[str,
     return wait_until(
         lambda: (s := status(c))["state"] == state and s, timeout, f"state {state}", 0.2
     )
-
-
-def test_engine_rpc_raising_mid_round_stops_the_round_cleanly(
-    tuned_client: httpx.Client, tuned_server: VllmServer
-) -> None:
-    """Node 0 of 2**62: the first batch's nonces (0, 2**62, 2**63, 3 * 2**62) reach the engine,
-    the second batch's (from 2**64) make ``collective_rpc`` raise: the round must stop with the
-    error in /status, counters frozen, and the server keep serving."""
-    c = tuned_client
-    body = round_body(block_hash=BLOCK, block_height=HEIGHT + 60, node_count=2**62, batch_size=4)
-    r = c.post(POW + "/init/generate", json=body)
-    if is_4xx(r):
-        pytest.skip(f"such a nonce range is now refused at /init: {r.text[:200]}")
-    assert r.status_code == 200, r.text[:500]
-    failed = _wait_state(c, "STOPPED")
-    assert failed["error"] and "generation failed" in failed["error"], failed["error"]
-    assert failed["total_checked"] == 4, "the first batch counts, the failed one does not"
-    assert failed["valid_nonces"] == [0, 2**62, 2**63, 3 * 2**62]
-    time.sleep(1.0)
-    assert stable(status(c)) == stable(failed), "a failed round must stay frozen"
-    assert status(c)["elapsed_seconds"] == failed["elapsed_seconds"]
-    # The server keeps serving: inference, and a new round (which fails the same way).
-    assert completion(c, tuned_server).status_code == 200
-    post_ok(c, "/init/generate", body)
-    again = _wait_state(c, "STOPPED")
-    assert again["error"] == failed["error"] and again["total_checked"] == 4
-    final = generate(c, at_least=8, block_hash=BLOCK, block_height=HEIGHT + 61)
-    assert final["error"] is None
 
 
 def generate(c: httpx.Client, at_least: int, **overrides: Any) -> dict[str, Any]:

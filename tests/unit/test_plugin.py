@@ -317,7 +317,13 @@ def test_real_engine_args_enabled(monkeypatch, tiny_model, no_api_server):
 def test_settings_are_declared_to_vllm_when_set(monkeypatch, fake_engine_args, no_api_server):
     import vllm.envs
 
-    registry = dict(vllm.envs.environment_variables)
+    from vllm_poc import envs as poc_envs
+
+    for name in poc_envs.SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    registry = {
+        k: v for k, v in vllm.envs.environment_variables.items() if not k.startswith("VLLM_POC_")
+    }
     monkeypatch.setattr(vllm.envs, "environment_variables", registry)
     plugin.register()
     assert "VLLM_POC_ENABLED" not in registry  # nothing set: nothing declared

@@ -476,3 +476,41 @@ class TestCalibrateAndVersion:
         assert data["model"] == "tiny"
         assert data["vllm_version"]
         assert data["options"]["random_projection"] is True
+
+
+class TestGuardBeforeParsing:
+    """``attach`` checks the key and the declared size before FastAPI parses the body."""
+
+    @pytest.fixture
+    def attached(self, mock_manager, monkeypatch):
+        from vllm_poc.routes import attach
+
+        app = FastAPI()
+        _plain_400s(app)
+        attach(app)
+        app.state.poc_manager = mock_manager
+        monkeypatch.setenv("VLLM_POC_API_KEY", "k")
+        return TestClient(app)
+
+    def test_malformed_body_without_key_is_401_with_scheme(self, attached, mock_manager):
+        response = attached.post(
+            "/api/v1/pow/init", content=b'{"block_hash": ', headers={"content-type": "x"}
+        )
+        assert response.status_code == 401
+        assert response.headers["www-authenticate"] == "Bearer"
+        mock_manager.init_round.assert_not_called()
+
+    def test_oversized_body_is_413_before_parsing(self, attached, monkeypatch):
+        monkeypatch.setenv("VLLM_POC_MAX_BODY_BYTES", "10")
+        response = attached.post(
+            "/api/v1/pow/init", content=b"{" * 50, headers={"Authorization": "Bearer k"}
+        )
+        assert response.status_code == 413
+
+    def test_nonces_beyond_64_bits_are_a_400(self, attached, mock_manager):
+        _configured(mock_manager)
+        body = {**BATCH, "nonces": [2**70, 1, 2]}
+        response = attached.post(
+            "/api/v1/pow/validate", json=body, headers={"Authorization": "Bearer k"}
+        )
+        assert response.status_code == 400
