@@ -48,7 +48,8 @@ def api_server_module() -> ModuleType | None:
     main_name = getattr(getattr(main, "__spec__", None), "name", None)
     if getattr(main, "__name__", None) == "__mp_main__":
         main_name = None  # a spawned child re-imports the server module; it serves nothing
-    if main_name in API_SERVER_MODULES and _has_app_seams(main):
+    # ``__main__`` counts only if it calls the seams itself: in 0.32 it merely re-exports them.
+    if main_name in API_SERVER_MODULES and _has_app_seams(main) and _calls_seams(main):
         return main
     for name in API_SERVER_MODULES:
         module = sys.modules.get(name)
@@ -63,12 +64,15 @@ def _has_app_seams(module: Any) -> bool:
     )
 
 
-def _calls_seams(module: ModuleType) -> bool:
+def _calls_seams(module: Any) -> bool:
     """True when the module itself builds the app (not a mere re-export, as in 0.32)."""
     serve = getattr(module, "build_and_serve", None) or getattr(module, "run_server_worker", None)
     if serve is None or getattr(serve, "__module__", None) != module.__name__:
         return False
-    return "build_app" in inspect.getsource(serve)
+    try:
+        return "build_app" in inspect.getsource(serve)
+    except (OSError, TypeError):
+        return False
 
 
 def declare_environment_variables(getters: dict[str, Any]) -> None:

@@ -231,8 +231,13 @@ def fake_api_server(monkeypatch):
     async def init_app_state(engine_client: Any, *args: Any, **kwargs: Any) -> str:
         return "initialised"
 
+    async def build_and_serve(*args: Any) -> None:
+        build_app(*args)
+
+    build_and_serve.__module__ = "__main__"
     module.build_app = build_app
     module.init_app_state = init_app_state
+    module.build_and_serve = build_and_serve
     monkeypatch.setitem(sys.modules, "__main__", module)
     assert compat.api_server_module() is module
     return module
@@ -333,3 +338,18 @@ def test_settings_are_declared_to_vllm_when_set(monkeypatch, fake_engine_args, n
 
     assert set(poc_envs.SETTINGS) <= set(registry)
     assert registry["VLLM_POC_BATCH_SIZE"]() == 8
+
+
+def test_a_main_that_only_re_exports_the_seams_is_not_patched(monkeypatch):
+    """vLLM 0.32 runs ``python -m vllm.entrypoints.openai.api_server`` as a ``__main__`` that
+    re-exports ``build_app``; the server calls them from ``launchers.api_server.entry``."""
+    import importlib
+
+    entry = importlib.import_module("vllm.entrypoints.launchers.api_server.entry")
+    module = types.ModuleType("__main__")
+    module.__spec__ = SimpleNamespace(name="vllm.entrypoints.openai.api_server")
+    module.build_app = entry.build_app
+    module.init_app_state = entry.init_app_state
+    module.build_and_serve = entry.build_and_serve
+    monkeypatch.setitem(sys.modules, "__main__", module)
+    assert compat.api_server_module() is entry
