@@ -12,8 +12,9 @@ import asyncio
 import collections
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -38,8 +39,21 @@ class _Item:
     attempts: int = 0
 
 
+@dataclass
+class _Lane:
+    """The ordered queue of one receiver (scheme, host and port) and its delivery task."""
+
+    queue: collections.deque[_Item] = field(default_factory=collections.deque)
+    task: asyncio.Task[None] | None = None
+    in_flight: _Item | None = None
+
+
 class PoCCallbackSender:
-    """Delivers callback payloads in order, with bounded retries and a bounded queue."""
+    """Delivers callback payloads in order per receiver, with bounded retries and queues.
+
+    Each receiver has its own lane, so a receiver that is down (say, the last round's) never
+    delays posts to another one.
+    """
 
     def __init__(
         self,
@@ -55,17 +69,14 @@ class PoCCallbackSender:
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.stats = SenderStats()
-        self._queue: collections.deque[_Item] = collections.deque()
         self._queue_size = queue_size
         self._client = client or httpx.AsyncClient(timeout=timeout)
-        self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._in_flight: _Item | None = None
+        self._lanes: dict[str, _Lane] = {}
 
     @property
     def pending(self) -> int:
-        """Posts waiting or in flight."""
-        return len(self._queue) + (self._in_flight is not None)
+        """Posts waiting or in flight, over all receivers."""
+        return sum(len(lane.queue) + (lane.in_flight is not None) for lane in self._lanes.values())
 
     def submit_generated(self, callback_url: str, batch: ProofBatch, r_target: float) -> None:
         """Queue the valid nonces of ``batch`` for ``{callback_url}/generated`` (if any)."""
@@ -78,33 +89,29 @@ class PoCCallbackSender:
         self._submit(f"{callback_url.rstrip('/')}/validated", to_json_dict(batch))
 
     def _submit(self, url: str, payload: dict[str, Any]) -> None:
-        if len(self._queue) >= self._queue_size:
-            dropped = self._queue.popleft()
+        key = urlsplit(url).netloc
+        lane = self._lanes.setdefault(key, _Lane())
+        if len(lane.queue) >= self._queue_size:
+            dropped = lane.queue.popleft()
             self.stats.dropped += 1
             metrics.CALLBACKS.labels(result="dropped").inc()
             logger.warning(
-                "vllm-poc: callback queue full (%d); dropped the oldest post to %s",
+                "vllm-poc: callback queue full (%d) for %s; dropped the oldest post to %s",
                 self._queue_size,
+                key,
                 dropped.url,
             )
-        self._queue.append(_Item(url, payload))
-        self._ensure_running()
-        self._wakeup.set()
+        lane.queue.append(_Item(url, payload))
+        if lane.task is None or lane.task.done():
+            lane.task = asyncio.get_running_loop().create_task(self._deliver(key, lane))
 
-    def _ensure_running(self) -> None:
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._deliver_forever())
-
-    async def _deliver_forever(self) -> None:
-        while True:
-            if not self._queue:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
+    async def _deliver(self, key: str, lane: _Lane) -> None:
+        """Deliver one lane in order until it is empty, then retire it."""
+        while lane.queue:
             # The item in flight leaves the queue, so overflow never drops it mid-post.
-            self._in_flight = self._queue.popleft()
-            ok = await self._post(self._in_flight)
-            item, self._in_flight = self._in_flight, None
+            lane.in_flight = lane.queue.popleft()
+            ok = await self._post(lane.in_flight)
+            item, lane.in_flight = lane.in_flight, None
             if ok:
                 self.stats.sent += 1
                 metrics.CALLBACKS.labels(result="sent").inc()
@@ -115,11 +122,13 @@ class PoCCallbackSender:
                     "vllm-poc: dropped a callback to %s after %d attempts", item.url, item.attempts
                 )
             else:
-                self._queue.appendleft(item)
+                lane.queue.appendleft(item)
                 # New submissions don't cut the wait short: backoff and order both hold.
                 await asyncio.sleep(
                     min(self.backoff_max, self.backoff_base * 2 ** (item.attempts - 1))
                 )
+        if self._lanes.get(key) is lane:
+            del self._lanes[key]
 
     async def _post(self, item: _Item) -> bool:
         item.attempts += 1
@@ -144,8 +153,10 @@ class PoCCallbackSender:
         return False
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        tasks = [lane.task for lane in self._lanes.values() if lane.task is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
         await self._client.aclose()

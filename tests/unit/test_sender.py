@@ -452,7 +452,8 @@ def test_aclose_cancels_the_delivery_task_cleanly():
         s = PoCCallbackSender(client=client)
         s.submit_validated(URL, verdict())
         await until(lambda: len(receiver.requests) == 1)
-        task = s._task
+        (lane,) = s._lanes.values()
+        task = lane.task
         assert task is not None and not task.done()
         await close(s)
         assert task.cancelled()
@@ -483,9 +484,32 @@ def test_aclose_while_waiting_for_work():
         s = PoCCallbackSender(client=receiver.client())
         s.submit_validated(URL, verdict())
         await until(lambda: s.stats.sent == 1)
-        await asyncio.sleep(0.01)  # the task is now idle, waiting for the next submission
-        task = s._task
+        await asyncio.sleep(0.01)  # the lane is empty: its task has ended and retired it
+        assert s._lanes == {}
         await close(s)
-        assert task.done()
+
+    asyncio.run(main())
+
+
+def test_a_dead_receiver_does_not_delay_another_one():
+    """Posts to a receiver that is down (say, last round's) wait in their own lane."""
+    receiver = Receiver()
+
+    async def route(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "dead":
+            raise httpx.ConnectError("down", request=request)
+        return await receiver(request)
+
+    async def main():
+        s = PoCCallbackSender(
+            client=httpx.AsyncClient(transport=httpx.MockTransport(route)),
+            max_retries=50,
+            backoff_base=10.0,
+        )
+        s.submit_validated("http://dead:1/cb", verdict())
+        s.submit_validated(URL, verdict())
+        await until(lambda: s.stats.sent == 1)
+        assert s.pending == 1  # the dead receiver's post, backing off
+        await close(s)
 
     asyncio.run(main())
