@@ -47,7 +47,11 @@ def post_ok(client: httpx.Client, path: str, json: Any = None) -> dict[str, Any]
 
 
 def status(client: httpx.Client) -> dict[str, Any]:
-    return ok(client.get(POW + "/status"))
+    """GET /status; retried once when a reused keep-alive connection was closed under us."""
+    try:
+        return ok(client.get(POW + "/status"))
+    except httpx.RemoteProtocolError:
+        return ok(client.get(POW + "/status"))
 
 
 def wait_until(
