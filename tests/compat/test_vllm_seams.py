@@ -7,6 +7,7 @@ loudly, before anything subtle breaks in a server. Run under every pinned vLLM (
 import dataclasses
 import importlib
 import inspect
+import os
 
 import pytest
 
@@ -155,10 +156,27 @@ def _positions():
     return torch.arange(4).repeat(2)
 
 
-def test_environment_variable_registry():
+def _environ_validator():
+    """vLLM's check for unknown ``VLLM_*`` variables (moved from ``vllm.envs`` to the platform)."""
     import vllm.envs
-    import vllm.platforms.interface
+    from vllm.platforms.interface import Platform
 
-    assert isinstance(vllm.envs.environment_variables, dict)
-    source = inspect.getsource(vllm.platforms.interface)
-    assert "envs.environment_variables" in source
+    return getattr(vllm.envs, "validate_environ", None) or Platform.validate_environ
+
+
+def test_environment_variable_registry(monkeypatch):
+    """The unknown-variable check consults the registry the plugin declares its names in."""
+    import vllm.envs
+
+    registry = dict(vllm.envs.environment_variables)
+    monkeypatch.setattr(vllm.envs, "environment_variables", registry)
+    for name in [n for n in os.environ if n.startswith("VLLM_")]:
+        if name not in registry:
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("VLLM_POC_CONTRACT_PROBE", "1")
+    validate = _environ_validator()
+
+    with pytest.raises(ValueError, match="VLLM_POC_CONTRACT_PROBE"):
+        validate(hard_fail=True)
+    compat.declare_environment_variables({"VLLM_POC_CONTRACT_PROBE": lambda: "1"})
+    validate(hard_fail=True)
