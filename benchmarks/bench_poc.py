@@ -279,12 +279,15 @@ async def run(args: argparse.Namespace, cuda: bool) -> dict[str, Any]:
             "engine_startup_s": round(startup, 1),
             "flops_per_nonce": flops,
             "flops_formula": FLOPS_FORMULA,
+            # What a round without batch_size would get on this engine (VLLM_POC_BATCH_SIZE).
+            "default_batch_size": await manager.default_batch_size(seq_len),
         }
         print(
             f"# PoC vs bare forward, {meta['device']}, {meta['date']}, torch {meta['torch']}, "
             f"vLLM {meta['vllm']}\n# model {shape} ({flops['non_embedding_params'] / 1e6:.2f}M "
             f"non-embedding params), seq_len {seq_len}, "
-            f"{flops['total'] / 1e9:.3f} GFLOP/nonce; engine start {startup:.0f}s",
+            f"{flops['total'] / 1e9:.3f} GFLOP/nonce; engine start {startup:.0f}s; "
+            f"default batch_size {meta['default_batch_size']}",
             flush=True,
         )
         # Rounds alternate PoC windows and profiles, so load drifts (a shared CPU) hit both.

@@ -53,17 +53,15 @@ class RoundParams:
     r_target: float
     node_id: int = 0
     node_count: int = 1
-    batch_size: int = 8
+    batch_size: int | None = None
+    """None leaves it to the node (``VLLM_POC_BATCH_SIZE``, by default sized from its memory)."""
     seq_len: int = 32
     fraud_threshold: float = 0.01
     callback_url: str | None = None
 
     def body(self) -> dict[str, Any]:
-        """The JSON body; ``callback_url`` is left out when unset so the node pushes nothing."""
-        body = asdict(self)
-        if body["callback_url"] is None:
-            del body["callback_url"]
-        return body
+        """The JSON body; unset ``batch_size`` and ``callback_url`` are left out (node default)."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 @dataclass

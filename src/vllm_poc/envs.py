@@ -16,6 +16,16 @@ def _bool(value: str) -> bool:
     return value.strip().lower() in ("1", "true", "yes", "on")
 
 
+def _batch_size(value: str) -> int | str:
+    """``auto`` or a positive integer."""
+    if value.strip().lower() == "auto":
+        return "auto"
+    size = int(value)
+    if size < 1:
+        raise ValueError(f"VLLM_POC_BATCH_SIZE must be 'auto' or >= 1, got {value!r}")
+    return size
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
@@ -33,7 +43,11 @@ SETTINGS: dict[str, Setting] = {
     for s in [
         Setting("VLLM_POC_ENABLED", False, _bool, "Turn the plugin on (1/true/yes/on)."),
         Setting(
-            "VLLM_POC_BATCH_SIZE", 32, int, "Default nonces per forward when a round gives none."
+            "VLLM_POC_BATCH_SIZE",
+            "auto",
+            _batch_size,
+            "Nonces per forward when a round gives none: a number, or `auto` (largest that "
+            "fits the forward's token budget and free memory; see README).",
         ),
         Setting("VLLM_POC_SEQ_LEN", 256, int, "Default sequence length when a round gives none."),
         Setting(

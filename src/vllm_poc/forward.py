@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from vllm_poc import compat, gpu_random
+from vllm_poc import auto_batch, compat, gpu_random
 from vllm_poc.log import get_logger
 
 logger = get_logger(__name__)
@@ -33,7 +33,7 @@ class _Scratch:
 
         Zero-filled because kernels read whole pages: uninitialised memory gave NaN logits.
         """
-        key = (tuple(like.shape[1:]), like.dtype, like.device, _stride_order(like))
+        key = _layout_key(like)
         have = self.tensors.get(key)
         if have is None or have.shape[0] < num_blocks:
             self.tensors.pop(key, None)
@@ -45,6 +45,14 @@ class _Scratch:
                 have.numel() * have.element_size() / 2**20,
             )
         return have
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+
+def _layout_key(like: torch.Tensor) -> tuple[Any, ...]:
+    """Layers whose caches share this key share one scratch tensor."""
+    return (tuple(like.shape[1:]), like.dtype, like.device, _stride_order(like))
 
 
 def _stride_order(t: torch.Tensor) -> tuple[int, ...]:
@@ -174,6 +182,43 @@ class PoCForward:
             last = gpu_random.apply_projection(last, self.projection(block_hash, "post"))
         logits = self.runner.get_model().compute_logits(last)
         return None if logits is None else logits.to(torch.float32)
+
+    def max_batch_size(self, seq_len: int, max_tokens: int) -> int:
+        """The largest batch this worker should run (rule: ``auto_batch``)."""
+        per_nonce = auto_batch.bytes_per_nonce(
+            seq_len,
+            self.hidden_size,
+            self.vllm_config.model_config.get_vocab_size(),
+            self.dtype.itemsize,
+            self._scratch_bytes_per_nonce(seq_len),
+        )
+        # The scratch KV tensors already allocated are reused (or freed) by the next batch.
+        free = auto_batch.free_memory_bytes(self.device) + self._scratch.nbytes()
+        token_budget = min(max_tokens, self.max_compiled_tokens)
+        size = auto_batch.choose_batch_size(token_budget, seq_len, free, per_nonce)
+        logger.info(
+            "vllm-poc: auto batch_size %d for seq_len %d (token budget %d, %.2f MiB per nonce, "
+            "%.2f GiB free)",
+            size,
+            seq_len,
+            token_budget,
+            per_nonce / 2**20,
+            free / 2**30,
+        )
+        return size
+
+    def _scratch_bytes_per_nonce(self, seq_len: int) -> int:
+        """Scratch KV bytes per sequence: its blocks in each distinct cache layout."""
+        kv_caches = compat.layer_kv_caches(self.vllm_config)
+        per_layout: dict[tuple[Any, ...], int] = {}
+        for gid, groups in enumerate(self.runner.attn_groups):
+            blocks = math.ceil(seq_len / compat.group_block_size(self.runner, gid, groups))
+            for group in groups:
+                for kv in (kv_caches[n] for n in group.layer_names if n in kv_caches):
+                    key = _layout_key(kv)
+                    need = blocks * kv[0].numel() * kv.element_size()
+                    per_layout[key] = max(per_layout.get(key, 0), need)
+        return sum(per_layout.values())
 
     def _attention(
         self, batch: int, seq_len: int, positions: torch.Tensor

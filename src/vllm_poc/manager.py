@@ -113,6 +113,31 @@ class PoCManager:
                 f"VLLM_POC_MAX_TOKENS_PER_FORWARD={max_tokens}"
             )
 
+    async def default_batch_size(self, seq_len: int) -> int:
+        """``VLLM_POC_BATCH_SIZE``; when ``auto``, the smallest answer of the workers.
+
+        Every worker applies ``auto_batch``'s rule to its own device (TP and PP ranks differ
+        in free memory and cache layout), and the batch must fit all of them.
+        """
+        setting = envs.get("VLLM_POC_BATCH_SIZE")
+        if setting != "auto":
+            return setting
+        if seq_len > self.max_model_len:
+            raise ValueError(
+                f"seq_len {seq_len} exceeds the model's max length {self.max_model_len}"
+            )
+        results = await asyncio.wait_for(
+            self.engine.collective_rpc(
+                "poc_max_batch_size",
+                args=(seq_len, envs.get("VLLM_POC_MAX_TOKENS_PER_FORWARD")),
+            ),
+            timeout=envs.get("VLLM_POC_RPC_TIMEOUT"),
+        )
+        sizes = [int(r) for r in results if r is not None]
+        if not sizes:
+            raise RuntimeError("no worker answered poc_max_batch_size")
+        return min(sizes)
+
     def init_round(self, config: PoCConfig) -> None:
         """Set the round's config and reset results. Does not start generating."""
         if self.state == PoCState.GENERATING:

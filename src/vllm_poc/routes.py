@@ -101,9 +101,8 @@ class PoCInitRequest(BaseModel):
     fraud_threshold: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] = 0.01
     node_id: Annotated[int, Field(ge=-1, le=2**31)] = -1
     node_count: Annotated[int, Field(ge=-1, le=2**31)] = -1
-    batch_size: Annotated[int, Field(ge=1, le=2**20)] = Field(
-        default_factory=lambda: envs.get("VLLM_POC_BATCH_SIZE")
-    )
+    batch_size: Annotated[int, Field(ge=1, le=2**20)] | None = None
+    """None: ``VLLM_POC_BATCH_SIZE`` (by default sized by the server, ``auto_batch``)."""
     seq_len: Annotated[int, Field(ge=1)] = Field(
         default_factory=lambda: envs.get("VLLM_POC_SEQ_LEN")
     )
@@ -157,9 +156,25 @@ def get_poc_manager(request: Request) -> Any:
     return manager
 
 
-def _create_config(body: PoCInitRequest) -> PoCConfig:
+async def _batch_size(manager: Any, requested: int | None, seq_len: int) -> int:
+    """The request's batch size, or the server's default for ``seq_len``."""
+    if requested is not None:
+        return requested
     try:
-        config = PoCConfig(**body.model_dump())
+        return await manager.default_batch_size(seq_len)
+    except ValueError as e:
+        raise HTTPException(status_code=400, detail=str(e)) from e
+    except Exception as e:
+        logger.exception("vllm-poc: sizing the batch for seq_len %d failed", seq_len)
+        detail = f"sizing the batch failed in the engine: {type(e).__name__}: {e}"
+        raise HTTPException(status_code=503, detail=detail) from e
+
+
+async def _create_config(manager: Any, body: PoCInitRequest) -> PoCConfig:
+    fields = body.model_dump()
+    fields["batch_size"] = await _batch_size(manager, body.batch_size, body.seq_len)
+    try:
+        config = PoCConfig(**fields)
     except ValueError as e:
         raise HTTPException(status_code=400, detail=str(e)) from e
     allowed = {h.strip().lower() for h in envs.get("VLLM_POC_CALLBACK_ALLOWED_HOSTS").split(",")}
@@ -197,7 +212,7 @@ async def init_round(request: Request, body: PoCInitRequest) -> dict[str, Any]:
     manager = get_poc_manager(request)
     if manager.state == PoCState.GENERATING:
         raise HTTPException(status_code=400, detail="Round already in progress")
-    config = _create_config(body)
+    config = await _create_config(manager, body)
     _transition(lambda: manager.init_round(config))
     return _ok(manager)
 
@@ -206,10 +221,10 @@ async def init_round(request: Request, body: PoCInitRequest) -> dict[str, Any]:
 async def init_generate(request: Request, body: PoCInitRequest) -> dict[str, Any]:
     """Initialize a round and start generating."""
     manager = get_poc_manager(request)
-    config = _create_config(body)
-    _require_node(config)
     if manager.state == PoCState.GENERATING:
         raise HTTPException(status_code=400, detail="Round already in progress")
+    config = await _create_config(manager, body)
+    _require_node(config)
     _transition(lambda: manager.init_round(config))
     _transition(manager.start_generate)
     return _ok(manager)
@@ -219,9 +234,9 @@ async def init_generate(request: Request, body: PoCInitRequest) -> dict[str, Any
 async def init_validate(request: Request, body: PoCInitRequest) -> dict[str, Any]:
     """Initialize a round and start validating."""
     manager = get_poc_manager(request)
-    config = _create_config(body)
     if manager.state == PoCState.GENERATING:
         raise HTTPException(status_code=400, detail="Round already in progress")
+    config = await _create_config(manager, body)
     _transition(lambda: manager.init_round(config))
     _transition(manager.start_validate)
     return _ok(manager)
@@ -306,9 +321,7 @@ class CalibrateRequest(BaseModel):
     public_key: Annotated[str, Field(min_length=1)] = "calibration"
     valid_rate: Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)]
     n_samples: Annotated[int, Field(ge=1)] = 256
-    batch_size: Annotated[int, Field(ge=1)] = Field(
-        default_factory=lambda: envs.get("VLLM_POC_BATCH_SIZE")
-    )
+    batch_size: Annotated[int, Field(ge=1)] | None = None
     seq_len: Annotated[int, Field(ge=1)] = Field(
         default_factory=lambda: envs.get("VLLM_POC_SEQ_LEN")
     )
@@ -329,13 +342,14 @@ async def calibrate(request: Request, body: CalibrateRequest) -> dict[str, Any]:
             status_code=413,
             detail=f"n_samples {body.n_samples} exceeds VLLM_POC_MAX_CALIBRATION_SAMPLES={limit}",
         )
+    batch_size = await _batch_size(manager, body.batch_size, body.seq_len)
     try:
         config = PoCConfig(
             block_hash=body.block_hash,
             block_height=0,
             public_key=body.public_key,
             r_target=1.0,
-            batch_size=body.batch_size,
+            batch_size=batch_size,
             seq_len=body.seq_len,
             random_projection=body.random_projection,
         )

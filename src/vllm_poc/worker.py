@@ -34,6 +34,10 @@ class PoCWorkerExtension:
             block_hash, public_key, nonces, seq_len, random_projection
         )
 
+    def poc_max_batch_size(self, seq_len: int, max_tokens: int) -> int:
+        """The batch size of a round that leaves it to the server (``auto_batch``)."""
+        return self._poc_forward().max_batch_size(seq_len, max_tokens)
+
     def poc_profile(self, batch: int, seq_len: int, reps: int = 5) -> dict[str, float]:
         """Median ms per PoC stage and of a bare forward (``profiling``); for benchmarks."""
         from vllm_poc.profiling import peak_matmul_tflops, profile_stages

@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from .helpers import POW, is_4xx, ok, post_ok, round_body, status, wait_checked, wait_until
+from .server import VllmServer
 
 pytestmark = pytest.mark.e2e
 
@@ -120,3 +121,27 @@ def test_second_init_generate_while_generating_is_refused(client: httpx.Client) 
         lambda: status(client)["total_checked"] > s["total_checked"], 30, "the round continuing"
     )
     ok(client.post(POW + "/stop"))
+
+
+def test_server_sizes_the_batch_when_the_round_gives_none(
+    client: httpx.Client, poc_server: VllmServer
+) -> None:
+    """``VLLM_POC_BATCH_SIZE=auto``: the token budget binds on the tiny model (memory is ample),
+    so quadrupling seq_len divides the batch by four; a round runs whole batches of that size."""
+    sizes = {}
+    for seq_len in (16, 64):
+        body = round_body(block_hash="auto-batch", seq_len=seq_len)
+        del body["batch_size"]
+        config = post_ok(client, "/init", body)["pow_status"]["config"]
+        assert config["seq_len"] == seq_len
+        sizes[seq_len] = config["batch_size"]
+    assert sizes[64] >= 1 and sizes[64] * 64 <= 65536, sizes
+    assert sizes[64] == sizes[16] // 4, sizes
+    assert "vllm-poc: auto batch_size" in poc_server.log_path.read_text()
+
+    post_ok(client, "/phase/generate")
+    wait_checked(client, 2 * sizes[64])
+    post_ok(client, "/stop")
+    final = status(client)
+    assert final["total_checked"] % sizes[64] == 0, final["total_checked"]
+    assert final["error"] is None

@@ -12,7 +12,8 @@ def fake_distance(nonce: int) -> float:
 
 
 class FakeEngine:
-    """Answers ``poc_distances`` like a set of workers would, and records every call."""
+    """Answers ``poc_distances`` and ``poc_max_batch_size`` like a set of workers would, and
+    records every call."""
 
     def __init__(self, *, workers: int = 1, delay: float = 0.0, answering: int = 0) -> None:
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
@@ -21,6 +22,8 @@ class FakeEngine:
         self.answering = answering
         self.delay = delay
         self.error: BaseException | None = None
+        self.max_batch_sizes: list[int | None] = [64] * workers
+        """Each worker's answer to ``poc_max_batch_size``."""
 
     async def collective_rpc(
         self,
@@ -34,6 +37,8 @@ class FakeEngine:
         await asyncio.sleep(self.delay)
         if self.error is not None:
             raise self.error
+        if method == "poc_max_batch_size":
+            return list(self.max_batch_sizes)
         assert method == "poc_distances"
         _, _, nonces, _ = args
         answer = [fake_distance(n) for n in nonces]

@@ -13,6 +13,8 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 NAMES = sorted(envs.SETTINGS)
 BOOL_NAMES = [n for n in NAMES if isinstance(envs.SETTINGS[n].default, bool)]
 SAMPLE = {bool: ("yes", True), int: ("7", 7), float: ("2.5", 2.5), str: ("a,b", "a,b")}
+SAMPLE_OF = {"VLLM_POC_BATCH_SIZE": ("7", 7)}
+"""Settings whose values are not of their default's type (``auto`` or a number)."""
 
 
 @pytest.fixture(autouse=True)
@@ -44,12 +46,25 @@ def test_blank_gives_the_default(monkeypatch, name, raw):
 @pytest.mark.parametrize("name", NAMES)
 def test_value_parses_from_the_environment(monkeypatch, name):
     default = envs.SETTINGS[name].default
-    raw, expected = SAMPLE[type(default)]
+    raw, expected = SAMPLE_OF.get(name) or SAMPLE[type(default)]
     monkeypatch.setenv(name, raw)
     value = envs.get(name)
     assert value == expected
     assert value != default
-    assert type(value) is type(default)
+    assert type(value) is type(expected)
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("auto", "auto"), (" AUTO ", "auto"), ("16", 16)])
+def test_batch_size_is_auto_or_a_number(monkeypatch, raw, expected):
+    monkeypatch.setenv("VLLM_POC_BATCH_SIZE", raw)
+    assert envs.get("VLLM_POC_BATCH_SIZE") == expected
+
+
+@pytest.mark.parametrize("raw", ["0", "-3", "1.5", "automatic"])
+def test_batch_size_rejects_other_values(monkeypatch, raw):
+    monkeypatch.setenv("VLLM_POC_BATCH_SIZE", raw)
+    with pytest.raises(ValueError):
+        envs.get("VLLM_POC_BATCH_SIZE")
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -440,3 +440,35 @@ class TestNonFiniteDistances:
         assert manager.total_nonfinite == manager.stats.total_checked // 2 > 0
         assert all(n % 2 == 0 for n in manager.valid_nonces)
         assert manager.get_status()["total_nonfinite"] == manager.total_nonfinite
+
+
+class TestDefaultBatchSize:
+    def test_a_number_in_the_setting_is_used_without_asking_the_workers(
+        self, manager, engine, monkeypatch
+    ):
+        monkeypatch.setenv("VLLM_POC_BATCH_SIZE", "12")
+        assert run(manager.default_batch_size(256)) == 12
+        assert engine.calls == []
+
+    def test_auto_asks_every_worker_and_takes_the_smallest(self, monkeypatch):
+        monkeypatch.setenv("VLLM_POC_MAX_TOKENS_PER_FORWARD", "4096")
+        engine = FakeEngine(workers=3)
+        engine.max_batch_sizes = [48, None, 16]
+        manager = PoCManager(engine, max_model_len=512)
+        assert run(manager.default_batch_size(256)) == 16
+        assert engine.calls == [("poc_max_batch_size", (256, 4096))]
+
+    def test_auto_refuses_a_seq_len_above_the_model_without_an_rpc(self, manager, engine):
+        with pytest.raises(ValueError, match="max length"):
+            run(manager.default_batch_size(513))
+        assert engine.calls == []
+
+    def test_auto_without_an_answer_is_an_error(self, engine, manager):
+        engine.max_batch_sizes = [None]
+        with pytest.raises(RuntimeError, match="no worker"):
+            run(manager.default_batch_size(64))
+
+    def test_auto_engine_errors_propagate(self, engine, manager):
+        engine.error = TimeoutError("rpc")
+        with pytest.raises(TimeoutError):
+            run(manager.default_batch_size(64))

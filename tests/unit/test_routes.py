@@ -28,6 +28,7 @@ def mock_manager():
     manager = Mock()
     manager.state = PoCState.IDLE
     manager.config = None
+    manager.default_batch_size = AsyncMock(return_value=32)
     manager.get_status.return_value = {
         "state": "IDLE",
         "valid_nonces": [],
@@ -89,12 +90,34 @@ class TestInitEndpoint:
         config = mock_manager.init_round.call_args.args[0]
         assert (config.node_id, config.node_count, config.batch_size) == (-1, -1, 32)
 
-    def test_defaults_come_from_settings(self, client, mock_manager, monkeypatch):
-        monkeypatch.setenv("VLLM_POC_BATCH_SIZE", "7")
+    def test_defaults_come_from_settings_and_the_manager(self, client, mock_manager, monkeypatch):
         monkeypatch.setenv("VLLM_POC_SEQ_LEN", "64")
+        mock_manager.default_batch_size.return_value = 7
         client.post("/api/v1/pow/init", json=INIT)
         config = mock_manager.init_round.call_args.args[0]
         assert (config.batch_size, config.seq_len) == (7, 64)
+        mock_manager.default_batch_size.assert_awaited_once_with(64)
+
+    def test_a_given_batch_size_is_not_resized(self, client, mock_manager):
+        client.post("/api/v1/pow/init", json={**INIT, "batch_size": 5})
+        assert mock_manager.init_round.call_args.args[0].batch_size == 5
+        mock_manager.default_batch_size.assert_not_awaited()
+
+    def test_sizing_failure_in_the_engine_is_a_503(self, client, mock_manager):
+        mock_manager.default_batch_size.side_effect = TimeoutError("rpc timed out")
+        response = client.post("/api/v1/pow/init", json=INIT)
+        assert response.status_code == 503
+        assert "sizing the batch" in response.json()["detail"]
+        mock_manager.init_round.assert_not_called()
+
+    def test_sizing_refusal_is_a_400(self, client, mock_manager):
+        mock_manager.default_batch_size.side_effect = ValueError("seq_len 999 exceeds the max")
+        response = client.post(
+            "/api/v1/pow/init/generate", json={**INIT, "node_id": 0, "node_count": 1}
+        )
+        assert response.status_code == 400
+        assert "exceeds" in response.json()["detail"]
+        mock_manager.init_round.assert_not_called()
 
     def test_init_blocked_when_generating(self, client, mock_manager):
         mock_manager.state = PoCState.GENERATING
