@@ -30,7 +30,7 @@ from typing import Any
 
 CPU_BATCHES = [1, 4, 16, 64]
 GPU_BATCHES = [32, 64, 128, 256]
-STAGES = ("inputs", "forward", "logits", "permutation_distance")
+STAGES = ("inputs", "projection", "forward", "logits", "permutation_distance")
 FLOPS_FORMULA = (
     "FLOPs/nonce = 2 x N_nonemb x L + 2 x L^2 x heads x head_dim x layers + 2 x vocab x hidden; "
     "N_nonemb = layers x (q,k,v,o + MLP gate,up,down + 2 RMSNorms + q/k norms) + final norm; "
@@ -146,9 +146,13 @@ async def poc_rate(
     }
 
 
-async def profile(engine: Any, batch: int, seq_len: int, reps: int) -> dict[str, float]:
+async def profile(
+    engine: Any, batch: int, seq_len: int, reps: int, random_projection: bool
+) -> dict[str, float]:
     """The first worker's ``poc_profile`` answer (median ms per stage, peak TFLOP/s)."""
-    answers = await engine.collective_rpc("poc_profile", args=(batch, seq_len, reps))
+    answers = await engine.collective_rpc(
+        "poc_profile", args=(batch, seq_len, reps, random_projection)
+    )
     answers = [a for a in answers if a]
     if not answers:
         raise RuntimeError("no worker answered poc_profile")
@@ -163,6 +167,7 @@ def summarize(batch: int, seq_len: int, samples: list[dict[str, Any]]) -> dict[s
     a shared machine between rounds does not mix a fast PoC window with a slow profile.
     """
     for s in samples:
+        s.setdefault("projection", 0.0)  # profiled only for --random-projection
         s["bare_nonces_per_s"] = batch / (s["bare_forward_and_logits"] / 1e3)
         s["ratio"] = s["poc_nonces_per_s"] / s["bare_nonces_per_s"]
         s["stage_sum_ms"] = sum(s[k] for k in STAGES)
@@ -222,6 +227,7 @@ COLUMNS = (
     ("PoC ms", "poc_ms_per_batch", "{:>9.2f}"),
     ("bare ms", "bare_forward_and_logits", "{:>9.2f}"),
     ("inputs", "inputs", "{:>8.2f}"),
+    ("proj", "projection", "{:>7.2f}"),
     ("forward", "forward", "{:>8.2f}"),
     ("logits", "logits", "{:>8.2f}"),
     ("perm+dist", "permutation_distance", "{:>10.2f}"),
@@ -303,7 +309,7 @@ async def run(args: argparse.Namespace, cuda: bool) -> dict[str, Any]:
                     args.min_batches,
                     args.random_projection,
                 )
-                prof = await profile(engine, batch, seq_len, args.reps)
+                prof = await profile(engine, batch, seq_len, args.reps, args.random_projection)
                 samples[batch].append({**poc, **prof})
                 print(
                     f"#   round {round_no + 1} batch {batch}: {poc['poc_nonces_per_s']:.1f} PoC "

@@ -10,7 +10,8 @@ from __future__ import annotations
 import statistics
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -24,9 +25,31 @@ def _synchronizer(device: torch.device) -> Callable[[], None]:
     return lambda: None
 
 
+class _Stopwatch:
+    """Milliseconds per named stage, the device synchronised around each."""
+
+    def __init__(self, sync: Callable[[], None]) -> None:
+        self.sync = sync
+        self.ms: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        self.sync()
+        start = time.perf_counter()
+        yield
+        self.sync()
+        self.ms[stage] += (time.perf_counter() - start) * 1e3
+
+
 @torch.inference_mode()
-def profile_stages(forward: PoCForward, batch: int, seq_len: int, reps: int) -> dict[str, float]:
-    """Median milliseconds per stage of a PoC batch, and of a bare forward of the same shape."""
+def profile_stages(
+    forward: PoCForward, batch: int, seq_len: int, reps: int, random_projection: bool = False
+) -> dict[str, float]:
+    """Median milliseconds per stage of a PoC batch, and of a bare forward of the same shape.
+
+    With ``random_projection`` the pre and post projections of a round that uses them are one
+    more stage, ``projection`` (the forward and the logits then run on projected tensors).
+    """
     sync = _synchronizer(forward.device)
     nonces = list(range(batch))
     bare_inputs = torch.randn(batch * seq_len, forward.hidden_size, device=forward.device).to(
@@ -34,38 +57,34 @@ def profile_stages(forward: PoCForward, batch: int, seq_len: int, reps: int) -> 
     )
     samples: dict[str, list[float]] = defaultdict(list)
     for rep in range(reps + 1):  # the first repetition warms up
-        sync()
-        t0 = time.perf_counter()
-        inputs = forward.inputs("profile", "pk", nonces, seq_len)
-        sync()
-        t1 = time.perf_counter()
-        last = forward.last_hidden(inputs, batch, seq_len)
-        sync()
-        t2 = time.perf_counter()
-        logits = forward.head(last, "profile") if last is not None else None
-        sync()
-        t3 = time.perf_counter()
-        if logits is not None:
-            vocab = logits.shape[-1]
-            perms = gpu_random.generate_permutations("profile", "pk", nonces, vocab, forward.device)
-            gpu_random.compute_distances(logits, perms, forward.target("profile", vocab)).tolist()
-        sync()
-        t4 = time.perf_counter()
-        bare_last = forward.last_hidden(bare_inputs, batch, seq_len)
-        if bare_last is not None:
-            forward.runner.get_model().compute_logits(bare_last)
-        sync()
-        t5 = time.perf_counter()
-        if rep == 0:
-            continue
-        for name, seconds in (
-            ("inputs", t1 - t0),
-            ("forward", t2 - t1),
-            ("logits", t3 - t2),
-            ("permutation_distance", t4 - t3),
-            ("bare_forward_and_logits", t5 - t4),
-        ):
-            samples[name].append(seconds * 1e3)
+        stage = _Stopwatch(sync)
+        with stage("inputs"):
+            inputs = forward.inputs("profile", "pk", nonces, seq_len)
+        if random_projection:
+            with stage("projection"):
+                inputs = gpu_random.apply_projection(inputs, forward.projection("profile", "pre"))
+        with stage("forward"):
+            last = forward.last_hidden(inputs, batch, seq_len)
+        if last is not None:
+            if random_projection:
+                with stage("projection"):
+                    last = gpu_random.apply_projection(last, forward.projection("profile", "post"))
+            with stage("logits"):
+                logits = forward.head(last, "profile")
+            with stage("permutation_distance"):
+                vocab = logits.shape[-1]
+                perms = gpu_random.generate_permutations(
+                    "profile", "pk", nonces, vocab, forward.device
+                )
+                target = forward.target("profile", vocab)
+                gpu_random.compute_distances(logits, perms, target).tolist()
+        with stage("bare_forward_and_logits"):
+            bare_last = forward.last_hidden(bare_inputs, batch, seq_len)
+            if bare_last is not None:
+                forward.runner.get_model().compute_logits(bare_last)
+        if rep > 0:
+            for name, ms in stage.ms.items():
+                samples[name].append(ms)
     return {name: statistics.median(values) for name, values in samples.items()}
 
 

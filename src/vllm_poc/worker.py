@@ -38,12 +38,14 @@ class PoCWorkerExtension:
         """The batch size of a round that leaves it to the server (``auto_batch``)."""
         return self._poc_forward().max_batch_size(seq_len, max_tokens)
 
-    def poc_profile(self, batch: int, seq_len: int, reps: int = 5) -> dict[str, float]:
+    def poc_profile(
+        self, batch: int, seq_len: int, reps: int = 5, random_projection: bool = False
+    ) -> dict[str, float]:
         """Median ms per PoC stage and of a bare forward (``profiling``); for benchmarks."""
         from vllm_poc.profiling import peak_matmul_tflops, profile_stages
 
         forward = self._poc_forward()
-        timings = profile_stages(forward, batch, seq_len, reps)
+        timings = profile_stages(forward, batch, seq_len, reps, random_projection)
         size = 8192 if forward.device.type == "cuda" else 1024
         timings["peak_tflops"] = peak_matmul_tflops(forward.device, forward.dtype, size)
         return timings
