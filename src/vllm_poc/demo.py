@@ -359,7 +359,7 @@ def summary(result: DemoResult) -> str:
         ("block / height", f"{result.params.block_hash} / {result.params.block_height}"),
         (
             "round shape",
-            f"batch {result.params.batch_size} x seq_len {result.params.seq_len}, node 0 of 1",
+            f"batch {f.raw['config']['batch_size']} x seq_len {result.params.seq_len}, node 0 of 1",
         ),
         ("r_target", f"{result.params.r_target} (from {result.calibration_size} nonces)"),
         (
@@ -411,7 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--log-file", type=Path, help="vLLM's log (default: next to the model)")
     parser.add_argument("--seconds", type=float, default=5.0, help="how long to generate")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument(
+        "--batch-size", type=int, help="nonces per forward (default: the node sizes it, 'auto')"
+    )
     parser.add_argument("--seq-len", type=int, default=32)
     parser.add_argument("--block-hash", default="demo-block")
     parser.add_argument("--valid-fraction", type=float, default=0.3, help="target share valid")
