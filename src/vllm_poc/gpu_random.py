@@ -98,6 +98,11 @@ def uniforms(seed: int, n: int, device: torch.device | str = "cpu") -> torch.Ten
     return _uniform_from_hash(murmur_hash(torch.arange(n, device=device), seed))
 
 
+def _normal_keys(n: int, device: torch.device | str) -> torch.Tensor:
+    """``_key_mix`` of the ``2 * ceil(n/2)`` uniform indices behind ``n`` normals."""
+    return _key_mix(torch.arange(2 * ((n + 1) // 2), device=device))
+
+
 def _normals_rows(
     seeds: torch.Tensor, n: int, out: torch.Tensor | None = None, k: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -110,7 +115,7 @@ def _normals_rows(
     """
     p = (n + 1) // 2
     if k is None:
-        k = _key_mix(torch.arange(2 * p, device=seeds.device))
+        k = _normal_keys(n, seeds.device)
     if out is None:
         out = torch.empty(seeds.shape[0], n, dtype=torch.float32, device=seeds.device)
     r = _uniform_from_hash(_seed_mix(k[:p], seeds)).clamp_min_(1e-10).log_().mul_(-2.0).sqrt_()
@@ -151,7 +156,7 @@ def generate_inputs(
     seeds = _seed_column([inputs_seed(block_hash, public_key, x) for x in nonces], device)
     out = torch.empty(len(nonces), seq_len, dim, dtype=dtype, device=device)
     rows = out.view(len(nonces), n)
-    k = _key_mix(torch.arange(2 * ((n + 1) // 2), device=device))
+    k = _normal_keys(n, device)
     step = _rows_per_chunk(n, device)
     for start in range(0, len(nonces), step):
         _normals_rows(seeds[start : start + step], n, rows[start : start + step], k)

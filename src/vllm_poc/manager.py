@@ -102,15 +102,18 @@ class PoCManager:
 
     def check_config(self, config: PoCConfig) -> None:
         """Reject a round this server cannot run (ValueError)."""
-        if config.seq_len > self.max_model_len:
-            raise ValueError(
-                f"seq_len {config.seq_len} exceeds the model's max length {self.max_model_len}"
-            )
+        self._check_seq_len(config.seq_len)
         max_tokens = envs.get("VLLM_POC_MAX_TOKENS_PER_FORWARD")
         if config.batch_size * config.seq_len > max_tokens:
             raise ValueError(
                 f"batch_size x seq_len = {config.batch_size * config.seq_len} exceeds "
                 f"VLLM_POC_MAX_TOKENS_PER_FORWARD={max_tokens}"
+            )
+
+    def _check_seq_len(self, seq_len: int) -> None:
+        if seq_len > self.max_model_len:
+            raise ValueError(
+                f"seq_len {seq_len} exceeds the model's max length {self.max_model_len}"
             )
 
     async def default_batch_size(self, seq_len: int) -> int:
@@ -122,21 +125,10 @@ class PoCManager:
         setting = envs.get("VLLM_POC_BATCH_SIZE")
         if setting != "auto":
             return setting
-        if seq_len > self.max_model_len:
-            raise ValueError(
-                f"seq_len {seq_len} exceeds the model's max length {self.max_model_len}"
-            )
-        results = await asyncio.wait_for(
-            self.engine.collective_rpc(
-                "poc_max_batch_size",
-                args=(seq_len, envs.get("VLLM_POC_MAX_TOKENS_PER_FORWARD")),
-            ),
-            timeout=envs.get("VLLM_POC_RPC_TIMEOUT"),
-        )
-        sizes = [int(r) for r in results if r is not None]
-        if not sizes:
-            raise RuntimeError("no worker answered poc_max_batch_size")
-        return min(sizes)
+        self._check_seq_len(seq_len)
+        max_tokens = envs.get("VLLM_POC_MAX_TOKENS_PER_FORWARD")
+        sizes = await self._rpc_answers("poc_max_batch_size", (seq_len, max_tokens))
+        return min(int(size) for size in sizes)
 
     def init_round(self, config: PoCConfig) -> None:
         """Set the round's config and reset results. Does not start generating."""
@@ -220,22 +212,32 @@ class PoCManager:
     async def _rpc_distances(
         self, config: PoCConfig, public_key: str, nonces: list[int]
     ) -> list[float]:
-        # The timeout is enforced here only: a collective_rpc timeout inside the engine is
-        # fatal to vLLM's engine core, while a late answer here just ends the round.
-        timeout = envs.get("VLLM_POC_RPC_TIMEOUT")
-        results = await asyncio.wait_for(
-            self.engine.collective_rpc(
-                "poc_distances",
-                args=(config.block_hash, public_key, nonces, config.seq_len),
-                kwargs={"random_projection": True} if config.random_projection else None,
-            ),
-            timeout=timeout,
+        answers = await self._rpc_answers(
+            "poc_distances",
+            (config.block_hash, public_key, nonces, config.seq_len),
+            {"random_projection": True} if config.random_projection else None,
         )
-        # Every TP rank computes the same answer; with PP only the last stage answers.
-        answers = [r for r in results if r is not None]
-        if not answers or len(answers[0]) != len(nonces):
+        if len(answers[0]) != len(nonces):
             raise RuntimeError(f"worker returned no distances for {len(nonces)} nonces")
         return [float(d) for d in answers[0]]
+
+    async def _rpc_answers(
+        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None
+    ) -> list[Any]:
+        """The workers' non-None answers to a ``poc_*`` method (at least one, or RuntimeError).
+
+        Every TP rank computes the same answer; with PP only the last stage answers distances.
+        The timeout is enforced here only: a collective_rpc timeout inside the engine is fatal
+        to vLLM's engine core, while a late answer here just fails this call.
+        """
+        results = await asyncio.wait_for(
+            self.engine.collective_rpc(method, args=args, kwargs=kwargs),
+            timeout=envs.get("VLLM_POC_RPC_TIMEOUT"),
+        )
+        answers = [r for r in results if r is not None]
+        if not answers:
+            raise RuntimeError(f"no worker answered {method}")
+        return answers
 
     async def run_batch(self) -> ProofBatch:
         """Check the next batch of nonces and record the valid ones."""

@@ -165,9 +165,15 @@ async def _batch_size(manager: Any, requested: int | None, seq_len: int) -> int:
     except ValueError as e:
         raise HTTPException(status_code=400, detail=str(e)) from e
     except Exception as e:
-        logger.exception("vllm-poc: sizing the batch for seq_len %d failed", seq_len)
-        detail = f"sizing the batch failed in the engine: {type(e).__name__}: {e}"
-        raise HTTPException(status_code=503, detail=detail) from e
+        raise _engine_failure(e, "sizing the batch", f"for seq_len {seq_len}") from e
+
+
+def _engine_failure(error: Exception, what: str, context: str) -> HTTPException:
+    """Log an engine-side failure with its context; the client gets a 503 naming it."""
+    logger.exception("vllm-poc: %s %s failed", what, context)
+    return HTTPException(
+        status_code=503, detail=f"{what} failed in the engine: {type(error).__name__}: {error}"
+    )
 
 
 async def _create_config(manager: Any, body: PoCInitRequest) -> PoCConfig:
@@ -360,10 +366,7 @@ async def calibrate(request: Request, body: CalibrateRequest) -> dict[str, Any]:
     except (RuntimeError, ValueError) as e:
         raise HTTPException(status_code=400, detail=str(e)) from e
     except Exception as e:
-        logger.exception("vllm-poc: calibration of %d nonces failed", body.n_samples)
-        raise HTTPException(
-            status_code=503, detail=f"calibration failed in the engine: {type(e).__name__}: {e}"
-        ) from e
+        raise _engine_failure(e, "calibration", f"of {body.n_samples} nonces") from e
 
 
 @router.get("/version")
