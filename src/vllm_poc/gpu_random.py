@@ -2,7 +2,7 @@
 target and distances, identical on every device.
 
 No library RNG is used anywhere: all randomness is one 32-bit murmur3-style hash of an index and
-a seed, evaluated with int64 tensor arithmetic masked to 32 bits, so CPU and any GPU produce the
+a seed, evaluated with integer tensor arithmetic modulo 2^32, so CPU and any GPU produce the
 same integers. Everything is batched over nonces: the only per-nonce Python work is the sha256 of
 each nonce's seed string.
 """
@@ -21,6 +21,7 @@ PROTOCOL_VERSION = "poc-2.0-murmur3-boxmuller-v1"
 _MASK = 0xFFFFFFFF
 _C1 = 0xCC9E2D51
 _C2 = 0x1B873593
+_INT32_MIN = -(1 << 31)
 _MAX_CHUNK_ELEMENTS = 1 << 25
 """Bound on the hash grid evaluated at once, so big batches don't need gigabytes of int64 temps."""
 _CPU_CHUNK_ELEMENTS = 1 << 20
@@ -52,32 +53,50 @@ def projection_seed(block_hash: str, which: str) -> int:
     return seed_from_string(f"{block_hash}_proj_{which}")
 
 
+def _int32(x: int) -> int:
+    """The int32 with the bits of the uint32 ``x``."""
+    return x - (1 << 32) if x >= 1 << 31 else x
+
+
+def _to_int32(t: torch.Tensor) -> torch.Tensor:
+    """int64 values in [0, 2^32) -> int32 tensor with the same 32 bits."""
+    return t.bitwise_and(_MASK).sub_(1 << 31).to(torch.int32).bitwise_xor_(_INT32_MIN)
+
+
 def _key_mix(indices: torch.Tensor) -> torch.Tensor:
-    """The seed-independent half of the hash (int64 in [0, 2^32))."""
+    """The seed-independent half of the hash: int32 bits of the uint32 mixed keys."""
     k = (indices.to(torch.int64) * _C1).bitwise_and_(_MASK)
     k = (k << 15).bitwise_or_(k >> 17)  # rotl32 up to the mask, which the multiply makes moot
-    return k.mul_(_C2).bitwise_and_(_MASK)
+    return _to_int32(k.mul_(_C2))
 
 
 def _seed_mix(k: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
-    """Combine mixed keys with seeds (broadcasting) and finalise, without the length step.
+    """Combine mixed keys with seeds (int32, broadcasting); finalise without the length step.
 
-    In place, with one scratch tensor for the shifts: the hash is most of the input
-    generation's memory traffic (about 2x faster on CPU than a new tensor per operation). A
-    mask is only needed before a right shift: the low 32 bits of a product or sum depend only
-    on the low 32 bits of its operands.
+    The uint32 arithmetic runs on int32 tensors holding the same bits: half the memory traffic
+    and twice the SIMD lanes of int64 (about 2.5x faster on CPU). Multiplies and sums wrap
+    modulo 2^32 in two's complement as uint32 arithmetic does; only right shifts differ
+    (they copy the sign bit), so each is masked to the bits a logical shift keeps. In place,
+    with one scratch tensor for the shifts.
     """
     h = seeds ^ k
     tmp = torch.empty_like(h)
-    high = torch.bitwise_right_shift(h, 19, out=tmp)  # before h shifts in place
+    high = torch.bitwise_right_shift(h, 19, out=tmp).bitwise_and_(0x1FFF)  # before h shifts
     h.bitwise_left_shift_(13).bitwise_or_(high)
-    h.mul_(5).add_(0xE6546B64).bitwise_and_(_MASK)
-    h ^= torch.bitwise_right_shift(h, 16, out=tmp)
-    h.mul_(0x85EBCA6B).bitwise_and_(_MASK)
-    h ^= torch.bitwise_right_shift(h, 13, out=tmp)
-    h.mul_(0xC2B2AE35).bitwise_and_(_MASK)
-    h ^= torch.bitwise_right_shift(h, 16, out=tmp)
+    h.mul_(5).add_(_int32(0xE6546B64))
+    h ^= torch.bitwise_right_shift(h, 16, out=tmp).bitwise_and_(0xFFFF)
+    h.mul_(_int32(0x85EBCA6B))
+    h ^= torch.bitwise_right_shift(h, 13, out=tmp).bitwise_and_(0x7FFFF)
+    h.mul_(_int32(0xC2B2AE35))
+    h ^= torch.bitwise_right_shift(h, 16, out=tmp).bitwise_and_(0xFFFF)
     return h
+
+
+def _seed_tensor(
+    seeds: int | Sequence[int] | torch.Tensor, device: torch.device | str
+) -> torch.Tensor:
+    """uint32 seeds as int32 bits on ``device``."""
+    return _to_int32(torch.as_tensor(seeds, dtype=torch.int64, device=device))
 
 
 def murmur_hash(indices: torch.Tensor, seed: int | torch.Tensor) -> torch.Tensor:
@@ -85,12 +104,13 @@ def murmur_hash(indices: torch.Tensor, seed: int | torch.Tensor) -> torch.Tensor
 
     ``seed`` may be an int or an int64 tensor that broadcasts against ``indices``.
     """
-    seeds = torch.as_tensor(seed, dtype=torch.int64, device=indices.device)
-    return _seed_mix(_key_mix(indices), seeds)
+    h = _seed_mix(_key_mix(indices), _seed_tensor(seed, indices.device))
+    return h.to(torch.int64).bitwise_and_(_MASK)
 
 
 def _uniform_from_hash(h: torch.Tensor) -> torch.Tensor:
-    return h.to(torch.float32).div_(4294967296.0)
+    """``float32(H) / 2^32`` from the int32 bits of ``H`` (one rounding, from the exact H)."""
+    return h.to(torch.int64).bitwise_and_(_MASK).to(torch.float32).div_(4294967296.0)
 
 
 def uniforms(seed: int, n: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -127,12 +147,11 @@ def _normals_rows(
 
 def normals(seed: int, n: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """``N(seed, n)``: float32 standard normals by Box-Muller over ``U(seed, 2*ceil(n/2))``."""
-    seeds = torch.tensor([[seed]], dtype=torch.int64, device=device)
-    return _normals_rows(seeds, n)[0]
+    return _normals_rows(_seed_column([seed], device), n)[0]
 
 
 def _seed_column(seeds: Sequence[int], device: torch.device | str) -> torch.Tensor:
-    return torch.tensor(list(seeds), dtype=torch.int64, device=device).unsqueeze(1)
+    return _seed_tensor(list(seeds), device).unsqueeze(1)
 
 
 def _rows_per_chunk(row_elements: int, device: torch.device | str) -> int:
@@ -176,9 +195,8 @@ def generate_permutations(
     out = torch.empty(len(nonces), vocab_size, dtype=torch.int64, device=device)
     step = _rows_per_chunk(vocab_size, device)
     for start in range(0, len(nonces), step):
-        h = _seed_mix(k, seeds[start : start + step])
-        # Shifting [0, 2^32) down by 2^31 keeps the order and fits int32, which sorts faster.
-        keys = (h - (1 << 31)).to(torch.int32)
+        # Flipping the sign bit orders the int32 bits as their uint32 values.
+        keys = _seed_mix(k, seeds[start : start + step]).bitwise_xor_(_INT32_MIN)
         out[start : start + step] = torch.argsort(keys, dim=1, stable=True)
     return out
 

@@ -1,5 +1,7 @@
 """The protocol math against the test vectors of shared/spec/gpu-random.md, and its properties."""
 
+import hashlib
+
 import pytest
 import torch
 
@@ -57,6 +59,35 @@ class TestVectors:
             assert gr.murmur_hash(idx, seed).tolist() == [
                 _reference_hash(int(i), seed) for i in idx
             ]
+
+    def test_hash_matches_scalar_reference_over_the_whole_range(self):
+        # Random 32-bit indices and seeds: every sign-bit case of the int32 arithmetic.
+        gen = torch.Generator().manual_seed(0)
+        idx = torch.randint(0, 2**32, (4000,), generator=gen)
+        seeds = torch.randint(0, 2**32, (4,), generator=gen).tolist()
+        for seed in (*seeds, 2**31, 2**31 - 1):
+            assert gr.murmur_hash(idx, seed).tolist() == [
+                _reference_hash(int(i), seed) for i in idx
+            ]
+
+    def test_uniforms_round_the_exact_hash_once(self):
+        seed = 2**32 - 5
+        h = gr.murmur_hash(torch.arange(100_000), seed)
+        expected = h.to(torch.float64).to(torch.float32) / 2**32  # both casts exact or RNE
+        assert torch.equal(gr.uniforms(seed, 100_000), expected)
+
+    def test_pinned_digests(self):
+        # Bytes of results at real sizes, pinned from the first (int64) implementation: any
+        # change of a single number in the protocol's integers fails here.
+        nonces = [0, 1, 7, 123456789, 2**40 + 3, 2**31 + 5]
+        perms = gr.generate_permutations("blk", "pk", nonces, vocab_size=151936)
+        hashes = gr.murmur_hash(torch.arange(0, 2**32, 4093), 2**32 - 5)
+        assert _digest(perms) == "aa7a91e9ba45e4cd"
+        assert _digest(hashes) == "099f4e19ec8e13c9"
+
+
+def _digest(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()[:16]
 
 
 def _rotl(x: int, r: int) -> int:
