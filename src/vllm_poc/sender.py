@@ -3,7 +3,8 @@
 Posting never sits on the generation loop: ``submit`` only enqueues. One background task
 delivers the queue in order; a failed post is retried with exponential backoff up to a retry
 budget, the queue is bounded (the oldest item is dropped when full) and every drop is logged and
-counted, so a receiver that is down costs bounded memory and never slows generation.
+counted (overflow drops in one warning per receiver every ``DROP_LOG_INTERVAL_S``), so a
+receiver that is down costs bounded memory and log space and never slows generation.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +25,9 @@ from vllm_poc.data import ProofBatch, ValidatedBatch, to_json_dict
 from vllm_poc.log import get_logger
 
 logger = get_logger(__name__)
+
+DROP_LOG_INTERVAL_S = 10.0
+"""At most one warning per receiver this often about posts dropped from a full queue."""
 
 
 @dataclass
@@ -46,6 +51,8 @@ class _Lane:
     queue: collections.deque[_Item] = field(default_factory=collections.deque)
     task: asyncio.Task[None] | None = None
     in_flight: _Item | None = None
+    unlogged_drops: int = 0
+    drops_logged_at: float = -math.inf
 
 
 class PoCCallbackSender:
@@ -92,15 +99,12 @@ class PoCCallbackSender:
         key = urlsplit(url).netloc
         lane = self._lanes.setdefault(key, _Lane())
         if len(lane.queue) >= self._queue_size:
-            dropped = lane.queue.popleft()
+            lane.queue.popleft()
             self.stats.dropped += 1
             metrics.CALLBACKS.labels(result="dropped").inc()
-            logger.warning(
-                "vllm-poc: callback queue full (%d) for %s; dropped the oldest post to %s",
-                self._queue_size,
-                key,
-                dropped.url,
-            )
+            lane.unlogged_drops += 1
+            if time.monotonic() - lane.drops_logged_at >= DROP_LOG_INTERVAL_S:
+                self._log_drops(key, lane)
         lane.queue.append(_Item(url, payload))
         if lane.task is None or lane.task.done():
             lane.task = asyncio.get_running_loop().create_task(self._deliver(key, lane))
@@ -127,8 +131,24 @@ class PoCCallbackSender:
                 await asyncio.sleep(
                     min(self.backoff_max, self.backoff_base * 2 ** (item.attempts - 1))
                 )
+        if lane.unlogged_drops:
+            self._log_drops(key, lane)
         if self._lanes.get(key) is lane:
             del self._lanes[key]
+
+    def _log_drops(self, key: str, lane: _Lane) -> None:
+        """One warning for the overflow drops of a lane since the last one (one per batch of a
+        fast round would flood the log while a receiver is down)."""
+        logger.warning(
+            "vllm-poc: callback queue full (%d) for %s: %d posts dropped since the last report, "
+            "oldest first (%d dropped in all)",
+            self._queue_size,
+            key,
+            lane.unlogged_drops,
+            self.stats.dropped,
+        )
+        lane.unlogged_drops = 0
+        lane.drops_logged_at = time.monotonic()
 
     async def _post(self, item: _Item) -> bool:
         item.attempts += 1
@@ -153,6 +173,9 @@ class PoCCallbackSender:
         return False
 
     async def aclose(self) -> None:
+        for key, lane in self._lanes.items():
+            if lane.unlogged_drops:
+                self._log_drops(key, lane)
         tasks = [lane.task for lane in self._lanes.values() if lane.task is not None]
         for task in tasks:
             task.cancel()

@@ -621,7 +621,7 @@ def test_receiver_that_stays_down_is_bounded_and_never_slows_generation(
     with AnsweredReceiver(mode="error") as receiver:
         try:
             # Alternate the two conditions: other load on the machine comes and goes.
-            for _ in range(2):
+            for _ in range(3):
                 rates["no callback"].append(_rate_window(c, None)[0])
                 rate, got = _rate_window(c, receiver.url)
                 rates["receiver down"].append(rate)

@@ -10,6 +10,7 @@ import asyncio
 import inspect
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
@@ -383,9 +384,40 @@ def test_full_queue_drops_the_oldest_waiting_items(records):
     # The item in flight survives; of the waiting ones the newest queue_size survive.
     assert [body["block_height"] for _, body in receiver.delivered] == [0, 5, 6, 7]
     assert s.stats == sender_module.SenderStats(sent=4, failed_attempts=0, dropped=4)
+    # Every drop is in the log: the first at once, the others when the lane drained.
+    assert _logged_drops(records) == [1, 3]
+
+
+def _logged_drops(records: list[logging.LogRecord]) -> list[int]:
+    """The drop counts of the "queue full" warnings, in order."""
     full = [r for r in records if "queue full" in r.getMessage()]
-    assert len(full) == 4
     assert all(r.levelno == logging.WARNING for r in full)
+    return [int(re.search(r": (\d+) posts dropped", r.getMessage())[1]) for r in full]
+
+
+def test_overflow_drops_are_logged_at_most_once_per_interval(records, monkeypatch):
+    hang = Hang()
+    receiver = Receiver(hang)
+
+    async def main():
+        s = PoCCallbackSender(client=receiver.client(), queue_size=1)
+        s.submit_generated(URL, batch([0], [0.1], height=0), r_target=0.5)
+        await until(lambda: len(receiver.requests) == 1)
+        monkeypatch.setattr(sender_module, "DROP_LOG_INTERVAL_S", 3600.0)
+        for height in range(1, 102):  # 100 drops, the first logged at once
+            s.submit_generated(URL, batch([height], [0.1], height), r_target=0.5)
+        assert _logged_drops(records) == [1]
+        monkeypatch.setattr(sender_module, "DROP_LOG_INTERVAL_S", 0.0)  # the interval is over
+        s.submit_generated(URL, batch([102], [0.1], 102), r_target=0.5)
+        assert _logged_drops(records) == [1, 100]
+        monkeypatch.setattr(sender_module, "DROP_LOG_INTERVAL_S", 3600.0)
+        s.submit_generated(URL, batch([103], [0.1], 103), r_target=0.5)
+        await close(s)  # shutting down reports what is left
+        return s
+
+    s = asyncio.run(main())
+    assert s.stats.dropped == 102
+    assert _logged_drops(records) == [1, 100, 1]
 
 
 def test_an_item_waiting_for_its_retry_is_queued_and_can_be_dropped(fake_sleep):
