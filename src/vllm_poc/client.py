@@ -25,6 +25,8 @@ import httpx
 from vllm_poc.data import ProofBatch
 
 POW_PREFIX = "/api/v1/pow"
+_REPEATABLE_POSTS = frozenset({"/stop"})
+"""POSTs whose repetition changes nothing on the node (GETs never change anything)."""
 DEFAULT_SAMPLE_SIZE = 200
 """How many nonces a validator recomputes from one batch (all of them when there are fewer)."""
 
@@ -160,7 +162,15 @@ class PoCClient:
     # ------------------------------------------------------------------ plumbing
 
     def _call(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
-        response = self._http.request(method, POW_PREFIX + path, json=body)
+        try:
+            response = self._http.request(method, POW_PREFIX + path, json=body)
+        except httpx.RemoteProtocolError:
+            # The server closed a kept-alive connection as the request went out (uvicorn drops
+            # idle ones after a few seconds, so a client polling at about that period meets it).
+            # Send again only what is safe to repeat: the request may have arrived.
+            if method != "GET" and path not in _REPEATABLE_POSTS:
+                raise
+            response = self._http.request(method, POW_PREFIX + path, json=body)
         if response.status_code >= 400:
             try:
                 detail = response.json().get("detail", response.text)

@@ -1,0 +1,69 @@
+"""``PoCClient`` against an in-process node (``httpx.MockTransport``)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from vllm_poc.client import PoCClient, PoCError, RoundParams
+
+STATUS = {"status": "OK", "pow_status": {"state": "GENERATING"}}
+
+
+class DroppingNode:
+    """Closes the connection without an answer on the first ``drops`` requests, then answers."""
+
+    def __init__(self, drops: int = 1) -> None:
+        self.drops = drops
+        self.requests: list[tuple[str, str]] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append((request.method, request.url.path))
+        if len(self.requests) <= self.drops:
+            raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+        return httpx.Response(200, json=STATUS)
+
+
+def client(node: DroppingNode) -> PoCClient:
+    return PoCClient("http://node.test", api_key="", transport=httpx.MockTransport(node))
+
+
+@pytest.mark.parametrize(
+    ("call", "path"),
+    [(lambda c: c.status(), "/api/v1/pow/status"), (lambda c: c.stop(), "/api/v1/pow/stop")],
+)
+def test_a_call_that_is_safe_to_repeat_is_sent_again_once(call, path):
+    node = DroppingNode(drops=1)
+    with client(node) as c:
+        assert call(c) == STATUS
+    assert [p for _, p in node.requests] == [path, path]
+
+
+def test_a_second_disconnect_is_raised():
+    node = DroppingNode(drops=2)
+    with client(node) as c, pytest.raises(httpx.RemoteProtocolError):
+        c.status()
+    assert len(node.requests) == 2
+
+
+def test_a_call_that_changes_the_node_is_never_repeated():
+    # The first /init/generate may have started the round: sending it again could fail or
+    # start a second one, so the caller decides.
+    node = DroppingNode(drops=1)
+    params = RoundParams(block_hash="b", block_height=1, public_key="k", r_target=1.0)
+    with client(node) as c, pytest.raises(httpx.RemoteProtocolError):
+        c.init_generate(params)
+    assert node.requests == [("POST", "/api/v1/pow/init/generate")]
+
+
+def test_http_errors_are_poc_errors_with_the_detail():
+    def node(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(409, json={"detail": "already generating"})
+
+    transport = httpx.MockTransport(node)
+    with (
+        PoCClient("http://node.test", api_key="", transport=transport) as c,
+        pytest.raises(PoCError, match="already generating") as error,
+    ):
+        c.status()
+    assert error.value.status_code == 409
