@@ -165,9 +165,10 @@ class PoCClient:
         try:
             response = self._http.request(method, POW_PREFIX + path, json=body)
         except httpx.RemoteProtocolError:
-            # The server closed a kept-alive connection as the request went out (uvicorn drops
-            # idle ones after a few seconds, so a client polling at about that period meets it).
-            # Send again only what is safe to repeat: the request may have arrived.
+            # The server closed a kept-alive connection as the request went out: uvicorn drops
+            # one 5 s after it queued the last response, which a client polling at about that
+            # period, or reading late on a loaded machine, can meet. Send again only what is
+            # safe to repeat: the request may have arrived.
             if method != "GET" and path not in _REPEATABLE_POSTS:
                 raise
             response = self._http.request(method, POW_PREFIX + path, json=body)

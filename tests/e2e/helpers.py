@@ -39,19 +39,27 @@ def ok(response: httpx.Response) -> dict[str, Any]:
     return response.json()
 
 
+def _request(client: httpx.Client, method: str, path: str, json: Any = None) -> httpx.Response:
+    """One PoC call; a GET or /stop is sent again once if a reused keep-alive connection was
+    closed under us (as ``PoCClient`` does: on a loaded machine a response can reach the client
+    seconds after uvicorn armed its keep-alive timer, so even polling often can meet it)."""
+    try:
+        return client.request(method, POW + path, json=json)
+    except httpx.RemoteProtocolError:
+        if method != "GET" and path != "/stop":
+            raise
+        return client.request(method, POW + path, json=json)
+
+
 def post_ok(client: httpx.Client, path: str, json: Any = None) -> dict[str, Any]:
-    data = ok(client.post(POW + path, json=json))
+    data = ok(_request(client, "POST", path, json))
     assert data["status"] == "OK", data
     assert isinstance(data["pow_status"], dict), data
     return data
 
 
 def status(client: httpx.Client) -> dict[str, Any]:
-    """GET /status; retried once when a reused keep-alive connection was closed under us."""
-    try:
-        return ok(client.get(POW + "/status"))
-    except httpx.RemoteProtocolError:
-        return ok(client.get(POW + "/status"))
+    return ok(_request(client, "GET", "/status"))
 
 
 def wait_until(
