@@ -27,6 +27,13 @@ from vllm_poc.data import ProofBatch
 POW_PREFIX = "/api/v1/pow"
 _REPEATABLE_POSTS = frozenset({"/stop"})
 """POSTs whose repetition changes nothing on the node (GETs never change anything)."""
+
+
+def is_repeatable(method: str, path: str) -> bool:
+    """Whether sending a PoC call (``path`` under ``/api/v1/pow``) twice is harmless."""
+    return method == "GET" or path in _REPEATABLE_POSTS
+
+
 DEFAULT_SAMPLE_SIZE = 200
 """How many nonces a validator recomputes from one batch (all of them when there are fewer)."""
 
@@ -169,7 +176,7 @@ class PoCClient:
             # one 5 s after it queued the last response, which a client polling at about that
             # period, or reading late on a loaded machine, can meet. Send again only what is
             # safe to repeat: the request may have arrived.
-            if method != "GET" and path not in _REPEATABLE_POSTS:
+            if not is_repeatable(method, path):
                 raise
             response = self._http.request(method, POW_PREFIX + path, json=body)
         if response.status_code >= 400:

@@ -10,7 +10,7 @@ KV cache (and the prefix cache living in it) is never touched.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -211,14 +211,19 @@ class PoCForward:
         """Scratch KV bytes per sequence: its blocks in each distinct cache layout."""
         kv_caches = compat.layer_kv_caches(self.vllm_config)
         per_layout: dict[tuple[Any, ...], int] = {}
-        for gid, groups in enumerate(self.runner.attn_groups):
-            blocks = math.ceil(seq_len / compat.group_block_size(self.runner, gid, groups))
+        for groups, _, blocks in self._block_groups(seq_len):
             for group in groups:
                 for kv in (kv_caches[n] for n in group.layer_names if n in kv_caches):
                     key = _layout_key(kv)
                     need = blocks * kv[0].numel() * kv.element_size()
                     per_layout[key] = max(per_layout.get(key, 0), need)
         return sum(per_layout.values())
+
+    def _block_groups(self, seq_len: int) -> Iterator[tuple[list[Any], int, int]]:
+        """Each KV cache group's attention groups, block size and blocks per sequence."""
+        for gid, groups in enumerate(self.runner.attn_groups):
+            block_size = compat.group_block_size(self.runner, gid, groups)
+            yield groups, block_size, math.ceil(seq_len / block_size)
 
     def _attention(
         self, batch: int, seq_len: int, positions: torch.Tensor
@@ -228,9 +233,7 @@ class PoCForward:
         slot_mappings: dict[str, torch.Tensor] = {}
         scratch_for: dict[str, torch.Tensor] = {}
         kv_caches = compat.layer_kv_caches(self.vllm_config)
-        for gid, groups in enumerate(self.runner.attn_groups):
-            block_size = compat.group_block_size(self.runner, gid, groups)
-            blocks_per_seq = math.ceil(seq_len / block_size)
+        for groups, block_size, blocks_per_seq in self._block_groups(seq_len):
             # Block 0 is the null block: sequences use blocks 1 .. batch * blocks_per_seq.
             block_table = (
                 torch.arange(batch * blocks_per_seq, dtype=torch.int32, device=self.device) + 1

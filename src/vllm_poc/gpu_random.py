@@ -104,13 +104,17 @@ def murmur_hash(indices: torch.Tensor, seed: int | torch.Tensor) -> torch.Tensor
 
     ``seed`` may be an int or an int64 tensor that broadcasts against ``indices``.
     """
-    h = _seed_mix(_key_mix(indices), _seed_tensor(seed, indices.device))
+    return _to_uint32_values(_seed_mix(_key_mix(indices), _seed_tensor(seed, indices.device)))
+
+
+def _to_uint32_values(h: torch.Tensor) -> torch.Tensor:
+    """int32 bits -> their uint32 values, as int64 in [0, 2^32) (the inverse of ``_to_int32``)."""
     return h.to(torch.int64).bitwise_and_(_MASK)
 
 
 def _uniform_from_hash(h: torch.Tensor) -> torch.Tensor:
     """``float32(H) / 2^32`` from the int32 bits of ``H`` (one rounding, from the exact H)."""
-    return h.to(torch.int64).bitwise_and_(_MASK).to(torch.float32).div_(4294967296.0)
+    return _to_uint32_values(h).to(torch.float32).div_(4294967296.0)
 
 
 def uniforms(seed: int, n: int, device: torch.device | str = "cpu") -> torch.Tensor:

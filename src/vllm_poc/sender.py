@@ -131,14 +131,15 @@ class PoCCallbackSender:
                 await asyncio.sleep(
                     min(self.backoff_max, self.backoff_base * 2 ** (item.attempts - 1))
                 )
-        if lane.unlogged_drops:
-            self._log_drops(key, lane)
+        self._log_drops(key, lane)
         if self._lanes.get(key) is lane:
             del self._lanes[key]
 
     def _log_drops(self, key: str, lane: _Lane) -> None:
-        """One warning for the overflow drops of a lane since the last one (one per batch of a
-        fast round would flood the log while a receiver is down)."""
+        """One warning for the overflow drops of a lane since the last one, if any (one per
+        batch of a fast round would flood the log while a receiver is down)."""
+        if not lane.unlogged_drops:
+            return
         logger.warning(
             "vllm-poc: callback queue full (%d) for %s: %d posts dropped since the last report, "
             "oldest first (%d dropped in all)",
@@ -174,8 +175,7 @@ class PoCCallbackSender:
 
     async def aclose(self) -> None:
         for key, lane in self._lanes.items():
-            if lane.unlogged_drops:
-                self._log_drops(key, lane)
+            self._log_drops(key, lane)
         tasks = [lane.task for lane in self._lanes.values() if lane.task is not None]
         for task in tasks:
             task.cancel()

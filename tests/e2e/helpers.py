@@ -8,6 +8,8 @@ from typing import Any
 
 import httpx
 
+from vllm_poc.client import is_repeatable
+
 POW = "/api/v1/pow"
 LIMITS = httpx.Limits(keepalive_expiry=2.0)
 """Drop idle connections before uvicorn's 5 s keep-alive timeout closes them: reusing one just as
@@ -46,7 +48,7 @@ def _request(client: httpx.Client, method: str, path: str, json: Any = None) -> 
     try:
         return client.request(method, POW + path, json=json)
     except httpx.RemoteProtocolError:
-        if method != "GET" and path != "/stop":
+        if not is_repeatable(method, path):
             raise
         return client.request(method, POW + path, json=json)
 
