@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -98,6 +99,40 @@ def generate(client: httpx.Client, at_least: int, **overrides: Any) -> dict[str,
     final = status(client)
     assert final["state"] == "STOPPED", final
     return final
+
+
+@dataclass
+class Window:
+    """A few seconds of a running round, from the server's own counters."""
+
+    rate: float  # nonces checked per second
+    batches: int
+    posts: int  # callback POSTs that ended meanwhile (sent or failed)
+    samples: list[dict[str, Any]]  # the /status answers, one every 0.25 s
+
+
+def measure_round(
+    client: httpx.Client, body: dict[str, Any], seconds: float = 4.0, min_samples: int = 4
+) -> Window:
+    """Start a round, measure it over ``seconds`` after its first batch, stop it."""
+    post_ok(client, "/init/generate", body)
+    s0 = wait_checked(client, 1)
+    t0 = time.monotonic()
+    samples = []
+    while time.monotonic() - t0 < seconds or len(samples) < min_samples:
+        time.sleep(0.25)  # polling also keeps the keep-alive connection warm
+        samples.append(status(client))
+        assert samples[-1]["state"] == "GENERATING" and samples[-1]["error"] is None, samples[-1]
+    s1, t1 = samples[-1], time.monotonic()
+    post_ok(client, "/stop")
+
+    def posts(s: dict[str, Any]) -> int:
+        return s["callbacks"]["sent"] + s["callbacks"]["failed_attempts"]
+
+    checked = s1["total_checked"] - s0["total_checked"]
+    return Window(
+        checked / (t1 - t0), checked // body["batch_size"], posts(s1) - posts(s0), samples
+    )
 
 
 def is_4xx(response: httpx.Response) -> bool:

@@ -51,11 +51,14 @@ class CallbackReceiver:
                     time.sleep(slow)
                 code = 500 if mode == "error" else 200
                 payload = b'{"ok": true}' if code == 200 else b'{"error": "receiver says no"}'
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                try:
+                    self.send_response(code)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the sender gave up first (its timeout): what "slow" is there for
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass

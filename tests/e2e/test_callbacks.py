@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .helpers import POW, ok, post_ok, round_body, status, wait_checked
+from .helpers import POW, measure_round, ok, post_ok, round_body, status, wait_checked
 from .receiver import CallbackReceiver, dead_url
 from .reference import reference_distances
 
@@ -131,50 +131,35 @@ def test_validate_posts_validated_batch(client: httpx.Client, receiver: Callback
     assert receiver.records("/generated") == []
 
 
-WINDOW_S = 4.0
-
-
-def _checked_per_second(client: httpx.Client, callback_url: str | None) -> float:
-    """Nonces checked per second over a fixed window of a round (after its first batch)."""
-    body = round_body(block_hash="rate-block", callback_url=callback_url)
-    post_ok(client, "/init/generate", body)
-    s0 = wait_checked(client, 1)
-    t0 = time.monotonic()
-    s1 = s0
-    while time.monotonic() - t0 < WINDOW_S:  # polling also keeps the keep-alive connection warm
-        time.sleep(0.25)
-        s1 = status(client)
-        assert s1["state"] == "GENERATING" and s1["error"] is None, s1
-    t1 = time.monotonic()
-    post_ok(client, "/stop")
-    return (s1["total_checked"] - s0["total_checked"]) / (t1 - t0)
-
-
 @pytest.mark.runs_last
 def test_broken_receiver_never_slows_generation(
     client: httpx.Client, receiver: CallbackReceiver
 ) -> None:
-    # Each broken mode is measured right after its own baseline, so load from other processes
-    # on a shared machine drifts less between the two. A callback on the generation path would
-    # cut the rate by orders of magnitude: to ~1 nonce/s with a 3 s receiver (batches of 4),
-    # and below that with retries to a dead or failing receiver (0.5 s, 1 s, 2 s... backoff).
-    # 0.2x the baseline tolerates CPU noise and still catches that.
+    # A generation loop that waited for its callback would find at most one batch per POST
+    # that ended during a window, plus the one in flight at its end (every batch posts here:
+    # r_target 2 makes every nonce valid). Counting both in the same seconds makes machine load
+    # cancel out; the rates are printed for the eye (benchmarks, not tests, make speed claims).
+    # Each broken mode is measured right after its own baseline.
     modes = {"down": ("ok", dead_url()), "error 500": ("error", None), "slow 3 s": ("slow", None)}
-    results: dict[str, tuple[float, float]] = {}
+    body = round_body(block_hash="rate-block")
+    results: dict[str, dict[str, float]] = {}
     posts_before = 0
     for name, (mode, url) in modes.items():
-        baseline = _checked_per_second(client, None)
+        baseline = measure_round(client, body)
         receiver.set_mode(mode, slow_seconds=3.0)
-        rate = _checked_per_second(client, url or receiver.url)
-        results[name] = (round(baseline, 1), round(rate, 1))
+        broken = measure_round(client, body | {"callback_url": url or receiver.url})
+        results[name] = {
+            "baseline nonces/s": round(baseline.rate, 1),
+            "nonces/s": round(broken.rate, 1),
+            "batches": broken.batches,
+            "posts": broken.posts,
+        }
         if url is None:  # the receiver was really called in this mode
             posts = len(receiver.records("/generated"))
             assert posts > posts_before, f"the {name} receiver was never called"
             posts_before = posts
-    print(f"\n[e2e] nonces/s (baseline, with broken receiver): {results}")
-    for name, (baseline, rate) in results.items():
-        assert baseline > 0, results
-        assert rate >= 0.2 * baseline, (name, results)
+        assert broken.batches >= 2 * (broken.posts + 1), (name, results[name])
+    print(f"\n[e2e] broken receivers: {results}")
 
 
 @pytest.mark.runs_last

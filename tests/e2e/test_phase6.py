@@ -20,7 +20,17 @@ import torch
 from vllm_poc.gpu_random import generate_inputs, generate_projection
 
 from .conftest import TUNED_ENV
-from .helpers import POW, ok, post_ok, round_body, status, wait_checked, wait_until
+from .helpers import (
+    POW,
+    Window,
+    measure_round,
+    ok,
+    post_ok,
+    round_body,
+    status,
+    wait_checked,
+    wait_until,
+)
 from .receiver import CallbackReceiver, Received
 from .reference import distances_from_logits, load_model, reference_distances
 from .server import VllmServer
@@ -588,55 +598,34 @@ def test_receiver_outage_within_retry_budget_loses_nothing(tuned_client: httpx.C
     assert after["pending"] == 0
 
 
-RATE_WINDOW_S = 4.0
-MIN_SAMPLES = 4
-
-
-def _rate_window(client: httpx.Client, callback_url: str | None) -> tuple[float, list[dict]]:
-    """Nonces checked per second over a window of a fast round; /status samples during it."""
-    post_ok(
-        client,
-        "/init/generate",
-        round_body(block_hash="phase6-rate-block", callback_url=callback_url),
-    )
-    s0 = wait_checked(client, 1)
-    t0 = time.monotonic()
-    samples = []
-    while time.monotonic() - t0 < RATE_WINDOW_S or len(samples) < MIN_SAMPLES:
-        time.sleep(0.25)
-        samples.append(status(client))
-    s1, t1 = samples[-1], time.monotonic()
-    assert s1["state"] == "GENERATING" and s1["error"] is None, s1
-    post_ok(client, "/stop")
-    return (s1["total_checked"] - s0["total_checked"]) / (t1 - t0), samples
-
-
 def test_receiver_that_stays_down_is_bounded_and_never_slows_generation(
     tuned_client: httpx.Client,
 ) -> None:
     c = tuned_client
     _drained(c)
-    rates: dict[str, list[float]] = {"no callback": [], "receiver down": []}
-    samples: list[dict] = []
+    quiet: list[Window] = []
+    down: list[Window] = []
+    body = round_body(block_hash="phase6-rate-block")
     with AnsweredReceiver(mode="error") as receiver:
         try:
             # Alternate the two conditions: other load on the machine comes and goes.
             for _ in range(3):
-                rates["no callback"].append(_rate_window(c, None)[0])
-                rate, got = _rate_window(c, receiver.url)
-                rates["receiver down"].append(rate)
-                samples += got
+                quiet.append(measure_round(c, body))
+                down.append(measure_round(c, body | {"callback_url": receiver.url}))
         finally:
             # Bring the receiver back so nothing keeps retrying after this test.
             receiver.set_mode("ok")
             _drained(c)
         refused = len(receiver.refused("/generated"))
+    samples = [s for w in down for s in w.samples]
     pending = [s["callbacks"]["pending"] for s in samples]
     dropped = [s["callbacks"]["dropped"] for s in samples]
+    batches, attempts = sum(w.batches for w in down), sum(w.posts for w in down)
     print(
-        f"\n[e2e] nonces/s { {k: [round(r, 1) for r in v] for k, v in rates.items()} }; "
-        f"pending max {max(pending)}, dropped {dropped[0]} -> {dropped[-1]} over "
-        f"{len(samples)} samples, {refused} refused posts"
+        f"\n[e2e] nonces/s without callback {[round(w.rate, 1) for w in quiet]}, receiver down "
+        f"{[round(w.rate, 1) for w in down]}; receiver down: {batches} batches, {attempts} "
+        f"failed posts, pending max {max(pending)}, dropped {dropped[0]} -> {dropped[-1]} "
+        f"over {len(samples)} samples, {refused} refused posts"
     )
     assert max(pending) <= QUEUE_SIZE + 1, pending
     assert dropped == sorted(dropped) and dropped[-1] > dropped[0], dropped
@@ -644,9 +633,9 @@ def test_receiver_that_stays_down_is_bounded_and_never_slows_generation(
     assert dropped[half] > 0 and dropped[-1] > dropped[half], (
         f"drops should keep growing: {dropped}"
     )
-    assert refused > 0
-    # Generous: CPU noise on a shared 2-core machine (best window of each condition); a
-    # blocking callback would cut the rate by orders of magnitude.
-    baseline, down = max(rates["no callback"]), max(rates["receiver down"])
-    assert baseline > 0
-    assert down >= 0.5 * baseline, rates
+    assert refused > 0 and attempts > 0
+    # Not paced by the failing receiver: every batch posts, and a generation loop that waited
+    # for a post (or its retries, at least 0.1 s apart) would find at most one batch per failed
+    # attempt. Both counts come from the same seconds, so machine load cancels out; the rates
+    # above are for the eye (benchmarks, not tests, make speed claims).
+    assert batches >= 2 * (attempts + len(down)), (batches, attempts)
