@@ -29,9 +29,20 @@ _REPEATABLE_POSTS = frozenset({"/stop"})
 """POSTs whose repetition changes nothing on the node (GETs never change anything)."""
 
 
-def is_repeatable(method: str, path: str) -> bool:
-    """Whether sending a PoC call (``path`` under ``/api/v1/pow``) twice is harmless."""
-    return method == "GET" or path in _REPEATABLE_POSTS
+def send(http: httpx.Client, method: str, path: str, body: Any = None) -> httpx.Response:
+    """One PoC call (``path`` under ``/api/v1/pow``), sent again once if safe and needed.
+
+    The server may close a kept-alive connection as the request goes out: uvicorn drops one 5 s
+    after it queued the last response, which a client polling at about that period, or reading
+    late on a loaded machine, can meet. Only a call that is harmless to repeat is sent again:
+    the first one may have arrived.
+    """
+    try:
+        return http.request(method, POW_PREFIX + path, json=body)
+    except httpx.RemoteProtocolError:
+        if not (method == "GET" or path in _REPEATABLE_POSTS):
+            raise
+        return http.request(method, POW_PREFIX + path, json=body)
 
 
 DEFAULT_SAMPLE_SIZE = 200
@@ -169,16 +180,7 @@ class PoCClient:
     # ------------------------------------------------------------------ plumbing
 
     def _call(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
-        try:
-            response = self._http.request(method, POW_PREFIX + path, json=body)
-        except httpx.RemoteProtocolError:
-            # The server closed a kept-alive connection as the request went out: uvicorn drops
-            # one 5 s after it queued the last response, which a client polling at about that
-            # period, or reading late on a loaded machine, can meet. Send again only what is
-            # safe to repeat: the request may have arrived.
-            if not is_repeatable(method, path):
-                raise
-            response = self._http.request(method, POW_PREFIX + path, json=body)
+        response = send(self._http, method, path, body)
         if response.status_code >= 400:
             try:
                 detail = response.json().get("detail", response.text)

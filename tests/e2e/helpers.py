@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from vllm_poc.client import is_repeatable
+from vllm_poc.client import send
 
 POW = "/api/v1/pow"
 LIMITS = httpx.Limits(keepalive_expiry=2.0)
@@ -42,27 +42,15 @@ def ok(response: httpx.Response) -> dict[str, Any]:
     return response.json()
 
 
-def _request(client: httpx.Client, method: str, path: str, json: Any = None) -> httpx.Response:
-    """One PoC call; a GET or /stop is sent again once if a reused keep-alive connection was
-    closed under us (as ``PoCClient`` does: on a loaded machine a response can reach the client
-    seconds after uvicorn armed its keep-alive timer, so even polling often can meet it)."""
-    try:
-        return client.request(method, POW + path, json=json)
-    except httpx.RemoteProtocolError:
-        if not is_repeatable(method, path):
-            raise
-        return client.request(method, POW + path, json=json)
-
-
 def post_ok(client: httpx.Client, path: str, json: Any = None) -> dict[str, Any]:
-    data = ok(_request(client, "POST", path, json))
+    data = ok(send(client, "POST", path, json))
     assert data["status"] == "OK", data
     assert isinstance(data["pow_status"], dict), data
     return data
 
 
 def status(client: httpx.Client) -> dict[str, Any]:
-    return ok(_request(client, "GET", "/status"))
+    return ok(send(client, "GET", "/status"))
 
 
 def wait_until(
