@@ -29,8 +29,9 @@ from typing import Any
 
 import httpx
 
+from vllm_poc.client import POW_PREFIX as POW
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-POW = "/api/v1/pow"
 BLOCK = "bench-validation-block"
 
 

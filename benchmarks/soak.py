@@ -37,13 +37,14 @@ from typing import Any
 import httpx
 import psutil
 
+from vllm_poc.client import POW_PREFIX as POW
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from tests.e2e.receiver import CallbackReceiver  # noqa: E402
 from tests.e2e.server import VllmServer  # noqa: E402
 
-POW = "/api/v1/pow"
 MIB = 2**20
 
 

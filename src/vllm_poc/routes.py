@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.routing import Route
 
 from vllm_poc import envs
+from vllm_poc.client import POW_PREFIX
 from vllm_poc.config import PoCConfig, PoCState
 from vllm_poc.data import ProofBatch, to_json_dict
 from vllm_poc.log import get_logger
@@ -80,7 +81,7 @@ async def limit_body_size(request: Request) -> None:
 
 
 router = APIRouter(
-    prefix="/api/v1/pow",
+    prefix=POW_PREFIX,
     tags=["PoC"],
     dependencies=[Depends(require_api_key), Depends(limit_body_size)],
 )

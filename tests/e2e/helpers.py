@@ -9,9 +9,9 @@ from typing import Any
 
 import httpx
 
-from vllm_poc.client import send
+from vllm_poc.client import POW_PREFIX, send
 
-POW = "/api/v1/pow"
+POW = POW_PREFIX
 LIMITS = httpx.Limits(keepalive_expiry=2.0)
 """Drop idle connections before uvicorn's 5 s keep-alive timeout closes them: reusing one just as
 the server closes it fails as "Server disconnected without sending a response"."""

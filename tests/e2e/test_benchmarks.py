@@ -1,0 +1,98 @@
+"""``benchmarks/bench_poc.py`` runs end to end and its FLOPs agree with the GPU baseline.
+
+The benchmark is what a GPU session runs in its few minutes of device time, so it must not rot
+between GPU loans: this runs it for real on the tiny model (a short window, every stage
+including the random projections) and checks the figures it reports are complete and
+consistent. No speed is asserted; the benchmark itself is where speed is read.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from vllm_poc.testing.tiny_model import REAL_SHAPES
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BENCH_POC = REPO_ROOT / "benchmarks" / "bench_poc.py"
+
+
+@pytest.fixture(scope="module")
+def bench_poc() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_poc", BENCH_POC)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    "shape, non_embedding_params, gflop_per_token",
+    # ../shared/gpu/README.md: 0.910 and 13.97 GFLOP per token at seq_len 256, counted there
+    # as 2 x non-embedding parameters + causal attention.
+    [("0.6b", 440.47e6, 0.910), ("8b", 6946.08e6, 13.97)],
+)
+def test_flops_per_nonce_match_the_gpu_baseline(
+    bench_poc: ModuleType, shape: str, non_embedding_params: float, gflop_per_token: float
+) -> None:
+    flops = bench_poc.flops_per_nonce(REAL_SHAPES[shape], 256)
+    assert flops["non_embedding_params"] == pytest.approx(non_embedding_params, rel=1e-4)
+    per_token = (flops["dense"] + flops["attention"]) / 256
+    assert per_token / 1e9 == pytest.approx(gflop_per_token, abs=0.005)
+    hidden, vocab = REAL_SHAPES[shape]["hidden_size"], REAL_SHAPES[shape]["vocab_size"]
+    assert flops["total"] == flops["dense"] + flops["attention"] + 2 * hidden * vocab
+
+
+def test_bench_poc_reports_every_stage(
+    bench_poc: ModuleType, tiny_model: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "poc.json"
+    batches = [1, 4]
+    # bench_poc makes (or reuses) the tiny model as <model-cache>/tiny-qwen3.
+    cmd = [
+        sys.executable,
+        str(BENCH_POC),
+        "--batches",
+        *map(str, batches),
+        "--seq-len",
+        "32",
+        "--rounds",
+        "1",
+        "--seconds",
+        "0.3",
+        "--min-batches",
+        "2",
+        "--warmup-batches",
+        "1",
+        "--reps",
+        "2",
+        "--random-projection",
+        "--model-cache",
+        str(tiny_model.parent),
+        "--json",
+        str(out),
+    ]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "PoC/bare" in run.stdout
+
+    result = json.loads(out.read_text())
+    assert result["leftover_processes"] == []
+    assert result["model"] == "tiny" and result["seq_len"] == 32
+    assert result["default_batch_size"] >= 1
+    assert result["peak_tflops"] > 0
+    assert [row["batch"] for row in result["rows"]] == batches
+    for row in result["rows"]:
+        for stage in bench_poc.STAGES:  # with random projections, every stage runs
+            assert row[stage] > 0, (row["batch"], stage, row[stage])
+        assert row["poc_batches_timed"] >= 2
+        assert row["poc_nonces_per_s"] > 0 and row["bare_nonces_per_s"] > 0
+        assert row["ratio"] == pytest.approx(row["poc_nonces_per_s"] / row["bare_nonces_per_s"])
+        assert row["mfu_poc"] > 0 and row["mfu_bare"] > 0
+        assert row["stage_sum_ms"] == pytest.approx(sum(row[s] for s in bench_poc.STAGES))
