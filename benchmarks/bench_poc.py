@@ -95,10 +95,10 @@ async def poc_rate(
 ) -> dict[str, float]:
     """Nonces/s of the manager's generation loop, timed between batch completions.
 
-    The manager's ``_record_batch`` is wrapped on the instance only to time-stamp each recorded
+    The generation's ``record`` is wrapped on the instance only to time-stamp each recorded
     batch (no polling, which would take CPU from the worker on a small machine).
     """
-    from vllm_poc.config import PoCConfig, PoCState
+    from vllm_poc.protocol.round import PoCConfig, PoCState
 
     config = PoCConfig(
         block_hash=f"bench-{batch}-{seq_len}",
@@ -111,10 +111,10 @@ async def poc_rate(
     )
     stamps: list[tuple[float, int]] = []  # (time, total checked) after each batch
     enough = asyncio.Event()
-    original = manager._record_batch
+    original = manager.generation.record
     warmup = max(warmup, 1)  # the first stamp starts the clock
 
-    def timed_record_batch(*args: Any) -> Any:
+    def timed_record(*args: Any) -> Any:
         result = original(*args)
         stamps.append((time.perf_counter(), manager.stats.total_checked))
         timed = len(stamps) - warmup
@@ -122,7 +122,7 @@ async def poc_rate(
             enough.set()
         return result
 
-    manager._record_batch = timed_record_batch
+    manager.generation.record = timed_record
     manager.init_round(config)
     manager.start_generate()
     try:
@@ -136,7 +136,7 @@ async def poc_rate(
                 await asyncio.wait_for(enough.wait(), timeout=1.0)
     finally:
         manager.stop_round()
-        del manager._record_batch  # back to the class's method
+        del manager.generation.record  # back to the class's method
     (t0, c0), (t1, c1) = stamps[warmup - 1], stamps[-1]
     return {
         "poc_nonces_per_s": (c1 - c0) / (t1 - t0),
@@ -251,7 +251,9 @@ async def run(args: argparse.Namespace, cuda: bool) -> dict[str, Any]:
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
 
-    from vllm_poc.manager import PoCManager
+    from vllm_poc.server.engine_rpc import EngineRPC
+    from vllm_poc.server.engines import Engines
+    from vllm_poc.server.manager import PoCManager
 
     shape = args.shape or ("0.6b" if cuda else "tiny")
     batches = args.batches or (GPU_BATCHES if cuda else CPU_BATCHES)
@@ -273,7 +275,7 @@ async def run(args: argparse.Namespace, cuda: bool) -> dict[str, Any]:
     engine = AsyncLLM.from_engine_args(engine_args)
     try:
         startup = time.perf_counter() - started
-        manager = PoCManager(engine, max_model_len=seq_len)
+        manager = PoCManager(Engines([EngineRPC(engine)]), max_model_len=seq_len)
         meta = {
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "device": device_name(cuda),
@@ -376,7 +378,7 @@ def main() -> None:
     parser.add_argument(
         "--random-projection",
         action="store_true",
-        help="PoC rounds with the Phase 6.1 projections (their overhead against the bare forward)",
+        help="PoC rounds with random projections (their overhead against the bare forward)",
     )
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()

@@ -1,7 +1,7 @@
 """Bounded soak: a real PoC server on the tiny model, rounds after rounds for N minutes.
 
 Starts ``python -m vllm.entrypoints.openai.api_server`` with the plugin on the tiny local model
-(``tests/e2e/server.py``'s ``VllmServer``, ``make_tiny_model``) and repeats, until the time is up:
+(``vllm_poc.testing``: ``LocalServer``, ``make_tiny_model``) and repeats, until the time is up:
 
 1. ``/calibrate`` the round's block (an r_target giving about ``--valid-rate`` valid nonces);
 2. ``/init/generate`` (with a local callback receiver) and generate ``--round-seconds`` while
@@ -37,13 +37,11 @@ from typing import Any
 import httpx
 import psutil
 
-from vllm_poc.client import POW_PREFIX as POW
+from vllm_poc.protocol.wire import POW_PREFIX as POW
+from vllm_poc.testing.receiver import CallbackReceiver
+from vllm_poc.testing.server import LocalServer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-
-from tests.e2e.receiver import CallbackReceiver  # noqa: E402
-from tests.e2e.server import VllmServer  # noqa: E402
 
 MIB = 2**20
 
@@ -96,7 +94,7 @@ def tree_rss(pid: int) -> dict[str, int]:
 
 
 class Driver:
-    def __init__(self, args: argparse.Namespace, server: VllmServer, receiver: CallbackReceiver):
+    def __init__(self, args: argparse.Namespace, server: LocalServer, receiver: CallbackReceiver):
         self.args = args
         self.server = server
         self.receiver = receiver
@@ -432,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="vllm-poc-soak-"))
     log = args.log or tmp / "server.log"
     out = args.json or tmp / "soak.json"
-    server = VllmServer(model, log, poc_enabled=True)
+    server = LocalServer(model, log, poc_enabled=True)
     print(f"[soak] starting the server (log: {log})", flush=True)
     server.start()
     print(

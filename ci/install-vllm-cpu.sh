@@ -6,7 +6,8 @@
 # download.pytorch.org has them). For those, install the wheel without dependencies and its
 # requirements with the same torch release from the index instead (the CUDA build, which runs
 # on the CPU as well). Afterwards remove torchvision/torchaudio/torchcodec, which are broken
-# beside these torch builds (plugin.md).
+# beside these torch builds (`import transformers` fails with 'operator torchvision::nms does
+# not exist').
 set -euo pipefail
 py=$1
 version=$2

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import httpx
 
+from vllm_poc import ProofBatch
 from vllm_poc.client import (
     DEFAULT_SAMPLE_SIZE,
     PoCClient,
@@ -38,7 +39,6 @@ from vllm_poc.client import (
     sample_batch,
     save_batch,
 )
-from vllm_poc.data import ProofBatch
 
 
 def build_parser() -> argparse.ArgumentParser:

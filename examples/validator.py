@@ -32,6 +32,7 @@ from pathlib import Path
 
 import httpx
 
+from vllm_poc import ProofBatch
 from vllm_poc.client import (
     DEFAULT_SAMPLE_SIZE,
     PoCClient,
@@ -42,7 +43,6 @@ from vllm_poc.client import (
     load_batch,
     sample_batch,
 )
-from vllm_poc.data import ProofBatch
 
 EXIT_HONEST, EXIT_FRAUD, EXIT_ERROR = 0, 1, 2
 

@@ -2,11 +2,14 @@
 
 Supported releases and their seams (checked by ``tests/compat``):
 
-- API server: ``build_app`` and ``init_app_state`` are called from the globals of
-  ``vllm.entrypoints.launchers.api_server.entry`` (0.32) or ``vllm.entrypoints.openai.api_server``
-  (0.26, which ``python -m`` runs as ``__main__``).
+- API server: the ``vllm.endpoint_plugins`` group (>= 0.26, loaded when ``VLLM_PLUGINS`` names
+  the plugin); otherwise ``build_app`` and ``init_app_state`` are called from the globals of
+  ``vllm.entrypoints.launchers.api_server.entry`` (>= 0.29) or
+  ``vllm.entrypoints.openai.api_server`` (<= 0.28, which ``python -m`` runs as ``__main__``).
 - Attention metadata of one group: ``group.build_metadata(...)`` (0.32) or
   ``group.get_metadata_builder().build(...)`` (0.26).
+- Data-parallel engines: ``engine_client.engine_core.core_engines`` (their ZMQ identities) and
+  ``engine_core._call_utility_async(..., engine=identity)``.
 - ``CommonAttentionMetadata``: 0.26 also needs ``_seq_lens_cpu`` and ``_num_computed_tokens_cpu``.
 
 Functions here take and return plain objects; nothing else in the package imports vLLM
@@ -17,7 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
+import importlib.util
 import inspect
+import os
 import sys
 from collections.abc import Iterator
 from types import ModuleType
@@ -26,10 +32,24 @@ from typing import Any
 import torch
 
 API_SERVER_MODULES = (
-    "vllm.entrypoints.launchers.api_server.entry",  # 0.32
-    "vllm.entrypoints.openai.api_server",  # <= 0.26 (also re-exports in 0.32, unused there)
+    "vllm.entrypoints.launchers.api_server.entry",  # >= 0.29
+    "vllm.entrypoints.openai.api_server",  # <= 0.28 (a mere re-export from 0.29 on)
 )
 """Modules whose globals ``build_app`` and ``init_app_state`` are called from, newest first."""
+
+APP_SEAMS = ("build_app", "init_app_state")
+
+
+class SeamNotFound(RuntimeError):
+    """A vLLM seam the plugin needs is missing from this release: PoC cannot run."""
+
+    def __init__(self, seam: str, detail: str) -> None:
+        super().__init__(
+            f"vllm-poc: VLLM_POC_ENABLED is set but {seam} was not found in vLLM "
+            f"{vllm_version()} ({detail}); refusing to serve without PoC. Install a supported "
+            "vLLM release (see the README) or unset VLLM_POC_ENABLED."
+        )
+        self.seam = seam
 
 
 def vllm_version() -> str:
@@ -38,41 +58,66 @@ def vllm_version() -> str:
     return getattr(vllm, "__version__", "unknown")
 
 
-def api_server_module() -> ModuleType | None:
-    """The loaded module that serves HTTP by calling ``build_app`` then ``init_app_state``.
+def is_api_server_process() -> bool:
+    """Whether this process loaded one of vLLM's API server modules (it may serve HTTP).
 
-    ``python -m vllm.entrypoints.openai.api_server`` runs that module as ``__main__`` in old
-    releases, so ``__main__`` counts when its spec names one of the modules.
+    Engine cores and workers spawned from the server re-import it as ``__mp_main__``; patching
+    there is harmless, as nothing calls the seams.
     """
+    main = getattr(sys.modules.get("__main__"), "__spec__", None)
+    names = [*sys.modules, str(getattr(main, "name", ""))]
+    return any(n.startswith("vllm.entrypoints.") and "api_server" in n for n in names)
+
+
+def api_server_modules() -> list[ModuleType]:
+    """The modules that call ``build_app`` and ``init_app_state`` (SeamNotFound if none).
+
+    From 0.29 the launcher's ``entry`` module calls them; before, ``openai.api_server`` does,
+    which ``python -m`` runs as ``__main__``.
+    """
+    newest, oldest = API_SERVER_MODULES
+    if _exists(newest):
+        candidates = [_import(newest)]
+    else:
+        candidates = [_import(oldest), _main_module_named(oldest)]
+    found = [m for m in candidates if m is not None and _has_app_seams(m)]
+    if not found:
+        raise SeamNotFound(" and ".join(APP_SEAMS), f"looked in {', '.join(API_SERVER_MODULES)}")
+    return found
+
+
+def _exists(name: str) -> bool:
+    """Whether ``name`` can be imported (without importing it, where its parents allow)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ImportError:  # a parent package is missing
+        return False
+
+
+def _import(name: str) -> ModuleType | None:
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+def _main_module_named(name: str) -> ModuleType | None:
     main = sys.modules.get("__main__")
-    main_name = getattr(getattr(main, "__spec__", None), "name", None)
-    if getattr(main, "__name__", None) == "__mp_main__":
-        main_name = None  # a spawned child re-imports the server module; it serves nothing
-    # ``__main__`` counts only if it calls the seams itself: in 0.32 it merely re-exports them.
-    if main_name in API_SERVER_MODULES and _has_app_seams(main) and _calls_seams(main):
-        return main
-    for name in API_SERVER_MODULES:
-        module = sys.modules.get(name)
-        if module is not None and _has_app_seams(module) and _calls_seams(module):
-            return module
-    return None
+    spec_name = getattr(getattr(main, "__spec__", None), "name", None)
+    return main if spec_name == name else None
 
 
 def _has_app_seams(module: Any) -> bool:
-    return callable(getattr(module, "build_app", None)) and callable(
-        getattr(module, "init_app_state", None)
-    )
+    return all(callable(getattr(module, seam, None)) for seam in APP_SEAMS)
 
 
-def _calls_seams(module: Any) -> bool:
-    """True when the module itself builds the app (not a mere re-export, as in 0.32)."""
-    serve = getattr(module, "build_and_serve", None) or getattr(module, "run_server_worker", None)
-    if serve is None or getattr(serve, "__module__", None) != module.__name__:
+def endpoint_plugins_load(name: str) -> bool:
+    """Whether vLLM will load the endpoint plugin ``name``: the group exists (>= 0.26) and
+    ``VLLM_PLUGINS`` names it (endpoint plugins are opt-in)."""
+    if not _exists("vllm.plugins.endpoint_plugins"):
         return False
-    try:
-        return "build_app" in inspect.getsource(serve)
-    except (OSError, TypeError):
-        return False
+    allowed = os.environ.get("VLLM_PLUGINS")
+    return allowed is not None and name in allowed.split(",")
 
 
 def declare_environment_variables(getters: dict[str, Any]) -> None:
@@ -84,8 +129,11 @@ def declare_environment_variables(getters: dict[str, Any]) -> None:
 
 
 def engine_args_class() -> type:
+    """vLLM's ``EngineArgs``, whose ``create_engine_config`` builds every engine's config."""
     from vllm.engine.arg_utils import EngineArgs
 
+    if not callable(getattr(EngineArgs, "create_engine_config", None)):
+        raise SeamNotFound("EngineArgs.create_engine_config", "vllm.engine.arg_utils")
     return EngineArgs
 
 
@@ -202,6 +250,42 @@ def run_model(
 
 
 # ---------------------------------------------------------------- API server side
+
+
+@dataclasses.dataclass
+class DataParallelEngine:
+    """``collective_rpc`` on one engine of a data-parallel deployment, through the per-engine
+    utility call (vLLM's own reaches the first engine, or all of them keeping one answer)."""
+
+    core: Any
+    identity: bytes
+
+    async def collective_rpc(
+        self, method: str, timeout: float | None = None, args: tuple = (), kwargs: Any = None
+    ) -> list[Any]:
+        call = self.core._call_utility_async
+        return await call("collective_rpc", method, timeout, args, kwargs, engine=self.identity)
+
+
+def data_parallel_engines(engine_client: Any) -> tuple[dict[int, Any], int]:
+    """The engines this API server fronts by global rank (all of them with internal load
+    balancing, its own with external or hybrid), and the deployment's data-parallel size."""
+    dp_size = int(engine_client.vllm_config.parallel_config.data_parallel_size)
+    if dp_size == 1:
+        return {0: engine_client}, 1
+    if getattr(engine_client.vllm_config.model_config, "is_moe", False):
+        raise RuntimeError(
+            "vllm-poc: PoC does not run MoE models with data parallelism yet (their expert "
+            "layers make the data-parallel engines compute every forward together)"
+        )
+    core = getattr(engine_client, "engine_core", None)
+    identities = getattr(core, "core_engines", None)  # ranks, as 2-byte little-endian
+    if not identities or not callable(getattr(core, "_call_utility_async", None)):
+        raise SeamNotFound(
+            "per-engine utility calls", "engine_core.core_engines and _call_utility_async"
+        )
+    engines = {int.from_bytes(i, "little"): DataParallelEngine(core, i) for i in identities}
+    return engines, dp_size
 
 
 def find_app_state(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

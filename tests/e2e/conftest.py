@@ -14,8 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from vllm_poc.testing.server import LocalServer
+
 from .helpers import LIMITS
-from .server import VllmServer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -61,6 +62,7 @@ def tiny_model() -> Path:
 
 TUNED_API_KEY = "e2e-secret"
 TUNED_ENV = {
+    "VLLM_PLUGINS": "vllm_poc",
     "VLLM_POC_API_KEY": TUNED_API_KEY,
     "VLLM_POC_INFERENCE_DURING_VALIDATION": "1",
     "VLLM_POC_CALLBACK_MAX_RETRIES": "10",
@@ -71,8 +73,10 @@ TUNED_ENV = {
     "VLLM_POC_MAX_VALIDATE_NONCES": "64",
     "VLLM_POC_MAX_BODY_BYTES": "65536",
 }
-"""Settings of the ``tuned_server``: auth on, inference during validation, fast and small
-callback retries, low limits. One server for all tests of non-default settings."""
+"""Settings of the ``tuned_server``: entered through vLLM's endpoint-plugin contract
+(``VLLM_PLUGINS``), auth on, inference during validation, fast and small callback retries, low
+limits. One server for all tests of non-default settings; ``poc_server`` runs the operator's
+default (``VLLM_POC_ENABLED=1`` alone, the fallback patch)."""
 
 
 def _start(
@@ -83,9 +87,9 @@ def _start(
     poc_enabled: bool,
     extra_env: dict[str, str] | None = None,
     extra_args: list[str] | None = None,
-) -> VllmServer:
+) -> LocalServer:
     log = factory.mktemp("vllm-logs") / f"{name}.log"
-    server = VllmServer(
+    server = LocalServer(
         model, log, poc_enabled=poc_enabled, extra_env=extra_env, extra_args=extra_args or ()
     )
     server.start()
@@ -105,7 +109,7 @@ def _require_installed_plugin() -> None:
 
 
 @pytest.fixture(scope="session")
-def poc_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer]:
+def poc_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
     """One vLLM server with ``VLLM_POC_ENABLED=1`` for the whole session."""
     _require_installed_plugin()
     server = _start(tiny_model, tmp_path_factory, "poc-server", poc_enabled=True)
@@ -123,7 +127,7 @@ def poc_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> It
 @pytest.fixture(scope="module")
 def plain_server(
     tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[VllmServer]:
+) -> Iterator[LocalServer]:
     """A vLLM server with the plugin installed but ``VLLM_POC_ENABLED`` unset."""
     server = _start(tiny_model, tmp_path_factory, "plain-server", poc_enabled=False)
     try:
@@ -133,7 +137,7 @@ def plain_server(
 
 
 @pytest.fixture
-def client(poc_server: VllmServer) -> Iterator[httpx.Client]:
+def client(poc_server: LocalServer) -> Iterator[httpx.Client]:
     """HTTP client for the PoC server; stops any round and checks the server survived."""
     with httpx.Client(base_url=poc_server.base_url, timeout=60.0, limits=LIMITS) as c:
         yield c
@@ -146,7 +150,7 @@ def client(poc_server: VllmServer) -> Iterator[httpx.Client]:
 @pytest.fixture(scope="session")
 def tuned_server(
     tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[VllmServer]:
+) -> Iterator[LocalServer]:
     """A PoC server with ``TUNED_ENV``, shared by the session (started on first use)."""
     _require_installed_plugin()
     server = _start(
@@ -159,7 +163,7 @@ def tuned_server(
 
 
 @pytest.fixture
-def tuned_client(tuned_server: VllmServer) -> Iterator[httpx.Client]:
+def tuned_client(tuned_server: LocalServer) -> Iterator[httpx.Client]:
     """Authenticated client of the tuned server; stops any round afterwards."""
     headers = {"Authorization": f"Bearer {TUNED_API_KEY}"}
     with httpx.Client(base_url=tuned_server.base_url, timeout=60.0, headers=headers) as c:
@@ -170,8 +174,18 @@ def tuned_client(tuned_server: VllmServer) -> Iterator[httpx.Client]:
         assert alive, f"the vLLM server died during the test; log tail:\n{tuned_server.log_tail()}"
 
 
+@pytest.fixture(scope="module")
+def tuned_module_client(tuned_server: LocalServer) -> Iterator[httpx.Client]:
+    """An authenticated client of the tuned server for a module's fixtures; stops any round."""
+    headers = {"Authorization": f"Bearer {TUNED_API_KEY}"}
+    with httpx.Client(base_url=tuned_server.base_url, timeout=120.0, headers=headers) as c:
+        yield c
+        if tuned_server.alive():
+            c.post("/api/v1/pow/stop")
+
+
 @pytest.fixture
-def plain_client(plain_server: VllmServer) -> Iterator[httpx.Client]:
+def plain_client(plain_server: LocalServer) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=plain_server.base_url, timeout=60.0, limits=LIMITS) as c:
         yield c
         assert plain_server.alive(), f"server died; log tail:\n{plain_server.log_tail()}"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -89,39 +88,69 @@ def generate(client: httpx.Client, at_least: int, **overrides: Any) -> dict[str,
     return final
 
 
-@dataclass
-class Window:
-    """A few seconds of a running round, from the server's own counters."""
-
-    rate: float  # nonces checked per second
-    batches: int
-    posts: int  # callback POSTs that ended meanwhile (sent or failed)
-    samples: list[dict[str, Any]]  # the /status answers, one every 0.25 s
-
-
-def measure_round(
-    client: httpx.Client, body: dict[str, Any], seconds: float = 4.0, min_samples: int = 4
-) -> Window:
-    """Start a round, measure it over ``seconds`` after its first batch, stop it."""
-    post_ok(client, "/init/generate", body)
-    s0 = wait_checked(client, 1)
-    t0 = time.monotonic()
-    samples = []
-    while time.monotonic() - t0 < seconds or len(samples) < min_samples:
-        time.sleep(0.25)  # polling also keeps the keep-alive connection warm
-        samples.append(status(client))
-        assert samples[-1]["state"] == "GENERATING" and samples[-1]["error"] is None, samples[-1]
-    s1, t1 = samples[-1], time.monotonic()
-    post_ok(client, "/stop")
-
-    def posts(s: dict[str, Any]) -> int:
-        return s["callbacks"]["sent"] + s["callbacks"]["failed_attempts"]
-
-    checked = s1["total_checked"] - s0["total_checked"]
-    return Window(
-        checked / (t1 - t0), checked // body["batch_size"], posts(s1) - posts(s0), samples
-    )
-
-
 def is_4xx(response: httpx.Response) -> bool:
     return 400 <= response.status_code < 500
+
+
+def proof_body(
+    block: str, key: str, nonces: list[int] | range, dist: list[float]
+) -> dict[str, Any]:
+    """A ProofBatch body of node 0 at height 100."""
+    return {
+        "public_key": key,
+        "block_hash": block,
+        "block_height": 100,
+        "nonces": list(nonces),
+        "dist": list(dist),
+        "node_id": 0,
+    }
+
+
+def validate_claimed(
+    client: httpx.Client, block: str, key: str, nonces: list[int], claimed: float = 1.0
+) -> dict[str, Any]:
+    """``/validate`` of ``nonces`` claimed at one distance: the recomputed distances."""
+    body = proof_body(block, key, nonces, [claimed] * len(nonces))
+    return ok(client.post(POW + "/validate", json=body))
+
+
+def generated(client: httpx.Client, at_least: int, **overrides: Any) -> dict[int, float]:
+    """nonce -> distance of a round (r_target 2: every finite distance is reported)."""
+    post_ok(client, "/init/generate", round_body(**overrides))
+    wait_checked(client, at_least)
+    post_ok(client, "/stop")
+    final = status(client)
+    assert final["state"] == "STOPPED" and final["error"] is None, final
+    assert final["total_valid"] == final["total_checked"] >= at_least, final
+    return dict(zip(final["valid_nonces"], final["valid_distances"], strict=True))
+
+
+COUNTERS = {
+    "batches": ("vllm_poc_batches_total", ""),
+    "sent": ("vllm_poc_callbacks_total", 'result="sent"'),
+    "failed": ("vllm_poc_callbacks_total", 'result="failed"'),
+    "dropped": ("vllm_poc_callbacks_total", 'result="dropped"'),
+}
+
+
+def metric_total(text: str, name: str, label: str = "") -> float:
+    """The sum of the series ``name`` whose labels include ``label`` (0 when none)."""
+    total = 0.0
+    for line in text.splitlines():
+        series, _, value = line.rpartition(" ")
+        base, _, labels = series.partition("{")
+        if base == name and label in labels:
+            total += float(value)
+    return total
+
+
+def poc_counters(client: httpx.Client) -> dict[str, float]:
+    """The plugin's Prometheus counters from ``/metrics`` (small whatever the round's size),
+    summed over the data-parallel ranks."""
+    text = ok_text(client.get("/metrics"))
+    return {key: metric_total(text, *series) for key, series in COUNTERS.items()}
+
+
+def ok_text(response: httpx.Response) -> str:
+    assert response.status_code == 200, f"{response.request.url}: {response.status_code}"
+    return response.text

@@ -1,7 +1,7 @@
 """An independent reference for PoC distances: transformers' Qwen3 in float32, plain torch math.
 
-Written from shared/spec/gpu-random.md without the plugin's forward or distance code. Only the
-random parts (inputs, permutations, target) come from ``vllm_poc.gpu_random``, whose own unit
+Written from docs/protocol.md without the plugin's forward or distance code. Only the
+random parts (inputs, permutations, target) come from ``vllm_poc.protocol.distance``, whose own unit
 tests pin them to the spec's test vectors.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from vllm_poc.gpu_random import generate_inputs, generate_permutations, generate_target
+from vllm_poc.protocol.distance import generate_inputs, generate_permutations, generate_target
 
 
 @lru_cache(maxsize=2)

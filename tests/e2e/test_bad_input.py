@@ -9,8 +9,9 @@ from typing import Any
 import httpx
 import pytest
 
+from vllm_poc.testing.server import LocalServer
+
 from .helpers import POW, ok, post_ok, round_body, status
-from .server import VllmServer
 
 pytestmark = pytest.mark.e2e
 
@@ -124,7 +125,7 @@ def test_bad_request_is_a_clear_4xx_and_changes_nothing(
 
 
 def test_server_keeps_serving_after_bad_input(
-    client: httpx.Client, poc_server: VllmServer, configured: dict[str, Any]
+    client: httpx.Client, poc_server: LocalServer, configured: dict[str, Any]
 ) -> None:
     for _, path, payload, _ in CASES:
         assert _post(client, path, payload).status_code < 500

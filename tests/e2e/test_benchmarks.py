@@ -34,8 +34,8 @@ def bench_poc() -> ModuleType:
 
 @pytest.mark.parametrize(
     "shape, non_embedding_params, gflop_per_token",
-    # ../shared/gpu/README.md: 0.910 and 13.97 GFLOP per token at seq_len 256, counted there
-    # as 2 x non-embedding parameters + causal attention.
+    # The GPU baseline measured on an H100 (benchmarks/README.md): 0.910 and 13.97 GFLOP per
+    # token at seq_len 256, counted as 2 x non-embedding parameters + causal attention.
     [("0.6b", 440.47e6, 0.910), ("8b", 6946.08e6, 13.97)],
 )
 def test_flops_per_nonce_match_the_gpu_baseline(

@@ -9,9 +9,10 @@ from typing import Any
 import httpx
 import pytest
 
+from vllm_poc.testing.server import LocalServer
+
 from .helpers import LIMITS, POW, generate, ok, post_ok, round_body, status
 from .reference import reference_distances
-from .server import VllmServer
 
 pytestmark = pytest.mark.e2e
 
@@ -35,7 +36,7 @@ def _as_map(s: dict[str, Any]) -> dict[int, float]:
 
 
 @pytest.fixture(scope="module")
-def module_client(poc_server: VllmServer) -> Iterator[httpx.Client]:
+def module_client(poc_server: LocalServer) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=poc_server.base_url, timeout=120.0, limits=LIMITS) as c:
         yield c
         if poc_server.alive():

@@ -28,9 +28,8 @@ from vllm_poc.client import (
     sample_batch,
     save_batch,
 )
-from vllm_poc.data import ProofBatch
-
-from .server import VllmServer, free_port
+from vllm_poc.protocol.batches import ProofBatch
+from vllm_poc.testing.server import LocalServer, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -55,7 +54,7 @@ def load_example(name: str) -> ModuleType:
 
 
 @pytest.fixture
-def node(poc_server: VllmServer) -> Iterator[str]:
+def node(poc_server: LocalServer) -> Iterator[str]:
     """The PoC server's URL; stops any round afterwards and checks the server survived."""
     yield poc_server.base_url
     alive = poc_server.alive()

@@ -7,7 +7,7 @@ real failure paths, no mocks:
   (msgpack refuses integers above 2**64 - 1), so the first batch runs and the second RPC raises;
 - every RPC timing out: a dedicated server with ``VLLM_POC_RPC_TIMEOUT=0.001``;
 - ``/stop`` during a long batch, ``/init`` during validation, concurrent ``/status`` and
-  ``/validate`` while generating, and a callback receiver that hangs longer than the timeout.
+  ``/validate`` while generating (receivers that hang or fail: ``test_callback_delivery.py``).
 
 Non-finite distances from the model are not provoked here (the tiny model's weights give finite
 logits for every input the API admits); the unit tests cover them with a fake engine.
@@ -26,17 +26,19 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.catalog import pow_routes, wrong_auth
+from tests.catalog import proof as catalog_proof
+from vllm_poc.testing.server import LocalServer
+
 from .conftest import TUNED_API_KEY, TUNED_ENV
 from .helpers import POW, is_4xx, ok, post_ok, round_body, status, wait_checked, wait_until
-from .receiver import CallbackReceiver
-from .server import VllmServer
 
 pytestmark = pytest.mark.e2e
 
 VOLATILE = ("elapsed_seconds", "rate_per_second")
 MAX_BODY = int(TUNED_ENV["VLLM_POC_MAX_BODY_BYTES"])
 MAX_VALIDATE = int(TUNED_ENV["VLLM_POC_MAX_VALIDATE_NONCES"])
-MODEL_MAX_LEN = 512  # VllmServer passes --max-model-len 512
+MODEL_MAX_LEN = 512  # LocalServer passes --max-model-len 512
 MAX_TOKENS = 65536  # VLLM_POC_MAX_TOKENS_PER_FORWARD's default
 BLOCK = "hardening-block"
 HEIGHT = 777
@@ -47,17 +49,8 @@ def stable(s: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in s.items() if k not in VOLATILE}
 
 
-def proof(**overrides: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "public_key": "e2e-node",
-        "block_hash": BLOCK,
-        "block_height": HEIGHT,
-        "nonces": [0, 1],
-        "dist": [0.5, 0.6],
-        "node_id": 0,
-    }
-    body.update(overrides)
-    return body
+def proof(block_hash: str = BLOCK, block_height: int = HEIGHT, **overrides: Any) -> dict[str, Any]:
+    return catalog_proof(block_hash, block_height, **overrides)
 
 
 def raw_post(c: httpx.Client, path: str, payload: Any, **headers: str) -> httpx.Response:
@@ -67,13 +60,13 @@ def raw_post(c: httpx.Client, path: str, payload: Any, **headers: str) -> httpx.
     )
 
 
-def completion(c: httpx.Client, server: VllmServer, **headers: str) -> httpx.Response:
+def completion(c: httpx.Client, server: LocalServer, **headers: str) -> httpx.Response:
     body = {"model": str(server.model_dir), "prompt": "Hello", "max_tokens": 4}
     return c.post("/v1/completions", json=body, headers=headers)
 
 
 @pytest.fixture
-def anon(tuned_server: VllmServer) -> Iterator[httpx.Client]:
+def anon(tuned_server: LocalServer) -> Iterator[httpx.Client]:
     """A client of the tuned server that sends no key of its own."""
     with httpx.Client(base_url=tuned_server.base_url, timeout=60.0) as c:
         yield c
@@ -88,7 +81,7 @@ def configured(tuned_client: httpx.Client) -> dict[str, Any]:
     return before
 
 
-def assert_unchanged(c: httpx.Client, before: dict[str, Any], server: VllmServer) -> None:
+def assert_unchanged(c: httpx.Client, before: dict[str, Any], server: LocalServer) -> None:
     assert server.alive(), f"server died; log tail:\n{server.log_tail()}"
     assert stable(status(c)) == stable(before), "a refused request changed the round"
     assert c.get("/health").status_code == 200
@@ -96,34 +89,13 @@ def assert_unchanged(c: httpx.Client, before: dict[str, Any], server: VllmServer
 
 # ---------------------------------------------------------------------------------- auth
 
-# (method, path, body): every /api/v1/pow route, each with a body it would accept.
-ROUTES: list[tuple[str, str, Any]] = [
-    ("GET", "/status", None),
-    ("GET", "/version", None),
-    ("POST", "/init", round_body(block_hash="auth-other", block_height=901)),
-    ("POST", "/init/generate", round_body(block_hash="auth-other", block_height=902)),
-    ("POST", "/init/validate", round_body(block_hash="auth-other", block_height=903)),
-    ("POST", "/phase/generate", None),
-    ("POST", "/phase/validate", None),
-    ("POST", "/validate", proof()),
-    ("POST", "/stop", None),
-    (
-        "POST",
-        "/calibrate",
-        {"block_hash": BLOCK, "valid_rate": 0.5, "n_samples": 4, "batch_size": 4, "seq_len": 8},
-    ),
+ROUTES = pow_routes(BLOCK, HEIGHT)
+WRONG_AUTH = wrong_auth(TUNED_API_KEY)
+SAMPLE = [(route, "wrong-key") for route in ROUTES] + [
+    (ROUTES[2], auth) for auth in WRONG_AUTH if auth != "wrong-key"
 ]
-
-WRONG_AUTH: dict[str, dict[str, str]] = {
-    "no-key": {},
-    "wrong-key": {"Authorization": "Bearer not-the-key"},
-    "bare-bearer": {"Authorization": "Bearer"},
-    "key-without-scheme": {"Authorization": TUNED_API_KEY},
-    "basic-scheme": {"Authorization": f"Basic {TUNED_API_KEY}"},
-    "key-prefix": {"Authorization": f"Bearer {TUNED_API_KEY[:-1]}"},
-    "key-with-suffix": {"Authorization": f"Bearer {TUNED_API_KEY}x"},
-    "vllm-header": {"X-API-Key": TUNED_API_KEY},
-}
+"""Every route with one wrong key, and /init with every kind of wrong key: the full matrix runs
+in-process (``tests/unit/test_auth_matrix.py``)."""
 
 
 def _send(c: httpx.Client, method: str, path: str, body: Any, headers: dict[str, str]):
@@ -145,18 +117,16 @@ def test_routes_under_test_are_all_the_pow_routes(anon: httpx.Client) -> None:
     assert served == {(m, p) for m, p, _ in ROUTES}
 
 
-@pytest.mark.parametrize("auth", list(WRONG_AUTH), ids=list(WRONG_AUTH))
-@pytest.mark.parametrize(("method", "path", "body"), ROUTES, ids=[f"{m}{p}" for m, p, _ in ROUTES])
+@pytest.mark.parametrize(("route", "auth"), SAMPLE, ids=[f"{r[0]}{r[1]}-{a}" for r, a in SAMPLE])
 def test_pow_route_refuses_a_missing_or_wrong_key(
     anon: httpx.Client,
     tuned_client: httpx.Client,
-    tuned_server: VllmServer,
+    tuned_server: LocalServer,
     configured: dict[str, Any],
-    method: str,
-    path: str,
-    body: Any,
+    route: tuple[str, str, Any],
     auth: str,
 ) -> None:
+    method, path, body = route
     r = _send(anon, method, path, body, WRONG_AUTH[auth])
     assert r.status_code == 401, (r.status_code, r.text[:500])
     assert "API key" in r.text
@@ -197,7 +167,7 @@ def test_key_also_works_with_lowercase_scheme(anon: httpx.Client) -> None:
 
 
 def test_malformed_body_without_key_is_401_not_parsed(
-    anon: httpx.Client, tuned_client: httpx.Client, tuned_server: VllmServer, configured: dict
+    anon: httpx.Client, tuned_client: httpx.Client, tuned_server: LocalServer, configured: dict
 ) -> None:
     """Without the key nothing about the body may be revealed or processed: 401, not a 400
     JSON-decode error (which means the body was read and parsed before the key was checked)."""
@@ -207,7 +177,7 @@ def test_malformed_body_without_key_is_401_not_parsed(
 
 
 def test_inference_routes_ignore_the_pow_key(
-    anon: httpx.Client, tuned_client: httpx.Client, tuned_server: VllmServer
+    anon: httpx.Client, tuned_client: httpx.Client, tuned_server: LocalServer
 ) -> None:
     post_ok(tuned_client, "/stop")
     assert completion(anon, tuned_server).status_code == 200
@@ -305,7 +275,7 @@ LIMIT_CASES: list[tuple[str, str, Any, int | None]] = [
 )
 def test_limit_is_refused_cleanly(
     tuned_client: httpx.Client,
-    tuned_server: VllmServer,
+    tuned_server: LocalServer,
     configured: dict[str, Any],
     path: str,
     payload: Any,
@@ -321,7 +291,7 @@ def test_limit_is_refused_cleanly(
 
 
 def test_chunked_body_over_limit_is_413(
-    tuned_client: httpx.Client, tuned_server: VllmServer, configured: dict[str, Any]
+    tuned_client: httpx.Client, tuned_server: LocalServer, configured: dict[str, Any]
 ) -> None:
     """Without a Content-Length (chunked upload) the limit still holds."""
     data = _padded_round(MAX_BODY + 1)
@@ -334,7 +304,7 @@ def test_chunked_body_over_limit_is_413(
 
 
 def test_malformed_body_over_limit_is_413_not_parsed(
-    tuned_client: httpx.Client, tuned_server: VllmServer, configured: dict[str, Any]
+    tuned_client: httpx.Client, tuned_server: LocalServer, configured: dict[str, Any]
 ) -> None:
     """The size limit must hold before the body is parsed: a 400 JSON-decode error here means
     the whole oversized body was read and parsed first."""
@@ -358,7 +328,7 @@ HUGE = 2**64  # one above what vLLM's msgpack RPC encoding can carry
 
 
 def test_nonce_beyond_the_rpc_range_is_a_4xx_not_503(
-    tuned_client: httpx.Client, tuned_server: VllmServer
+    tuned_client: httpx.Client, tuned_server: LocalServer
 ) -> None:
     """A nonce the engine RPC cannot carry is bad input (400), not an engine failure (503)."""
     post_ok(tuned_client, "/init/validate", round_body(block_hash=BLOCK, block_height=HEIGHT))
@@ -369,7 +339,7 @@ def test_nonce_beyond_the_rpc_range_is_a_4xx_not_503(
 
 
 def test_node_count_beyond_the_rpc_range_is_refused_at_init(
-    tuned_client: httpx.Client, tuned_server: VllmServer, configured: dict[str, Any]
+    tuned_client: httpx.Client, tuned_server: LocalServer, configured: dict[str, Any]
 ) -> None:
     """A round whose nonces cannot reach the engine is refused up front, not started to fail."""
     r = tuned_client.post(POW + "/init/generate", json=round_body(node_count=10**20, node_id=1))
@@ -396,10 +366,10 @@ def generate(c: httpx.Client, at_least: int, **overrides: Any) -> dict[str, Any]
 @pytest.fixture(scope="module")
 def timeout_server(
     tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[VllmServer]:
+) -> Iterator[LocalServer]:
     """A PoC server on which every PoC RPC times out (``VLLM_POC_RPC_TIMEOUT=0.001``)."""
     log = tmp_path_factory.mktemp("vllm-logs") / "timeout-server.log"
-    server = VllmServer(
+    server = LocalServer(
         tiny_model, log, poc_enabled=True, extra_env={"VLLM_POC_RPC_TIMEOUT": "0.001"}
     )
     server.start()
@@ -410,12 +380,13 @@ def timeout_server(
         server.stop()
 
 
-def test_rpc_timeouts_fail_rounds_cleanly(timeout_server: VllmServer) -> None:
+def test_rpc_timeouts_fail_rounds_cleanly(timeout_server: LocalServer) -> None:
     with httpx.Client(base_url=timeout_server.base_url, timeout=60.0) as c:
         for height in (1, 2):  # a new round starts after a failed one, and fails the same way
             post_ok(c, "/init/generate", round_body(block_height=height))
             failed = _wait_state(c, "STOPPED")
-            assert failed["error"] and "Timeout" in failed["error"], failed["error"]
+            error = failed["error"]
+            assert error and "poc_distances took over VLLM_POC_RPC_TIMEOUT" in error, error
             assert failed["total_checked"] == 0 and failed["block_height"] == height
             time.sleep(2.0)  # let the timed-out forward finish in the worker
             assert timeout_server.alive(), f"server died:\n{timeout_server.log_tail()}"
@@ -424,7 +395,7 @@ def test_rpc_timeouts_fail_rounds_cleanly(timeout_server: VllmServer) -> None:
         post_ok(c, "/init/validate", round_body(block_hash=BLOCK))
         r = c.post(POW + "/validate", json=proof())
         assert r.status_code == 503, (r.status_code, r.text[:500])
-        assert "validation failed in the engine" in r.text
+        assert "poc_distances took over VLLM_POC_RPC_TIMEOUT" in r.text
         assert status(c)["state"] == "VALIDATING"
         post_ok(c, "/stop")
         # Inference still works after PoC RPCs timed out.
@@ -434,7 +405,7 @@ def test_rpc_timeouts_fail_rounds_cleanly(timeout_server: VllmServer) -> None:
         assert timeout_server.alive(), f"server died:\n{timeout_server.log_tail()}"
 
 
-def test_rpc_timeout_during_calibration_is_not_a_500(timeout_server: VllmServer) -> None:
+def test_rpc_timeout_during_calibration_is_not_a_500(timeout_server: LocalServer) -> None:
     """/calibrate hits the same engine failure as /validate and must answer like it (503 with
     the reason, or a 4xx), never an unhandled 500."""
     assert timeout_server.alive(), "the server died after the RPC timeouts of the test before"
@@ -449,25 +420,6 @@ def test_rpc_timeout_during_calibration_is_not_a_500(timeout_server: VllmServer)
         )
         assert stable(status(c)) == stable(before)
         assert timeout_server.alive()
-
-
-def test_stop_during_a_long_batch_returns_at_once_and_freezes(tuned_client: httpx.Client) -> None:
-    c = tuned_client
-    big = round_body(block_height=HEIGHT + 70, batch_size=MAX_TOKENS // 512, seq_len=512)
-    post_ok(c, "/init/generate", big)
-    first = wait_checked(c, big["batch_size"], timeout=180.0)  # >= 1 batch of ~1-3 s done
-    batch_seconds = first["elapsed_seconds"] / (first["total_checked"] / big["batch_size"])
-    t0 = time.monotonic()
-    stopped = post_ok(c, "/stop")["pow_status"]
-    stop_seconds = time.monotonic() - t0
-    assert stopped["state"] == "STOPPED"
-    # "At once": well under a batch (it does not wait for the batch in flight).
-    assert stop_seconds < max(1.0, batch_seconds / 2), (stop_seconds, batch_seconds)
-    time.sleep(max(3.0, 2.5 * batch_seconds))  # the batch in flight ends meanwhile
-    later = status(c)
-    assert stable(later) == stable(stopped), "counters moved after /stop"
-    assert later["elapsed_seconds"] == stopped["elapsed_seconds"]
-    assert later["total_checked"] % big["batch_size"] == 0
 
 
 def test_init_during_validation_moves_to_idle_with_the_new_round(
@@ -492,10 +444,25 @@ def test_init_during_validation_moves_to_idle_with_the_new_round(
     assert again["pow_status"]["block_height"] == HEIGHT + 81
 
 
-def test_concurrent_status_and_validate_while_generating(
-    tuned_client: httpx.Client, tuned_server: VllmServer
-) -> None:
-    c = tuned_client
+@pytest.fixture
+def fresh_server(
+    tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalServer]:
+    """A new server with the tuned settings: the shared one, after the rest of the suite, was
+    measured answering this test's requests 10-20x slower (see the closing notes)."""
+    log = tmp_path_factory.mktemp("vllm-logs") / "fresh-server.log"
+    with LocalServer(tiny_model, log, extra_env=TUNED_ENV) as server:
+        yield server
+
+
+def test_concurrent_status_and_validate_while_generating(fresh_server: LocalServer) -> None:
+    tuned_server = fresh_server
+    headers = {"Authorization": f"Bearer {TUNED_API_KEY}"}
+    with httpx.Client(base_url=tuned_server.base_url, timeout=120.0, headers=headers) as c:
+        _concurrent_status_and_validate(c, tuned_server)
+
+
+def _concurrent_status_and_validate(c: httpx.Client, tuned_server: LocalServer) -> None:
     # A realistic r_target (about 5% valid) keeps /status small while the round runs.
     cal = {"block_hash": BLOCK, "public_key": "e2e-node", "valid_rate": 0.05, "n_samples": 64}
     r_target = ok(c.post(POW + "/calibrate", json=dict(cal, batch_size=4, seq_len=16)))["r_target"]
@@ -508,8 +475,15 @@ def test_concurrent_status_and_validate_while_generating(
     distances: list[list[float]] = []
     verdicts: list[list[bool]] = []
 
+    # A new connection per request: a kept-alive one can meet uvicorn's keep-alive timeout on
+    # this loaded machine ("Server disconnected without sending a response"), and /validate is
+    # not safe to send twice (its verdict goes to the round's callback).
+    fresh = httpx.Limits(max_keepalive_connections=0)
+
     def worker(i: int) -> None:
-        with httpx.Client(base_url=tuned_server.base_url, timeout=120.0, headers=headers) as hc:
+        with httpx.Client(
+            base_url=tuned_server.base_url, timeout=120.0, headers=headers, limits=fresh
+        ) as hc:
             for j in range(12):
                 if (i + j) % 4 == 0:
                     r = hc.post(POW + "/validate", json=proof(nonces=[0, 1, 2, 3], dist=[0.5] * 4))
@@ -524,7 +498,7 @@ def test_concurrent_status_and_validate_while_generating(
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         futures = [pool.submit(worker, i) for i in range(8)]
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + 480  # a guard against a hang, not a speed claim
         for f in futures:
             f.result(timeout=max(1.0, deadline - time.monotonic()))
     assert len(codes) == 96 and set(codes) == {200}, sorted(set(codes))
@@ -543,34 +517,26 @@ def test_concurrent_status_and_validate_while_generating(
     assert all(mine[n] == distances[0][n] for n in range(4) if n in mine)
 
 
-def test_hanging_callback_receiver_times_out_and_generation_goes_on(
-    tuned_client: httpx.Client,
-) -> None:
+# Last in this module: after a batch of 128 x 512 tokens this CPU node answered small batches
+# slowly for minutes (the release before this one too); see the project's notes.
+def test_stop_during_a_long_batch_returns_at_once_and_freezes(tuned_client: httpx.Client) -> None:
     c = tuned_client
-    slow = 20.0  # the receiver answers after 20 s; the callback timeout is 1 s
-    queue = int(TUNED_ENV["VLLM_POC_CALLBACK_QUEUE_SIZE"])
-    with CallbackReceiver(mode="slow", slow_seconds=slow) as receiver:
-        body = round_body(block_height=HEIGHT + 100, callback_url=receiver.url)
-        post_ok(c, "/init/generate", body)
-        s = wait_until(
-            lambda: (st := status(c))["callbacks"]["failed_attempts"] >= 4 and st,
-            120.0,
-            "4 failed callback attempts",
-            0.3,
-        )
-        assert s["state"] == "GENERATING" and s["error"] is None
-        # Attempts end at the timeout: if each waited for the receiver, the round (server clock,
-        # same snapshot) would be at least 20 s older per failed attempt.
-        failed, elapsed = s["callbacks"]["failed_attempts"], s["elapsed_seconds"]
-        assert failed > elapsed / slow + 2, (failed, elapsed)
-        assert receiver.records("/generated"), "the posts reached the receiver"
-        # Generation is not held up by the hanging posts; the queue stays bounded.
-        more = wait_checked(c, s["total_checked"] + 40)
-        assert more["callbacks"]["pending"] <= queue + 1, more["callbacks"]
-        assert more["callbacks"]["failed_attempts"] >= 3
-        assert more["callbacks"]["dropped"] > 0, "every batch posts: the small queue overflows"
-        assert more["total_checked"] > s["total_checked"]
-        post_ok(c, "/stop")
-        # Let the backlog drain so later tests on this server see an empty queue.
-        receiver.set_mode("ok")
-        wait_until(lambda: status(c)["callbacks"]["pending"] == 0, 180.0, "callback queue drained")
+    big = round_body(block_height=HEIGHT + 70, batch_size=MAX_TOKENS // 512, seq_len=512)
+    post_ok(c, "/init/generate", big)
+    first = wait_checked(c, big["batch_size"], timeout=180.0)  # >= 1 batch of ~1-3 s done
+    batch_seconds = first["elapsed_seconds"] / (first["total_checked"] / big["batch_size"])
+    t0 = time.monotonic()
+    stopped = post_ok(c, "/stop")["pow_status"]
+    stop_seconds = time.monotonic() - t0
+    assert stopped["state"] == "STOPPED"
+    # "At once": well under a batch (it does not wait for the batch in flight).
+    assert stop_seconds < max(1.0, batch_seconds / 2), (stop_seconds, batch_seconds)
+    # The engine still runs the batches already sent. A one-nonce /calibrate queues behind
+    # them, so when it answers they have ended: then nothing may have moved, and the next test
+    # does not start behind minutes of leftover forwards.
+    drain = {"block_hash": BLOCK, "valid_rate": 0.5, "n_samples": 1, "batch_size": 1, "seq_len": 8}
+    ok(c.post(POW + "/calibrate", json=drain))
+    later = status(c)
+    assert stable(later) == stable(stopped), "counters moved after /stop"
+    assert later["elapsed_seconds"] == stopped["elapsed_seconds"]
+    assert later["total_checked"] % big["batch_size"] == 0

@@ -9,17 +9,18 @@ from typing import Any
 import httpx
 import pytest
 
+from vllm_poc.testing.server import LocalServer
+
 from .helpers import POW, generate, ok, post_ok, round_body, status, wait_checked
-from .server import VllmServer
 
 pytestmark = pytest.mark.e2e
 
 
-def _completion(server: VllmServer, **extra: Any) -> dict[str, Any]:
+def _completion(server: LocalServer, **extra: Any) -> dict[str, Any]:
     return {"model": str(server.model_dir), "prompt": "Hello world", "max_tokens": 4, **extra}
 
 
-def _chat(server: VllmServer) -> dict[str, Any]:
+def _chat(server: LocalServer) -> dict[str, Any]:
     return {
         "model": str(server.model_dir),
         "messages": [{"role": "user", "content": "Hello"}],
@@ -27,7 +28,7 @@ def _chat(server: VllmServer) -> dict[str, Any]:
     }
 
 
-def _assert_blocked(client: httpx.Client, server: VllmServer) -> None:
+def _assert_blocked(client: httpx.Client, server: LocalServer) -> None:
     for path, body in [
         ("/v1/completions", _completion(server)),
         ("/v1/chat/completions", _chat(server)),
@@ -42,13 +43,13 @@ def _assert_blocked(client: httpx.Client, server: VllmServer) -> None:
     assert client.get(POW + "/status").status_code == 200
 
 
-def _assert_serving(client: httpx.Client, server: VllmServer) -> None:
+def _assert_serving(client: httpx.Client, server: LocalServer) -> None:
     assert ok(client.post("/v1/completions", json=_completion(server)))["choices"]
     assert ok(client.post("/v1/chat/completions", json=_chat(server)))["choices"]
 
 
 def test_inference_answers_503_while_generating(
-    client: httpx.Client, poc_server: VllmServer
+    client: httpx.Client, poc_server: LocalServer
 ) -> None:
     _assert_serving(client, poc_server)
     post_ok(client, "/init/generate", round_body())
@@ -60,7 +61,7 @@ def test_inference_answers_503_while_generating(
 
 
 def test_inference_answers_503_while_validating(
-    client: httpx.Client, poc_server: VllmServer
+    client: httpx.Client, poc_server: LocalServer
 ) -> None:
     post_ok(client, "/init/validate", round_body())
     assert status(client)["state"] == "VALIDATING"
@@ -81,7 +82,7 @@ LONG_PROMPT = "the quick brown fox jumps over the lazy dog kato rimuse lano vide
 
 
 def test_greedy_completions_identical_across_a_round(
-    client: httpx.Client, poc_server: VllmServer
+    client: httpx.Client, poc_server: LocalServer
 ) -> None:
     body = _completion(poc_server, prompt=LONG_PROMPT, max_tokens=16, temperature=0, logprobs=3)
     n_tokens = ok(client.post("/tokenize", json={"model": body["model"], "prompt": LONG_PROMPT}))

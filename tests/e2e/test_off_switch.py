@@ -5,8 +5,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from vllm_poc.testing.server import LocalServer
+
 from .helpers import ok, round_body
-from .server import VllmServer
 
 pytestmark = pytest.mark.e2e
 
@@ -27,7 +28,7 @@ def test_no_pow_routes_without_the_switch(plain_client: httpx.Client) -> None:
 
 
 def test_inference_never_blocked_without_the_switch(
-    plain_client: httpx.Client, plain_server: VllmServer
+    plain_client: httpx.Client, plain_server: LocalServer
 ) -> None:
     model = str(plain_server.model_dir)
     # Trying to start a round must not do anything, so inference keeps answering.

@@ -7,27 +7,21 @@ import re
 import httpx
 import pytest
 
-from .helpers import POW, generate, ok, status
+from .helpers import POW, generate, metric_total, ok, status
 
 pytestmark = pytest.mark.e2e
 
 
-def _metric(text: str, name: str) -> float:
-    match = re.search(rf"^{re.escape(name)}(?:\{{[^}}]*\}})? ([0-9.e+-]+)$", text, re.MULTILINE)
-    assert match, f"{name} not in /metrics"
-    return float(match.group(1))
-
-
 def test_metrics_count_what_status_reports(client: httpx.Client) -> None:
     before = client.get("/metrics").text
-    checked_before = _metric(before, "vllm_poc_nonces_checked_total")
+    checked_before = metric_total(before, "vllm_poc_nonces_checked_total")
     final = generate(client, 8, block_hash="metrics-block")
     after = client.get("/metrics").text
-    assert (
-        _metric(after, "vllm_poc_nonces_checked_total") - checked_before == final["total_checked"]
-    )
-    assert _metric(after, "vllm_poc_batches_total") >= 1
-    assert _metric(after, "vllm_poc_batch_seconds_count") >= 1
+    checked = metric_total(after, "vllm_poc_nonces_checked_total") - checked_before
+    assert checked == final["total_checked"]
+    # One engine: every generation series is labelled with its data-parallel rank, 0.
+    assert metric_total(after, "vllm_poc_batches_total", 'dp_rank="0"') >= 1
+    assert metric_total(after, "vllm_poc_batch_seconds_count", 'dp_rank="0"') >= 1
     assert re.search(r'^vllm_poc_state\{state="STOPPED"\} 1\.0$', after, re.MULTILINE)
     assert re.search(r'^vllm_poc_state\{state="GENERATING"\} 0\.0$', after, re.MULTILINE)
     # vLLM's own series are still there
@@ -36,7 +30,7 @@ def test_metrics_count_what_status_reports(client: httpx.Client) -> None:
 
 def test_version(client: httpx.Client) -> None:
     from vllm_poc import __version__
-    from vllm_poc.gpu_random import PROTOCOL_VERSION
+    from vllm_poc.protocol.distance import PROTOCOL_VERSION
 
     data = ok(client.get(POW + "/version"))
     assert data["plugin_version"] == __version__

@@ -1,8 +1,10 @@
-"""Tensor parallelism and an operator's own worker extension, on a real TP=2 server.
+"""Tensor and pipeline parallelism, and an operator's own worker extension, on real TP=2 and
+PP=2 servers.
 
-vLLM's CPU backend runs TP=2 on this 2-core machine with one OpenMP thread per rank. Every rank
-computes the PoC batch and one answer is used; the operator's ``--worker-extension-cls`` keeps
-working beside ours (reached through vLLM's dev ``/collective_rpc`` route).
+vLLM's CPU backend runs TP=2 and PP=2 on this 2-core machine with one OpenMP thread per rank.
+Every TP rank computes the PoC batch and one answer is used; with PP the last stage answers. The
+operator's ``--worker-extension-cls`` keeps working beside ours (reached through vLLM's dev
+``/collective_rpc`` route).
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from vllm_poc.testing.server import LocalServer
+
 from .conftest import _require_installed_plugin, _start
-from .helpers import POW, generate, ok, post_ok, round_body
+from .helpers import POW, generate, generated, ok, post_ok, round_body
 from .reference import reference_distances
-from .server import VllmServer
 from .test_correctness import DIST_TOL
 
 BLOCK = "tp-block"
@@ -26,7 +29,7 @@ NONCES = list(range(12))
 
 
 @pytest.fixture(scope="module")
-def tp_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer]:
+def tp_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
     _require_installed_plugin()
     server = _start(
         tiny_model,
@@ -48,7 +51,7 @@ def tp_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 
 @pytest.fixture
-def tp_client(tp_server: VllmServer) -> Iterator[httpx.Client]:
+def tp_client(tp_server: LocalServer) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=tp_server.base_url, timeout=120.0) as c:
         yield c
         assert tp_server.alive(), f"server died; log tail:\n{tp_server.log_tail()}"
@@ -87,3 +90,28 @@ def test_tensor_parallel_round_generates(tp_client: httpx.Client) -> None:
     final = generate(tp_client, 16, block_hash=BLOCK, seq_len=16)
     assert final["error"] is None
     assert final["valid_nonces"] == list(range(len(final["valid_nonces"])))
+
+
+def test_pipeline_parallel_distances_match_reference(
+    tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """PP=2: the last stage answers; the first sends its hidden states on."""
+    _require_installed_plugin()
+    server = _start(
+        tiny_model,
+        tmp_path_factory,
+        "pp2-server",
+        poc_enabled=True,
+        extra_args=["--pipeline-parallel-size", "2"],
+        extra_env={"VLLM_CPU_OMP_THREADS_BIND": "0|1"},
+    )
+    try:
+        with httpx.Client(base_url=server.base_url, timeout=120.0) as c:
+            found = generated(c, len(NONCES), block_hash=BLOCK, seq_len=SEQ_LEN)
+        assert server.alive(), f"server died; log tail:\n{server.log_tail()}"
+    finally:
+        server.stop()
+    ref = reference_distances(tiny_model, BLOCK, "e2e-node", NONCES, SEQ_LEN)
+    diffs = [abs(found[n] - r) for n, r in zip(NONCES, ref, strict=True)]
+    print(f"\n[e2e] PP=2: max |distance - reference| over {len(NONCES)} nonces: {max(diffs):.3e}")
+    assert max(diffs) <= DIST_TOL

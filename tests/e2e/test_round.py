@@ -7,8 +7,9 @@ import time
 import httpx
 import pytest
 
+from vllm_poc.testing.server import LocalServer
+
 from .helpers import POW, is_4xx, ok, post_ok, round_body, status, wait_checked, wait_until
-from .server import VllmServer
 
 pytestmark = pytest.mark.e2e
 
@@ -124,7 +125,7 @@ def test_second_init_generate_while_generating_is_refused(client: httpx.Client) 
 
 
 def test_server_sizes_the_batch_when_the_round_gives_none(
-    client: httpx.Client, poc_server: VllmServer
+    client: httpx.Client, poc_server: LocalServer
 ) -> None:
     """``VLLM_POC_BATCH_SIZE=auto``: the token budget binds on the tiny model (memory is ample),
     so quadrupling seq_len divides the batch by four; a round runs whole batches of that size."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Sequence
+from types import SimpleNamespace
 from typing import Any
 
 
@@ -12,8 +14,8 @@ def fake_distance(nonce: int) -> float:
 
 
 class FakeEngine:
-    """Answers ``poc_distances`` and ``poc_max_batch_size`` like a set of workers would, and
-    records every call."""
+    """Answers ``poc_distances``, ``poc_max_batch_size`` and ``poc_ready`` like a set of
+    workers would, and records every call."""
 
     def __init__(self, *, workers: int = 1, delay: float = 0.0, answering: int = 0) -> None:
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
@@ -24,6 +26,28 @@ class FakeEngine:
         self.error: BaseException | None = None
         self.max_batch_sizes: list[int | None] = [64] * workers
         """Each worker's answer to ``poc_max_batch_size``."""
+        self.running = 0
+        self.most_running = 0
+        self.vllm_config = _parallel_config(1)
+        self._waiters: list[tuple[Callable[[FakeEngine], bool], asyncio.Future[None]]] = []
+
+    async def until(self, condition: Callable[[FakeEngine], bool], guard: float = 60.0) -> None:
+        """Return once ``condition(self)`` holds, checked whenever a call starts or ends.
+
+        ``guard`` only keeps a broken test from hanging; nothing here waits on the clock.
+        """
+        if condition(self):
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._waiters.append((condition, future))
+        await asyncio.wait_for(future, guard)
+
+    def _notify(self) -> None:
+        for waiter in list(self._waiters):
+            condition, future = waiter
+            if not future.done() and condition(self):
+                future.set_result(None)
+                self._waiters.remove(waiter)
 
     async def collective_rpc(
         self,
@@ -34,11 +58,20 @@ class FakeEngine:
     ) -> list[Any]:
         self.calls.append((method, args))
         self.kwargs.append(kwargs)
-        await asyncio.sleep(self.delay)
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        self._notify()
+        try:
+            await asyncio.sleep(self.delay)
+        finally:
+            self.running -= 1
+            self._notify()
         if self.error is not None:
             raise self.error
         if method == "poc_max_batch_size":
             return list(self.max_batch_sizes)
+        if method == "poc_ready":
+            return ["fake"] * self.workers
         assert method == "poc_distances"
         _, _, nonces, _ = args
         answer = [fake_distance(n) for n in nonces]
@@ -47,3 +80,40 @@ class FakeEngine:
     @property
     def checked(self) -> list[int]:
         return [n for _, args in self.calls for n in args[2]]
+
+
+def _parallel_config(dp_size: int, moe: bool = False) -> SimpleNamespace:
+    return SimpleNamespace(
+        parallel_config=SimpleNamespace(data_parallel_size=dp_size),
+        model_config=SimpleNamespace(is_moe=moe),
+    )
+
+
+class FakeDataParallelClient:
+    """vLLM's engine client of a data-parallel deployment over ``FakeEngine``s: the seams that
+    ``compat.data_parallel_engines`` reads (``core_engines`` identities, per-engine utility
+    calls). ``ranks`` are the global ranks this API server fronts (all of them by default)."""
+
+    def __init__(
+        self,
+        engines: Sequence[FakeEngine],
+        dp_size: int | None = None,
+        ranks: Sequence[int] = (),
+        moe: bool = False,
+    ) -> None:
+        ranks = list(ranks) or list(range(len(engines)))
+        self.by_rank = dict(zip(ranks, engines, strict=True))
+        self.vllm_config = _parallel_config(dp_size or len(engines), moe)
+        self.engine_core = SimpleNamespace(
+            core_engines=[rank.to_bytes(2, "little") for rank in ranks],
+            _call_utility_async=self._call_utility_async,
+        )
+
+    async def _call_utility_async(self, method: str, *args: Any, engine: bytes) -> Any:
+        assert method == "collective_rpc"
+        rpc_method, timeout, rpc_args, kwargs = args
+        fake = self.by_rank[int.from_bytes(engine, "little")]
+        return await fake.collective_rpc(rpc_method, timeout, rpc_args, kwargs)
+
+    async def collective_rpc(self, *args: Any, **kwargs: Any) -> list[Any]:
+        raise AssertionError("PoC must address each engine, never the first one only")

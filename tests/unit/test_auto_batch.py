@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from vllm_poc import auto_batch
+from vllm_poc.worker import auto_batch
 
 
 def test_bytes_per_nonce_counts_scratch_inputs_and_vocabulary_math():

@@ -67,3 +67,52 @@ def test_http_errors_are_poc_errors_with_the_detail():
     ):
         c.status()
     assert error.value.status_code == 409
+
+
+def test_the_client_wraps_every_endpoint():
+    from vllm_poc import ProofBatch
+    from vllm_poc.protocol.round import CalibrationRequest
+
+    seen: list[tuple[str, str]] = []
+
+    def node(request: httpx.Request) -> httpx.Response:
+        seen.append((request.method, request.url.path.removeprefix("/api/v1/pow")))
+        if (
+            request.url.path.endswith("/validate")
+            and request.method == "POST"
+            and (b"nonces" in request.content)
+        ):
+            verdict = {"nonces": [1], "distances": [None], "valid": [False], "mismatch": [True]}
+            return httpx.Response(
+                200,
+                json={**verdict, "n_invalid": 1, "probability_honest": 0.0, "fraud_detected": True},
+            )
+        return httpx.Response(200, json=STATUS)
+
+    params = RoundParams(block_hash="b", block_height=1, public_key="k", r_target=1.0)
+    batch = ProofBatch("k", "b", 1, [1], [0.5], 0)
+    with PoCClient("http://node.test", api_key="", transport=httpx.MockTransport(node)) as c:
+        c.init(params)
+        c.init_generate(params)
+        c.init_validate(params)
+        c.phase_generate()
+        c.phase_validate()
+        c.status()
+        c.stop()
+        verdict = c.validate(batch)
+        c.calibrate(CalibrationRequest(block_hash="b", valid_rate=0.5))
+        c.version()
+    assert set(seen) == {
+        ("POST", "/init"),
+        ("POST", "/init/generate"),
+        ("POST", "/init/validate"),
+        ("POST", "/phase/generate"),
+        ("POST", "/phase/validate"),
+        ("GET", "/status"),
+        ("POST", "/stop"),
+        ("POST", "/validate"),
+        ("POST", "/calibrate"),
+        ("GET", "/version"),
+    }
+    assert verdict.mismatch == [True] and verdict.fraud_detected
+    assert verdict.distances[0] != verdict.distances[0]  # null -> NaN

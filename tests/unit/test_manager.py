@@ -1,4 +1,5 @@
-"""PoCManager: the seed's Phase 3 tests (adapted to a fake engine client) plus the loop."""
+"""PoCManager: states, striding, the generation loop, validation and status (the design's
+manager tests, on ``EngineRPC`` over a fake engine)."""
 
 import asyncio
 import time
@@ -6,8 +7,12 @@ import time
 import pytest
 
 from tests.unit.fakes import FakeEngine, fake_distance
-from vllm_poc.config import PoCConfig, PoCState
-from vllm_poc.manager import PIPELINE_DEPTH, PoCManager, PoCStats
+from vllm_poc.protocol.round import PoCConfig, PoCState
+from vllm_poc.server.engine_rpc import EngineRPC
+from vllm_poc.server.engines import Engines
+from vllm_poc.server.errors import EngineFailure
+from vllm_poc.server.generation import PIPELINE_DEPTH, PoCStats
+from vllm_poc.server.manager import PoCManager
 
 
 def _config(**overrides):
@@ -23,27 +28,23 @@ def engine():
 
 @pytest.fixture
 def manager(engine):
-    return PoCManager(engine, max_model_len=512)
+    return PoCManager(Engines([EngineRPC(engine)]), max_model_len=512)
 
 
 def run(coro):
     return asyncio.run(coro)
 
 
-async def _wait_until(predicate, timeout=5.0):
-    """Poll instead of sleeping a fixed time: these tests must hold on a loaded machine."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.002)
+async def _generate_for(manager, config, min_calls=3):
+    """Generate until the round has started ``min_calls`` RPCs, then stop (events, no clock).
 
-
-async def _generate_for(manager, config, seconds, min_calls=3):
-    """Generate for at least ``seconds`` and at least ``min_calls`` RPCs, then stop."""
+    With two batches in flight, a third RPC starts only after the first batch was recorded.
+    """
+    engine = manager.engines.rpcs[0].engine
+    before = len(engine.calls)
     manager.init_round(config)
     manager.start_generate()
-    await asyncio.sleep(seconds)
-    await _wait_until(lambda: len(manager.engine.calls) >= min_calls)
+    await engine.until(lambda e: len(e.calls) >= before + min_calls)
     manager.stop_round()
 
 
@@ -174,9 +175,9 @@ class TestNonceStriding:
         seen: dict[int, int] = {}
         for node_id in range(3):
             engine = FakeEngine()
-            manager = PoCManager(engine, max_model_len=512)
+            manager = PoCManager(Engines([EngineRPC(engine)]), max_model_len=512)
             config = _config(node_id=node_id, node_count=3, batch_size=5, r_target=2.0)
-            run(_generate_for(manager, config, 0.05))
+            run(_generate_for(manager, config))
             assert engine.checked, "the loop checked nothing"
             assert len(set(engine.checked)) == len(engine.checked)
             for n in engine.checked:
@@ -186,7 +187,7 @@ class TestNonceStriding:
 
 class TestGenerationLoop:
     def test_collects_valid_nonces_and_counts(self, engine, manager):
-        run(_generate_for(manager, _config(batch_size=4, r_target=0.9), 0.05))
+        run(_generate_for(manager, _config(batch_size=4, r_target=0.9)))
         # the batches in flight at stop (PIPELINE_DEPTH of 4 nonces) are discarded
         checked = engine.checked[: manager.stats.total_checked]
         assert len(engine.checked) - 4 * PIPELINE_DEPTH <= len(checked) and checked
@@ -196,7 +197,7 @@ class TestGenerationLoop:
         assert manager.stats.total_valid == len(expected)
 
     def test_rpc_carries_round_parameters(self, engine, manager):
-        run(_generate_for(manager, _config(batch_size=2, seq_len=16), 0.01))
+        run(_generate_for(manager, _config(batch_size=2, seq_len=16)))
         method, args = engine.calls[0]
         assert method == "poc_distances"
         assert args == ("hash1", "node1", [0, 1], 16)
@@ -204,7 +205,7 @@ class TestGenerationLoop:
     def test_stop_freezes_counters(self, engine, manager):
         async def scenario():
             engine.delay = 0.01
-            await _generate_for(manager, _config(batch_size=2), 0.05)
+            await _generate_for(manager, _config(batch_size=2))
             frozen = (manager.stats.total_checked, list(manager.valid_nonces))
             rate = manager.stats.rate
             await asyncio.sleep(0.05)
@@ -220,9 +221,10 @@ class TestGenerationLoop:
             engine.delay = 0.2
             manager.init_round(_config(batch_size=2))
             manager.start_generate()
-            await _wait_until(lambda: len(engine.calls) >= 1)  # first RPCs in flight
+            await engine.until(lambda e: len(e.calls) >= 1)  # first RPCs in flight
             manager.stop_round()
-            await asyncio.sleep(0.3)
+            await manager.generation.stopped()
+            await engine.until(lambda e: e.running == 0)  # the RPCs in flight have ended
 
         run(scenario())
         assert manager.stats.total_checked == 0
@@ -232,23 +234,13 @@ class TestGenerationLoop:
         class UnevenEngine(FakeEngine):
             """Every other RPC is slow, so later batches finish before earlier ones."""
 
-            def __init__(self):
-                super().__init__()
-                self.running = 0
-                self.most_running = 0
-
             async def collective_rpc(self, method, timeout=None, args=(), kwargs=None):
-                self.running += 1
-                self.most_running = max(self.most_running, self.running)
                 self.delay = 0.02 if len(self.calls) % 2 == 0 else 0.0
-                try:
-                    return await super().collective_rpc(method, timeout, args, kwargs)
-                finally:
-                    self.running -= 1
+                return await super().collective_rpc(method, timeout, args, kwargs)
 
         engine = UnevenEngine()
-        manager = PoCManager(engine, max_model_len=512)
-        run(_generate_for(manager, _config(batch_size=3, r_target=2.0), 0.1, min_calls=6))
+        manager = PoCManager(Engines([EngineRPC(engine)]), max_model_len=512)
+        run(_generate_for(manager, _config(batch_size=3, r_target=2.0), min_calls=6))
         assert engine.most_running == PIPELINE_DEPTH
         assert manager.valid_nonces == list(range(len(manager.valid_nonces)))
         assert len(manager.valid_nonces) >= 12
@@ -273,7 +265,7 @@ class TestGenerationLoop:
             engine.error = RuntimeError("engine died")
             manager.init_round(_config())
             manager.start_generate()
-            await _wait_until(lambda: manager.state != PoCState.GENERATING)
+            await manager.generation.stopped()
 
         run(scenario())
         assert manager.state == PoCState.STOPPED
@@ -284,9 +276,9 @@ class TestGenerationLoop:
             engine.error = RuntimeError("engine died")
             manager.init_round(_config())
             manager.start_generate()
-            await _wait_until(lambda: manager.state == PoCState.STOPPED)
+            await manager.generation.stopped()
             engine.error = None
-            await _generate_for(manager, _config(block_hash="hash2"), 0.02)
+            await _generate_for(manager, _config(block_hash="hash2"))
 
         run(scenario())
         assert manager.error is None
@@ -299,16 +291,16 @@ class TestGenerationLoop:
             engine.delay = 1.0
             manager.init_round(_config())
             manager.start_generate()
-            await _wait_until(lambda: manager.state != PoCState.GENERATING)
+            await manager.generation.stopped()
 
         run(scenario())
         assert manager.state == PoCState.STOPPED
-        assert "TimeoutError" in manager.error
+        assert "poc_distances took over VLLM_POC_RPC_TIMEOUT=0.01 s" in manager.error
 
     def test_tensor_parallel_ranks_use_one_answer(self):
         engine = FakeEngine(workers=4, answering=3)
-        manager = PoCManager(engine, max_model_len=512)
-        run(_generate_for(manager, _config(batch_size=3, r_target=2.0), 0.02))
+        manager = PoCManager(Engines([EngineRPC(engine)]), max_model_len=512)
+        run(_generate_for(manager, _config(batch_size=3, r_target=2.0)))
         assert manager.valid_distances == [fake_distance(n) for n in manager.valid_nonces]
 
     def test_generated_batches_go_to_the_sender(self, engine):
@@ -316,17 +308,17 @@ class TestGenerationLoop:
             def __init__(self):
                 self.generated = []
 
-            def submit_generated(self, url, batch, r_target):
-                self.generated.append((url, batch, r_target))
+            def submit_generated(self, url, valid):
+                self.generated.append((url, valid))
 
         sender = RecordingSender()
-        manager = PoCManager(engine, max_model_len=512, sender=sender)
+        manager = PoCManager(Engines([EngineRPC(engine)]), max_model_len=512, sender=sender)
         config = _config(batch_size=4, callback_url="http://receiver")
-        run(_generate_for(manager, config, 0.02))
+        run(_generate_for(manager, config))
         assert sender.generated
-        url, batch, r_target = sender.generated[0]
-        assert (url, r_target) == ("http://receiver", 0.5)
-        assert batch.nonces == [0, 1, 2, 3]
+        url, valid = sender.generated[0]
+        assert url == "http://receiver"
+        assert valid.nonces == [0, 1]  # distances 0, 0.37, 0.74, 1.11 against r_target 0.5
 
 
 class TestValidation:
@@ -344,7 +336,7 @@ class TestValidation:
             run(manager.validate([1], "pk"))
 
     def test_validate_batch_judges_forged_distances(self, manager):
-        from vllm_poc.data import ProofBatch
+        from vllm_poc.protocol.batches import ProofBatch
 
         manager.init_round(_config(r_target=0.5))
         nonces = [n for n in range(200) if fake_distance(n) >= 0.5][:20]
@@ -394,11 +386,11 @@ class TestStatus:
 
 class TestRandomProjectionOption:
     def test_off_by_default_keeps_the_plain_rpc(self, engine, manager):
-        run(_generate_for(manager, _config(batch_size=2), 0.01))
+        run(_generate_for(manager, _config(batch_size=2)))
         assert engine.kwargs[0] is None
 
     def test_on_is_passed_to_the_workers(self, engine, manager):
-        run(_generate_for(manager, _config(batch_size=2, random_projection=True), 0.01))
+        run(_generate_for(manager, _config(batch_size=2, random_projection=True)))
         assert engine.kwargs[0] == {"random_projection": True}
 
 
@@ -435,8 +427,8 @@ class TestNonFiniteDistances:
                     [float("nan") if n % 2 else d for n, d in zip(args[2], results[0], strict=True)]
                 ]
 
-        manager = PoCManager(NanEngine(), max_model_len=512)
-        run(_generate_for(manager, _config(batch_size=4, r_target=2.0), 0.02))
+        manager = PoCManager(Engines([EngineRPC(NanEngine())]), max_model_len=512)
+        run(_generate_for(manager, _config(batch_size=4, r_target=2.0)))
         assert manager.total_nonfinite == manager.stats.total_checked // 2 > 0
         assert all(n % 2 == 0 for n in manager.valid_nonces)
         assert manager.get_status()["total_nonfinite"] == manager.total_nonfinite
@@ -454,7 +446,7 @@ class TestDefaultBatchSize:
         monkeypatch.setenv("VLLM_POC_MAX_TOKENS_PER_FORWARD", "4096")
         engine = FakeEngine(workers=3)
         engine.max_batch_sizes = [48, None, 16]
-        manager = PoCManager(engine, max_model_len=512)
+        manager = PoCManager(Engines([EngineRPC(engine)]), max_model_len=512)
         assert run(manager.default_batch_size(256)) == 16
         assert engine.calls == [("poc_max_batch_size", (256, 4096))]
 
@@ -470,5 +462,5 @@ class TestDefaultBatchSize:
 
     def test_auto_engine_errors_propagate(self, engine, manager):
         engine.error = TimeoutError("rpc")
-        with pytest.raises(TimeoutError):
+        with pytest.raises(EngineFailure, match=r"poc_max_batch_size failed .*TimeoutError: rpc"):
             run(manager.default_batch_size(64))

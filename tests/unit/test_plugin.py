@@ -1,4 +1,4 @@
-"""``register()``: the toggle, the engine-config patch, idempotence, and never raising.
+"""``register()``: the toggle, the patch ledger, idempotence, and failing loudly.
 
 Every test runs under ``restore_patches``, which puts back every attribute ``register`` may
 replace, so no patch leaks from one test into another.
@@ -18,9 +18,9 @@ from vllm.engine.arg_utils import EngineArgs
 
 from tests.unit import operator_extension
 from vllm_poc import compat, plugin
-from vllm_poc.worker import PoCWorkerExtension, extension_qualname
+from vllm_poc.worker.extension import PoCWorkerExtension, extension_qualname
 
-OURS = "vllm_poc.worker.PoCWorkerExtension"
+OURS = "vllm_poc.worker.extension.PoCWorkerExtension"
 MARKER = "__vllm_poc_original__"
 
 
@@ -37,7 +37,7 @@ def restore_patches(monkeypatch):
     monkeypatch.setattr(EngineArgs, "create_engine_config", original)
     for name in compat.API_SERVER_MODULES:
         module = sys.modules.get(name)
-        for attr in ("build_app", "init_app_state"):
+        for attr in compat.APP_SEAMS:
             if module is not None and hasattr(module, attr):
                 monkeypatch.setattr(module, attr, _unpatched(getattr(module, attr)))
     # vLLM calls register() itself from the first EngineArgs(); keep it to the test's calls.
@@ -53,7 +53,7 @@ def records():
     captured: list[logging.LogRecord] = []
     handler = logging.Handler(level=logging.DEBUG)
     handler.emit = captured.append
-    logger = logging.getLogger(plugin.logger.name)
+    logger = logging.getLogger("vllm.vllm_poc")
     old_level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)
@@ -87,9 +87,8 @@ def fake_engine_args(monkeypatch):
 
 @pytest.fixture
 def no_api_server(monkeypatch):
-    for name in compat.API_SERVER_MODULES:
-        monkeypatch.delitem(sys.modules, name, raising=False)
-    assert compat.api_server_module() is None
+    """An engine-core or worker process: no API server module loaded."""
+    monkeypatch.setattr(compat, "is_api_server_process", lambda: False)
 
 
 # ---------------------------------------------------------------- the toggle
@@ -167,58 +166,59 @@ def test_register_twice_patches_once(monkeypatch, fake_engine_args, no_api_serve
     assert "create_engine_config" in replaced[0].getMessage()
 
 
-def test_register_never_raises(monkeypatch, records):
+def test_a_missing_engine_seam_fails_loudly(monkeypatch):
     monkeypatch.setenv("VLLM_POC_ENABLED", "1")
 
-    def broken() -> type:
-        raise RuntimeError("boom")
+    class NoSeam:
+        pass
 
-    monkeypatch.setattr(compat, "engine_args_class", broken)
-    assert plugin.register() is None
-    errors = [r for r in records if r.levelno >= logging.ERROR]
-    assert len(errors) == 1
-    assert "registration failed" in errors[0].getMessage()
-    assert errors[0].exc_info is not None
-    assert isinstance(errors[0].exc_info[1], RuntimeError)
-    assert str(errors[0].exc_info[1]) == "boom"
+    import vllm.engine.arg_utils
+
+    monkeypatch.setattr(vllm.engine.arg_utils, "EngineArgs", NoSeam)
+    with pytest.raises(compat.SeamNotFound, match=r"EngineArgs\.create_engine_config") as e:
+        plugin.register()
+    assert compat.vllm_version() in str(e.value)
 
 
-def test_register_never_raises_when_the_toggle_is_broken(monkeypatch, records):
-    monkeypatch.setenv("VLLM_POC_ENABLED", "1")
-    from vllm_poc import envs
-
-    def broken() -> bool:
-        raise ValueError("bad setting")
-
-    monkeypatch.setattr(envs, "enabled", broken)
-    plugin.register()
-    assert any(r.levelno >= logging.ERROR for r in records)
+# ---------------------------------------------------------------- the API server side
 
 
-# ---------------------------------------------------------------- the API server patches
-
-
-def test_without_an_api_server_module_only_the_engine_config_is_patched(
-    monkeypatch, fake_engine_args, no_api_server
+def test_without_an_api_server_only_the_engine_config_is_patched(
+    monkeypatch, fake_engine_args, no_api_server, records
 ):
     monkeypatch.setenv("VLLM_POC_ENABLED", "1")
-    patched: list[tuple[Any, str]] = []
-    real_patch = plugin._patch
-
-    def spy(owner: Any, name: str, make: Any) -> None:
-        patched.append((owner, name))
-        real_patch(owner, name, make)
-
-    monkeypatch.setattr(plugin, "_patch", spy)
     plugin.register()
-    assert patched == [(fake_engine_args, "create_engine_config")]
-    for name in compat.API_SERVER_MODULES:
-        assert name not in sys.modules  # register() did not import an API server module
+    replaced = [r.getMessage() for r in records if "replaced" in r.getMessage()]
+    assert len(replaced) == 1 and "create_engine_config" in replaced[0]
+
+
+def test_a_hidden_app_seam_fails_loudly_in_the_api_server(monkeypatch, fake_engine_args):
+    """An API server whose build_app/init_app_state the plugin cannot find must not start."""
+    monkeypatch.setenv("VLLM_POC_ENABLED", "1")
+    monkeypatch.delenv("VLLM_PLUGINS", raising=False)
+    monkeypatch.setattr(compat, "is_api_server_process", lambda: True)
+    monkeypatch.setattr(compat, "API_SERVER_MODULES", ("nowhere.entry", "nowhere.api_server"))
+    with pytest.raises(compat.SeamNotFound, match="build_app and init_app_state") as e:
+        plugin.register()
+    assert f"vLLM {compat.vllm_version()}" in str(e.value)
+    assert "nowhere.entry" in str(e.value)
+
+
+def test_the_endpoint_plugin_replaces_the_app_patch(monkeypatch, fake_engine_args, records):
+    """With VLLM_PLUGINS naming vllm_poc, vLLM's endpoint-plugin contract adds the routes."""
+    monkeypatch.setenv("VLLM_POC_ENABLED", "1")
+    monkeypatch.setenv("VLLM_PLUGINS", "vllm_poc")
+    monkeypatch.setattr(compat, "is_api_server_process", lambda: True)
+    monkeypatch.setattr(compat, "api_server_modules", lambda: pytest.fail("app patched"))
+    plugin.register()
+    assert compat.endpoint_plugins_load("vllm_poc")
+    monkeypatch.setenv("VLLM_PLUGINS", "other,vllm_poc_x")
+    assert not compat.endpoint_plugins_load("vllm_poc")
 
 
 @pytest.fixture
 def fake_api_server(monkeypatch):
-    """A ``python -m vllm.entrypoints.openai.api_server`` process (how <= 0.26 runs)."""
+    """A ``python -m vllm.entrypoints.openai.api_server`` process (how <= 0.28 runs)."""
     module = types.ModuleType("__main__")
     module.__spec__ = SimpleNamespace(name="vllm.entrypoints.openai.api_server")
     module.apps = []
@@ -231,15 +231,17 @@ def fake_api_server(monkeypatch):
     async def init_app_state(engine_client: Any, *args: Any, **kwargs: Any) -> str:
         return "initialised"
 
-    async def build_and_serve(*args: Any) -> None:
-        build_app(*args)
-
-    build_and_serve.__module__ = "__main__"
     module.build_app = build_app
     module.init_app_state = init_app_state
-    module.build_and_serve = build_and_serve
     monkeypatch.setitem(sys.modules, "__main__", module)
-    assert compat.api_server_module() is module
+    monkeypatch.delenv("VLLM_PLUGINS", raising=False)
+    monkeypatch.setattr(
+        compat, "API_SERVER_MODULES", ("nowhere.entry", "vllm.entrypoints.openai.api_server")
+    )
+    # In this release openai.api_server only re-exports: keep the test to the fake __main__.
+    monkeypatch.setattr(compat, "_import", lambda name: None)
+    assert compat.is_api_server_process()
+    assert compat.api_server_modules() == [module]
     return module
 
 
@@ -254,10 +256,10 @@ def test_api_server_seams_are_patched_once(monkeypatch, fake_engine_args, fake_a
 
 
 def test_patched_build_app_attaches_the_routes(monkeypatch, fake_engine_args, fake_api_server):
-    from vllm_poc import routes
+    from vllm_poc.server import endpoint
 
     attached = []
-    monkeypatch.setattr(routes, "attach", lambda app: attached.append(app) or ["/v1/completions"])
+    monkeypatch.setattr(endpoint, "attach_http", attached.append)
     monkeypatch.setenv("VLLM_POC_ENABLED", "1")
     plugin.register()
     app = fake_api_server.build_app("args", flag=1)
@@ -269,25 +271,20 @@ def test_patched_build_app_attaches_the_routes(monkeypatch, fake_engine_args, fa
 def test_patched_init_app_state_creates_the_manager(monkeypatch, fake_engine_args, fake_api_server):
     from starlette.datastructures import State
 
-    from vllm_poc import manager
+    from vllm_poc.server import endpoint
 
     made = []
 
-    class FakeManager:
-        def __init__(self, engine: Any, max_model_len: int, model_name: str) -> None:
-            made.append((engine, max_model_len, model_name))
+    async def init_manager(engine: Any, state: Any) -> None:
+        made.append((engine, state))
 
-    monkeypatch.setattr(manager, "PoCManager", FakeManager)
+    monkeypatch.setattr(endpoint, "init_manager", init_manager)
     monkeypatch.setenv("VLLM_POC_ENABLED", "1")
     plugin.register()
-    engine = SimpleNamespace(
-        model_config=SimpleNamespace(max_model_len=4096, served_model_name="tiny", model="/m")
-    )
     state = State()
-    result = asyncio.run(fake_api_server.init_app_state(engine, "vllm_config", state))
+    result = asyncio.run(fake_api_server.init_app_state("engine", "vllm_config", state))
     assert result == "initialised"
-    assert made == [(engine, 4096, "tiny")]
-    assert isinstance(state.poc_manager, FakeManager)
+    assert made == [("engine", state)]
 
 
 # ---------------------------------------------------------------- through vLLM's EngineArgs
@@ -341,7 +338,7 @@ def test_settings_are_declared_to_vllm_when_set(monkeypatch, fake_engine_args, n
 
 
 def test_a_main_that_only_re_exports_the_seams_is_not_patched(monkeypatch):
-    """vLLM 0.32 runs ``python -m vllm.entrypoints.openai.api_server`` as a ``__main__`` that
+    """vLLM >= 0.29 runs ``python -m vllm.entrypoints.openai.api_server`` as a ``__main__`` that
     re-exports ``build_app``; the server calls them from ``launchers.api_server.entry``."""
     import importlib
 
@@ -350,6 +347,5 @@ def test_a_main_that_only_re_exports_the_seams_is_not_patched(monkeypatch):
     module.__spec__ = SimpleNamespace(name="vllm.entrypoints.openai.api_server")
     module.build_app = entry.build_app
     module.init_app_state = entry.init_app_state
-    module.build_and_serve = entry.build_and_serve
     monkeypatch.setitem(sys.modules, "__main__", module)
-    assert compat.api_server_module() is entry
+    assert compat.api_server_modules() == [entry]

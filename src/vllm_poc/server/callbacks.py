@@ -1,0 +1,205 @@
+"""Callback delivery: valid batches and validation verdicts POSTed to the round's receiver.
+
+Posting never sits on the generation loop: ``submit`` only enqueues. One background task
+delivers the queue in order; a failed post is retried with exponential backoff up to a retry
+budget, the queue is bounded (the oldest item is dropped when full) and every drop is logged and
+counted (overflow drops in one warning per receiver every ``DROP_LOG_INTERVAL_S``), so a
+receiver that is down costs bounded memory and log space and never slows generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from vllm_poc import envs
+from vllm_poc.log import get_logger
+from vllm_poc.protocol.batches import ProofBatch, ValidatedBatch, to_json_dict
+from vllm_poc.server import metrics
+
+logger = get_logger(__name__)
+
+DROP_LOG_INTERVAL_S = 10.0
+"""At most one warning per receiver this often about posts dropped from a full queue."""
+
+
+@dataclass
+class SenderStats:
+    sent: int = 0
+    failed_attempts: int = 0
+    dropped: int = 0
+
+
+@dataclass
+class _Item:
+    url: str
+    payload: dict[str, Any]
+    attempts: int = 0
+
+
+@dataclass
+class _Lane:
+    """The ordered queue of one receiver (scheme, host and port) and its delivery task."""
+
+    queue: collections.deque[_Item] = field(default_factory=collections.deque)
+    task: asyncio.Task[None] | None = None
+    in_flight: _Item | None = None
+    unlogged_drops: int = 0
+    drops_logged_at: float = -math.inf
+
+
+class PoCCallbackSender:
+    """Delivers callback payloads in order per receiver, with bounded retries and queues.
+
+    Each receiver has its own lane, so a receiver that is down (say, the last round's) never
+    delays posts to another one.
+    """
+
+    def __init__(
+        self,
+        *,
+        timeout: float = 10.0,
+        max_retries: int = 5,
+        backoff_base: float = 0.5,
+        backoff_max: float = 30.0,
+        queue_size: int = 1000,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.max_retries = max_retries
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.stats = SenderStats()
+        self._queue_size = queue_size
+        self._client = client or httpx.AsyncClient(timeout=timeout)
+        self._lanes: dict[str, _Lane] = {}
+
+    @classmethod
+    def from_settings(cls) -> PoCCallbackSender:
+        """A sender configured by the ``VLLM_POC_CALLBACK_*`` settings."""
+        return cls(
+            timeout=envs.get("VLLM_POC_CALLBACK_TIMEOUT"),
+            max_retries=envs.get("VLLM_POC_CALLBACK_MAX_RETRIES"),
+            backoff_base=envs.get("VLLM_POC_CALLBACK_BACKOFF_BASE"),
+            backoff_max=envs.get("VLLM_POC_CALLBACK_BACKOFF_MAX"),
+            queue_size=envs.get("VLLM_POC_CALLBACK_QUEUE_SIZE"),
+        )
+
+    def figures(self) -> dict[str, int]:
+        """What ``/status`` reports under ``callbacks``."""
+        return {
+            "sent": self.stats.sent,
+            "failed_attempts": self.stats.failed_attempts,
+            "pending": self.pending,
+            "dropped": self.stats.dropped,
+        }
+
+    @property
+    def pending(self) -> int:
+        """Posts waiting or in flight, over all receivers."""
+        return sum(len(lane.queue) + (lane.in_flight is not None) for lane in self._lanes.values())
+
+    def submit_generated(self, callback_url: str, valid: ProofBatch) -> None:
+        """Queue a batch's valid nonces for ``{callback_url}/generated`` (none: no post)."""
+        if len(valid):
+            self._submit(f"{callback_url.rstrip('/')}/generated", to_json_dict(valid))
+
+    def submit_validated(self, callback_url: str, batch: ValidatedBatch) -> None:
+        """Queue a verdict for ``{callback_url}/validated``."""
+        self._submit(f"{callback_url.rstrip('/')}/validated", to_json_dict(batch))
+
+    def _submit(self, url: str, payload: dict[str, Any]) -> None:
+        key = urlsplit(url).netloc
+        lane = self._lanes.setdefault(key, _Lane())
+        if len(lane.queue) >= self._queue_size:
+            lane.queue.popleft()
+            self.stats.dropped += 1
+            metrics.CALLBACKS.labels(result="dropped").inc()
+            lane.unlogged_drops += 1
+            if time.monotonic() - lane.drops_logged_at >= DROP_LOG_INTERVAL_S:
+                self._log_drops(key, lane)
+        lane.queue.append(_Item(url, payload))
+        if lane.task is None or lane.task.done():
+            lane.task = asyncio.get_running_loop().create_task(self._deliver(key, lane))
+
+    async def _deliver(self, key: str, lane: _Lane) -> None:
+        """Deliver one lane in order until it is empty, then retire it."""
+        while lane.queue:
+            # The item in flight leaves the queue, so overflow never drops it mid-post.
+            lane.in_flight = lane.queue.popleft()
+            ok = await self._post(lane.in_flight)
+            item, lane.in_flight = lane.in_flight, None
+            if ok:
+                self.stats.sent += 1
+                metrics.CALLBACKS.labels(result="sent").inc()
+            elif item.attempts > self.max_retries:
+                self.stats.dropped += 1
+                metrics.CALLBACKS.labels(result="dropped").inc()
+                logger.error(
+                    "vllm-poc: dropped a callback to %s after %d attempts", item.url, item.attempts
+                )
+            else:
+                lane.queue.appendleft(item)
+                # New submissions don't cut the wait short: backoff and order both hold.
+                await asyncio.sleep(
+                    min(self.backoff_max, self.backoff_base * 2 ** (item.attempts - 1))
+                )
+        self._log_drops(key, lane)
+        if self._lanes.get(key) is lane:
+            del self._lanes[key]
+
+    def _log_drops(self, key: str, lane: _Lane) -> None:
+        """One warning for the overflow drops of a lane since the last one, if any (one per
+        batch of a fast round would flood the log while a receiver is down)."""
+        if not lane.unlogged_drops:
+            return
+        logger.warning(
+            "vllm-poc: callback queue full (%d) for %s: %d posts dropped since the last report, "
+            "oldest first (%d dropped in all)",
+            self._queue_size,
+            key,
+            lane.unlogged_drops,
+            self.stats.dropped,
+        )
+        lane.unlogged_drops = 0
+        lane.drops_logged_at = time.monotonic()
+
+    async def _post(self, item: _Item) -> bool:
+        item.attempts += 1
+        start = time.monotonic()
+        try:
+            response = await self._client.post(item.url, json=item.payload)
+        except httpx.HTTPError as e:
+            error = f"{type(e).__name__}: {e}"
+        else:
+            if response.is_success:
+                return True
+            error = f"HTTP {response.status_code}"
+        self.stats.failed_attempts += 1
+        metrics.CALLBACKS.labels(result="failed").inc()
+        logger.warning(
+            "vllm-poc: callback to %s failed (attempt %d, %.2fs): %s",
+            item.url,
+            item.attempts,
+            time.monotonic() - start,
+            error,
+        )
+        return False
+
+    async def aclose(self) -> None:
+        for key, lane in self._lanes.items():
+            self._log_drops(key, lane)
+        tasks = [lane.task for lane in self._lanes.values() if lane.task is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._client.aclose()

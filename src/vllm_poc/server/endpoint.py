@@ -1,0 +1,78 @@
+"""How the HTTP side enters vLLM's API server: the ``vllm.endpoint_plugins`` contract.
+
+vLLM (>= 0.26) calls ``attach_router`` inside ``build_app`` and ``init_state`` at the end of
+``init_app_state`` when ``VLLM_PLUGINS`` names ``vllm_poc``. Otherwise the ``api-server-app``
+patch of ``vllm_poc.patches`` calls the same two functions, ``attach_http`` and
+``init_manager``, from the same places.
+"""
+
+from __future__ import annotations
+
+from argparse import Namespace
+from typing import Any
+
+from fastapi import FastAPI
+
+from vllm_poc import compat, envs
+from vllm_poc.log import get_logger
+from vllm_poc.server import routes
+from vllm_poc.server.engines import Engines
+from vllm_poc.server.errors import EngineFailure
+from vllm_poc.server.manager import PoCManager
+
+logger = get_logger(__name__)
+
+
+def attach_http(app: FastAPI) -> None:
+    """Add the PoC routes and pause inference routes during PoC."""
+    paused = routes.attach(app)
+    logger.info("vllm-poc: added /api/v1/pow routes; paused during PoC: %s", ", ".join(paused))
+
+
+async def init_manager(engine_client: Any, state: Any) -> None:
+    """Create the round manager, after checking that every worker has the PoC extension.
+
+    Raises at start when they do not: a server asked to run PoC never serves without it.
+    """
+    if getattr(state, "poc_manager", None) is not None:
+        return
+    engines = Engines.of(engine_client)
+    try:
+        await engines.ready()
+    except EngineFailure as e:
+        raise compat.SeamNotFound(
+            "the PoC worker extension", f"the workers do not answer poc_ready: {e}"
+        ) from e
+    model_config = await compat.model_config(engine_client)
+    state.poc_manager = PoCManager(
+        engines,
+        max_model_len=int(model_config.max_model_len),
+        model_name=compat.served_model_name(model_config),
+    )
+    logger.info(
+        "vllm-poc: PoC manager ready (vLLM %s), data-parallel ranks %s of %d",
+        compat.vllm_version(),
+        engines.ranks,
+        engines.dp_size,
+    )
+
+
+class PoCEndpointPlugin:
+    """The ``vllm.endpoint_plugins`` entry point (vLLM's ``EndpointPlugin`` protocol)."""
+
+    name = "vllm_poc"
+    required_tasks = ("generate",)
+    """PoC runs the model's logits: servers without generation (render-only, pooling) skip it."""
+
+    def attach_router(self, app: FastAPI) -> None:
+        if not envs.enabled():
+            logger.warning("vllm-poc: VLLM_PLUGINS names vllm_poc but VLLM_POC_ENABLED is off")
+            return
+        attach_http(app)
+
+    async def init_state(self, engine_client: Any, state: Any, args: Namespace) -> None:
+        if not envs.enabled():
+            return
+        if engine_client is None:
+            raise RuntimeError("vllm-poc: this server has no engine; PoC cannot run here")
+        await init_manager(engine_client, state)

@@ -1,0 +1,86 @@
+"""The data-parallel engines behind this API server, and how one request's work is split.
+
+Generation gives every engine its own loop (``generation``); validation and calibration batches
+are cut into equal chunks that the engines compute at the same time, answered in nonce order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Awaitable, Iterable, Sequence
+from typing import Any, TypeVar
+
+from vllm_poc import compat
+from vllm_poc.server.engine_rpc import EngineRPC
+from vllm_poc.server.errors import EngineFailure
+
+T = TypeVar("T")
+
+
+async def _all(calls: Iterable[Awaitable[T]]) -> list[T]:
+    """Every result, in order; when one call fails, the others are cancelled."""
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    try:
+        return await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+class Engines:
+    """The engines this API server fronts (one without data parallelism)."""
+
+    def __init__(self, rpcs: Sequence[EngineRPC], dp_size: int | None = None) -> None:
+        if not rpcs:
+            raise ValueError("no engine")
+        self.rpcs = sorted(rpcs, key=lambda rpc: rpc.dp_rank)
+        self.dp_size = dp_size or len(self.rpcs)
+        """The deployment's data-parallel size (more than ``rpcs`` with external balancing)."""
+
+    @classmethod
+    def of(cls, engine_client: Any) -> Engines:
+        engines, dp_size = compat.data_parallel_engines(engine_client)
+        return cls([EngineRPC(engine, rank) for rank, engine in engines.items()], dp_size)
+
+    @property
+    def ranks(self) -> list[int]:
+        return [rpc.dp_rank for rpc in self.rpcs]
+
+    async def ready(self) -> str:
+        """The plugin version every worker of every engine runs."""
+        versions = set(await _all(rpc.ready() for rpc in self.rpcs))
+        if len(versions) != 1:
+            raise EngineFailure(f"engines run different vllm-poc versions: {sorted(versions)}")
+        return versions.pop()
+
+    async def max_batch_size(self, seq_len: int, max_tokens: int) -> int:
+        """The smallest engine's ``auto`` batch size: one round runs one shape everywhere."""
+        return min(await _all(rpc.max_batch_size(seq_len, max_tokens) for rpc in self.rpcs))
+
+    async def distances(
+        self,
+        block_hash: str,
+        public_key: str,
+        nonces: list[int],
+        seq_len: int,
+        batch_size: int,
+        random_projection: bool = False,
+    ) -> list[float]:
+        """Distances of ``nonces`` in order, in forwards of at most ``batch_size``, spread over
+        the engines (chunk ``i`` on engine ``i mod n``; each engine runs its chunks in turn)."""
+        per_chunk = max(1, min(batch_size, math.ceil(len(nonces) / len(self.rpcs))))
+        chunks = [nonces[i : i + per_chunk] for i in range(0, len(nonces), per_chunk)]
+
+        async def run(engine: int) -> list[list[float]]:
+            rpc = self.rpcs[engine]
+            return [
+                await rpc.distances(block_hash, public_key, chunk, seq_len, random_projection)
+                for chunk in chunks[engine :: len(self.rpcs)]
+            ]
+
+        per_engine = await _all(run(e) for e in range(min(len(chunks), len(self.rpcs))))
+        out: list[float] = []
+        for i in range(len(chunks)):
+            out.extend(per_engine[i % len(self.rpcs)][i // len(self.rpcs)])
+        return out

@@ -1,0 +1,255 @@
+"""The generation side of a round: one pipelined loop per engine, counters and results.
+
+Owned by the manager, which decides when it starts and stops; this module only runs batches
+and records what they found.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from vllm_poc.log import get_logger
+from vllm_poc.protocol.batches import ProofBatch
+from vllm_poc.protocol.round import PoCConfig, PoCState
+from vllm_poc.server import metrics
+from vllm_poc.server.engine_rpc import EngineRPC
+from vllm_poc.server.errors import EngineFailure
+from vllm_poc.server.striding import NonceSchedule
+
+if TYPE_CHECKING:
+    from vllm_poc.server.manager import PoCManager
+
+logger = get_logger(__name__)
+
+PIPELINE_DEPTH = 2
+"""Generation batches in flight at once (one running in the engine, one queued behind it)."""
+
+
+@dataclass
+class PoCStats:
+    total_checked: int = 0
+    total_valid: int = 0
+    start_time: float = 0.0
+    end_time: float = 0.0
+    """Set when generation stops, so elapsed time and rate freeze with the counters."""
+
+    @property
+    def elapsed(self) -> float:
+        if self.start_time <= 0:
+            return 0.0
+        return (self.end_time or time.time()) - self.start_time
+
+    @property
+    def rate(self) -> float:
+        return self.total_checked / self.elapsed if self.elapsed > 0 else 0.0
+
+
+@dataclass
+class EngineStats:
+    """One data-parallel engine's share of the round, for ``/status``."""
+
+    dp_rank: int
+    checked: int = 0
+    valid: int = 0
+    error: str | None = None
+
+
+class Generation:
+    """Results of the current round's generation, and the tasks that produce them: one loop
+    per data-parallel engine, all taking nonces from the round's ``NonceSchedule``."""
+
+    def __init__(self, manager: PoCManager) -> None:
+        self.manager = manager
+        self.stats = PoCStats()
+        self.engine_stats = [EngineStats(rank) for rank in manager.engines.ranks]
+        self.valid_nonces: list[int] = []
+        self.valid_distances: list[float] = []
+        self.total_nonfinite = 0
+        self.schedule: NonceSchedule | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def reset(self, config: PoCConfig) -> None:
+        engines = self.manager.engines
+        self.stats = PoCStats(start_time=time.time())
+        self.engine_stats = [EngineStats(rank) for rank in engines.ranks]
+        self.valid_nonces = []
+        self.valid_distances = []
+        self.total_nonfinite = 0
+        self.schedule = NonceSchedule(
+            config.node_id, config.node_count, engines.ranks, engines.dp_size
+        )
+
+    def start(self, round_id: int) -> None:
+        if self.stats.total_checked == 0:
+            self.stats.start_time = time.time()
+        self.stats.end_time = 0.0
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(round_id), name=f"vllm-poc-generate-{round_id}"
+        )
+
+    def cancel(self) -> None:
+        """Stop generating: counters freeze now, batches in flight are discarded."""
+        if self.manager.state == PoCState.GENERATING:
+            self.stats.end_time = time.time()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        self._task = None
+
+    async def stopped(self) -> None:
+        """Return once the generation tasks have ended (stopped, failed or replaced)."""
+        if self._task is not None:
+            await asyncio.wait([self._task])
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "valid_nonces": self.valid_nonces,
+            "valid_distances": self.valid_distances,
+            "total_checked": self.stats.total_checked,
+            "total_valid": self.stats.total_valid,
+            "elapsed_seconds": self.stats.elapsed,
+            "rate_per_second": self.stats.rate,
+            "total_nonfinite": self.total_nonfinite,
+            "engines": [dataclasses.asdict(e) for e in self.engine_stats],
+        }
+
+    def next_nonces(self) -> list[int]:
+        """The next ``batch_size`` nonces of this server (see ``striding``)."""
+        config = self.manager.config
+        assert config is not None and self.schedule is not None
+        return self.schedule.take(config.batch_size)
+
+    async def run_batch(self) -> ProofBatch:
+        """Check the next batch of nonces (spread over the engines) and record the valid ones."""
+        manager = self.manager
+        if manager.state != PoCState.GENERATING or manager.config is None:
+            return ProofBatch.empty()
+        config, round_id = manager.config, manager.round_id
+        nonces = self.next_nonces()
+        started = time.monotonic()
+        dist = await manager.compute_distances(config, config.public_key, nonces)
+        return self.record(config, round_id, nonces, dist, time.monotonic() - started)
+
+    def record(
+        self,
+        config: PoCConfig,
+        round_id: int,
+        nonces: list[int],
+        dist: list[float],
+        seconds: float,
+        engine: EngineStats | None = None,
+    ) -> ProofBatch:
+        """Count a finished batch, keep its valid nonces and queue its callback.
+
+        A batch that finishes after its round was stopped or replaced is discarded.
+        """
+        manager = self.manager
+        if round_id != manager.round_id or manager.state != PoCState.GENERATING:
+            return ProofBatch.empty()
+        engine = engine or self.engine_stats[0]
+        batch = ProofBatch(
+            public_key=config.public_key,
+            block_hash=config.block_hash,
+            block_height=config.block_height,
+            nonces=nonces,
+            dist=dist,
+            node_id=config.node_id,
+        )
+        valid = batch.sub_batch(config.r_target)
+        nonfinite = sum(1 for d in dist if not math.isfinite(d))
+        self.stats.total_checked += len(nonces)
+        self.stats.total_valid += len(valid)
+        engine.checked += len(nonces)
+        engine.valid += len(valid)
+        self.total_nonfinite += nonfinite
+        self.valid_nonces.extend(valid.nonces)
+        self.valid_distances.extend(valid.dist)
+        metrics.record_batch(engine.dp_rank, len(nonces), len(valid), nonfinite, seconds)
+        if nonfinite:
+            logger.warning(
+                "vllm-poc: block_height=%d dp_rank=%d: %d of %d distances are not finite "
+                "(never valid)",
+                config.block_height,
+                engine.dp_rank,
+                nonfinite,
+                len(nonces),
+            )
+        logger.debug(
+            "vllm-poc: block_height=%d dp_rank=%d batch of %d nonces in %.3fs, %d valid",
+            config.block_height,
+            engine.dp_rank,
+            len(nonces),
+            seconds,
+            len(valid),
+        )
+        if config.callback_url:
+            manager.sender.submit_generated(config.callback_url, valid)
+        return batch
+
+    async def _run(self, round_id: int) -> None:
+        """Every engine's loop; when one fails, the others are cancelled with it."""
+        rpcs = self.manager.engines.rpcs
+        try:
+            async with asyncio.TaskGroup() as group:
+                for rpc, engine in zip(rpcs, self.engine_stats, strict=True):
+                    group.create_task(self._loop(round_id, rpc, engine))
+        except* EngineLoopFailed:
+            pass  # reported by the failing loop
+
+    async def _loop(self, round_id: int, rpc: EngineRPC, engine: EngineStats) -> None:
+        """Keep ``PIPELINE_DEPTH`` batches in flight on one engine, record them in order.
+
+        The engine runs one RPC at a time; with the next one already queued it starts at once
+        when the previous one ends, so the RPC and Python time of the API process is hidden.
+        """
+        manager = self.manager
+        config = manager.config
+        assert config is not None
+        in_flight: collections.deque[tuple[list[int], asyncio.Task[list[float]]]] = (
+            collections.deque()
+        )
+        last_done = time.monotonic()
+        try:
+            while manager.state == PoCState.GENERATING and round_id == manager.round_id:
+                while len(in_flight) < PIPELINE_DEPTH:
+                    nonces = self.next_nonces()
+                    task = asyncio.ensure_future(
+                        rpc.distances(
+                            config.block_hash,
+                            config.public_key,
+                            nonces,
+                            config.seq_len,
+                            config.random_projection,
+                        )
+                    )
+                    in_flight.append((nonces, task))
+                nonces, task = in_flight.popleft()
+                dist = await task
+                now = time.monotonic()
+                self.record(config, round_id, nonces, dist, now - last_done, engine)
+                last_done = now
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            logger.exception(
+                "vllm-poc: generation failed at block_height=%d on dp_rank=%d",
+                config.block_height,
+                engine.dp_rank,
+            )
+            reason = str(e) if isinstance(e, EngineFailure) else f"{type(e).__name__}: {e}"
+            engine.error = reason
+            where = f" on dp_rank {engine.dp_rank}" if len(self.engine_stats) > 1 else ""
+            manager.fail_round(round_id, f"generation failed{where}: {reason}")
+            raise EngineLoopFailed from e
+        finally:
+            for _, task in in_flight:
+                task.cancel()
+
+
+class EngineLoopFailed(Exception):
+    """One engine's generation loop failed (already reported); its siblings stop with it."""

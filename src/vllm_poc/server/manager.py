@@ -1,0 +1,297 @@
+"""PoCManager: one node's rounds, states and results, in the API server process.
+
+The manager alone decides state transitions and builds rounds from requests; it reaches the
+model only through ``Engines`` (one ``EngineRPC`` per data-parallel engine, faked in unit
+tests). Generation runs as tracked asyncio tasks (``generation``) that await RPCs and never block
+the event loop.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from vllm_poc import envs
+from vllm_poc.log import get_logger
+from vllm_poc.protocol import validation
+from vllm_poc.protocol.batches import ProofBatch, ValidatedBatch
+from vllm_poc.protocol.round import CalibrationRequest, PoCConfig, PoCState, RoundRequest
+from vllm_poc.protocol.wire import ProofBatchRequest
+from vllm_poc.server import calibration, limits, metrics
+from vllm_poc.server.callbacks import PoCCallbackSender
+from vllm_poc.server.engines import Engines
+from vllm_poc.server.errors import BadValue, ForbiddenInState
+from vllm_poc.server.generation import Generation, PoCStats
+
+logger = get_logger(__name__)
+
+
+class PoCManager:
+    """One node's PoC rounds: IDLE -> GENERATING / VALIDATING -> STOPPED."""
+
+    def __init__(
+        self,
+        engines: Engines,
+        max_model_len: int,
+        sender: PoCCallbackSender | None = None,
+        model_name: str = "",
+    ) -> None:
+        self.engines = engines
+        self.max_model_len = max_model_len
+        self.model_name = model_name
+        self.state = PoCState.IDLE
+        self.config: PoCConfig | None = None
+        self.sender = sender or PoCCallbackSender.from_settings()
+        self.error: str | None = None
+        self._round = 0
+        self.generation = Generation(self)
+
+    @property
+    def state(self) -> PoCState:
+        return self._state
+
+    @state.setter
+    def state(self, value: PoCState) -> None:
+        self._state = value
+        metrics.set_state(value)
+
+    @property
+    def stats(self) -> PoCStats:
+        return self.generation.stats
+
+    @property
+    def valid_nonces(self) -> list[int]:
+        return self.generation.valid_nonces
+
+    @valid_nonces.setter
+    def valid_nonces(self, value: list[int]) -> None:
+        self.generation.valid_nonces = value
+
+    @property
+    def valid_distances(self) -> list[float]:
+        return self.generation.valid_distances
+
+    @valid_distances.setter
+    def valid_distances(self, value: list[float]) -> None:
+        self.generation.valid_distances = value
+
+    @property
+    def total_nonfinite(self) -> int:
+        return self.generation.total_nonfinite
+
+    @property
+    def round_id(self) -> int:
+        """Increases with every round, so late answers of an old round can be told apart."""
+        return self._round
+
+    # ------------------------------------------------------------------ requests
+
+    async def open_round(self, request: RoundRequest, phase: PoCState = PoCState.IDLE) -> None:
+        """``/init`` (IDLE), ``/init/generate`` (GENERATING), ``/init/validate`` (VALIDATING)."""
+        self._refuse_while_generating()
+        if phase == PoCState.GENERATING and not request.has_node:
+            raise BadValue("Node ID and node count must be set")
+        seq_len = request.seq_len or envs.get("VLLM_POC_SEQ_LEN")
+        batch_size = request.batch_size or await self.default_batch_size(seq_len)
+        try:
+            config = request.to_config(batch_size, seq_len)
+        except ValueError as e:
+            raise BadValue(str(e)) from e
+        self.init_round(config)
+        if phase == PoCState.GENERATING:
+            self.start_generate()
+        elif phase == PoCState.VALIDATING:
+            self.start_validate()
+
+    def switch_phase(self, phase: PoCState) -> None:
+        """``/phase/generate`` or ``/phase/validate`` in the current round."""
+        if self.config is None:
+            raise ForbiddenInState("PoC not initialized")
+        if phase == PoCState.GENERATING:
+            self.start_generate()
+        else:
+            self.start_validate()
+
+    async def validate_request(self, body: ProofBatchRequest) -> ValidatedBatch:
+        """``/validate``: a submitted batch under the current round."""
+        if self._round_to_validate().block_hash != body.block_hash:
+            raise BadValue("Block hash mismatch")
+        limits.check_count(len(body.nonces), "nonces", "VLLM_POC_MAX_VALIDATE_NONCES")
+        try:
+            batch = body.to_batch()
+        except ValueError as e:
+            raise BadValue(str(e)) from e
+        return await self.validate_batch(batch)
+
+    async def calibrate_request(self, body: CalibrationRequest) -> dict[str, Any]:
+        """``/calibrate``: refused while generating, before any work."""
+        limits.check_count(body.n_samples, "samples", "VLLM_POC_MAX_CALIBRATION_SAMPLES")
+        self._refuse_while_generating("Cannot calibrate while generating")
+        seq_len = body.seq_len or envs.get("VLLM_POC_SEQ_LEN")
+        batch_size = body.batch_size or await self.default_batch_size(seq_len)
+        config = body.to_config(batch_size, seq_len)
+        return await self.calibrate(config, body.n_samples, body.valid_rate)
+
+    # ------------------------------------------------------------------ state machine
+
+    def _refuse_while_generating(self, message: str = "Round already in progress") -> None:
+        if self.state == PoCState.GENERATING:
+            raise ForbiddenInState(message)
+
+    async def default_batch_size(self, seq_len: int) -> int:
+        """``VLLM_POC_BATCH_SIZE``; when ``auto``, the smallest answer of all workers."""
+        setting = envs.get("VLLM_POC_BATCH_SIZE")
+        if setting != "auto":
+            return setting
+        limits.check_seq_len(seq_len, self.max_model_len)
+        max_tokens = envs.get("VLLM_POC_MAX_TOKENS_PER_FORWARD")
+        return await self.engines.max_batch_size(seq_len, max_tokens)
+
+    def check_config(self, config: PoCConfig) -> None:
+        """Reject a round this server cannot run (BadValue)."""
+        limits.check_round(config, self.max_model_len)
+
+    def init_round(self, config: PoCConfig) -> None:
+        """Set the round's config and reset results. Does not start generating."""
+        self._refuse_while_generating()
+        self.check_config(config)
+        self.generation.cancel()
+        self._round += 1
+        self.config = config
+        self.error = None
+        self.generation.reset(config)
+        self.state = PoCState.IDLE
+        logger.info(
+            "vllm-poc: round initialised, block_height=%d node=%d/%d batch_size=%d seq_len=%d",
+            config.block_height,
+            config.node_id,
+            config.node_count,
+            config.batch_size,
+            config.seq_len,
+        )
+
+    def start_generate(self) -> None:
+        """Switch to GENERATING and start the generation loop."""
+        if self.config is None:
+            raise ForbiddenInState("Round not initialized")
+        self._refuse_while_generating()
+        if not self.config.has_node:
+            raise ForbiddenInState("Node ID and node count must be set")
+        self.state = PoCState.GENERATING
+        self.generation.start(self._round)
+
+    def start_validate(self) -> None:
+        """Switch to VALIDATING (stops generation)."""
+        if self.config is None:
+            raise ForbiddenInState("Round not initialized")
+        self.generation.cancel()
+        self.state = PoCState.VALIDATING
+
+    def stop_round(self) -> None:
+        """Stop the round; counters freeze at once, an RPC in flight is discarded."""
+        self.generation.cancel()
+        self.state = PoCState.STOPPED
+
+    def fail_round(self, round_id: int, error: str) -> None:
+        """The engine failed during ``round_id``: stop it with the error for ``/status``."""
+        if round_id == self._round:
+            self.error = error
+            self.stats.end_time = time.time()
+            self.state = PoCState.STOPPED
+
+    # ------------------------------------------------------------------ distances
+
+    def get_next_nonces(self) -> list[int]:
+        """The next ``batch_size`` nonces of this node: ``node_id + k * node_count``."""
+        return self.generation.next_nonces()
+
+    async def compute_distances(
+        self, config: PoCConfig, public_key: str, nonces: list[int]
+    ) -> list[float]:
+        """Distances of ``nonces`` under ``config``'s block, in forwards of at most
+        ``batch_size`` spread over the engines."""
+        return await self.engines.distances(
+            config.block_hash,
+            public_key,
+            nonces,
+            config.seq_len,
+            config.batch_size,
+            config.random_projection,
+        )
+
+    async def run_batch(self) -> ProofBatch:
+        """Check the next batch of nonces and record the valid ones."""
+        return await self.generation.run_batch()
+
+    # ------------------------------------------------------------------ validation
+
+    async def validate(self, nonces: list[int], public_key: str) -> tuple[list[float], list[bool]]:
+        """Recompute distances of another node's nonces under the current round, and which are
+        valid (the original API; ``/validate`` uses ``validate_batch``)."""
+        config = self._round_to_validate()
+        distances = await self._recompute(config, nonces, public_key)
+        return distances, [validation.is_valid(d, config.r_target) for d in distances]
+
+    def _round_to_validate(self) -> PoCConfig:
+        if self.config is None:
+            raise ForbiddenInState("No round configured")
+        return self.config
+
+    async def _recompute(
+        self, config: PoCConfig, nonces: list[int], public_key: str
+    ) -> list[float]:
+        distances = await self.compute_distances(config, public_key, nonces)
+        metrics.VALIDATED_NONCES.inc(len(nonces))
+        return distances
+
+    async def validate_batch(self, batch: ProofBatch) -> ValidatedBatch:
+        """Recompute ``batch`` and judge it; push the verdict to the callback if configured."""
+        config = self._round_to_validate()
+        distances = await self._recompute(config, batch.nonces, batch.public_key)
+        verdict = ValidatedBatch(
+            public_key=batch.public_key,
+            block_hash=batch.block_hash,
+            block_height=batch.block_height,
+            nonces=batch.nonces,
+            received_dist=batch.dist,
+            dist=distances,
+            r_target=config.r_target,
+            fraud_threshold=config.fraud_threshold,
+            node_id=batch.node_id,
+        )
+        logger.info(
+            "vllm-poc: validated %d nonces of %s at block_height=%d: %d invalid, fraud=%s",
+            len(batch),
+            batch.public_key,
+            batch.block_height,
+            verdict.n_invalid,
+            verdict.fraud_detected,
+        )
+        if config.callback_url:
+            self.sender.submit_validated(config.callback_url, verdict)
+        return verdict
+
+    # ------------------------------------------------------------------ status, calibration
+
+    def get_status(self) -> dict[str, Any]:
+        return {
+            "state": self.state.value,
+            **self.generation.status(),
+            "block_height": self.config.block_height if self.config else None,
+            "config": self.config.model_dump() if self.config else None,
+            "error": self.error,
+            "callbacks": self.sender.figures(),
+        }
+
+    async def calibrate(
+        self, config: PoCConfig, n_samples: int, valid_rate: float
+    ) -> dict[str, Any]:
+        """Sample the distance distribution of a block and derive ``r_target`` for a valid rate.
+
+        Uses nonces ``0 .. n_samples-1`` of ``config.public_key``; refused while generating,
+        since it would compete with the round for the engine.
+        """
+        self._refuse_while_generating("Cannot calibrate while generating")
+        self.check_config(config)
+        dist = await self.compute_distances(config, config.public_key, list(range(n_samples)))
+        return calibration.summary(config.block_hash, dist, valid_rate)

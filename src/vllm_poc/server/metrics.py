@@ -1,0 +1,51 @@
+"""Prometheus series of the plugin, served by vLLM's own ``/metrics``.
+
+Created once at import in the API server process, in prometheus_client's default registry,
+which vLLM's ``/metrics`` exports (and which aggregates across API server processes when
+``PROMETHEUS_MULTIPROC_DIR`` is set).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from vllm_poc.protocol.round import PoCState
+
+ENGINE = ["dp_rank"]
+"""Generation series carry the data-parallel rank of the engine that ran the batch, so that an
+idle or failing GPU shows as a flat series."""
+
+NONCES_CHECKED = Counter(
+    "vllm_poc_nonces_checked", "Nonces whose distance was computed in rounds.", ENGINE
+)
+NONCES_VALID = Counter(
+    "vllm_poc_nonces_valid", "Checked nonces with distance below r_target.", ENGINE
+)
+NONCES_INVALID_NUMBER = Counter(
+    "vllm_poc_nonces_nonfinite", "Checked nonces whose distance was NaN or infinite.", ENGINE
+)
+BATCHES = Counter("vllm_poc_batches", "Generation batches completed.", ENGINE)
+VALIDATED_NONCES = Counter("vllm_poc_validated_nonces", "Nonces recomputed for /validate.")
+CALLBACKS = Counter("vllm_poc_callbacks", "Callback posts by result.", ["result"])
+BATCH_SECONDS = Histogram(
+    "vllm_poc_batch_seconds",
+    "Wall time of one generation batch (RPC round trip).",
+    ENGINE,
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+STATE = Gauge("vllm_poc_state", "1 for the current PoC state, 0 for the others.", ["state"])
+
+
+def set_state(state: PoCState) -> None:
+    for s in PoCState:
+        STATE.labels(state=s.value).set(1 if s is state else 0)
+
+
+def record_batch(dp_rank: int, checked: int, valid: int, nonfinite: int, seconds: float) -> None:
+    """One finished generation batch of the engine of ``dp_rank``."""
+    rank = str(dp_rank)
+    BATCHES.labels(rank).inc()
+    BATCH_SECONDS.labels(rank).observe(seconds)
+    NONCES_CHECKED.labels(rank).inc(checked)
+    NONCES_VALID.labels(rank).inc(valid)
+    NONCES_INVALID_NUMBER.labels(rank).inc(nonfinite)

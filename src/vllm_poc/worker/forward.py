@@ -1,0 +1,260 @@
+"""One PoC batch through the worker's model runner.
+
+The model sees ``batch`` independent causal prefills of ``seq_len`` tokens fed as
+``inputs_embeds``. Attention metadata is built by the runner's own metadata builders, so every
+attention backend sees the same kind of metadata as during inference. K/V are written to a
+private zero-filled scratch tensor swapped into the attention layers for the call, so the engine's
+KV cache (and the prefix cache living in it) is never touched.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from vllm_poc import compat
+from vllm_poc.log import get_logger
+from vllm_poc.protocol import distance
+from vllm_poc.worker import auto_batch
+
+logger = get_logger(__name__)
+
+
+@dataclass
+class _Scratch:
+    """Scratch KV tensors, one per distinct layer cache layout, shared by all layers."""
+
+    tensors: dict[tuple[Any, ...], torch.Tensor] = field(default_factory=dict)
+
+    def get(self, like: torch.Tensor, num_blocks: int) -> torch.Tensor:
+        """Zeros shaped like ``like`` but with ``num_blocks`` blocks in dim 0, same stride order.
+
+        Zero-filled because kernels read whole pages: uninitialised memory gave NaN logits.
+        """
+        key = _layout_key(like)
+        have = self.tensors.get(key)
+        if have is None or have.shape[0] < num_blocks:
+            self.tensors.pop(key, None)
+            have = _zeros_like_layout(like, num_blocks)
+            self.tensors[key] = have
+            logger.info(
+                "vllm-poc: scratch KV cache of %d blocks (%.1f MiB)",
+                num_blocks,
+                have.numel() * have.element_size() / 2**20,
+            )
+        return have
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+
+def _layout_key(like: torch.Tensor) -> tuple[Any, ...]:
+    """Layers whose caches share this key share one scratch tensor."""
+    return (tuple(like.shape[1:]), like.dtype, like.device, _stride_order(like))
+
+
+def _stride_order(t: torch.Tensor) -> tuple[int, ...]:
+    return tuple(sorted(range(t.dim()), key=lambda d: -t.stride(d)))
+
+
+def _zeros_like_layout(like: torch.Tensor, num_blocks: int) -> torch.Tensor:
+    """Zeros with ``num_blocks`` in dim 0 and the dimension order (strides) of ``like``."""
+    shape = (num_blocks, *like.shape[1:])
+    order = _stride_order(like)
+    dense = torch.zeros([shape[d] for d in order], dtype=like.dtype, device=like.device)
+    return dense.permute([order.index(d) for d in range(len(shape))])
+
+
+class PoCForward:
+    """Computes PoC distances with the model loaded in one worker."""
+
+    def __init__(self, model_runner: Any) -> None:
+        self.runner = model_runner
+        self.vllm_config = model_runner.vllm_config
+        self.device = model_runner.device
+        self.dtype = self.vllm_config.model_config.dtype
+        self.hidden_size = self.vllm_config.model_config.get_hidden_size()
+        # A compiled graph traced with token ids refuses ``input_ids=None``; with prompt embeds
+        # enabled the graph was traced with ``inputs_embeds`` and can run compiled.
+        self.skip_compiled = not self.vllm_config.model_config.enable_prompt_embeds
+        # The compiled graph only covers token counts up to the scheduler's batch budget.
+        self.max_compiled_tokens = self.vllm_config.scheduler_config.max_num_batched_tokens
+        self._scratch = _Scratch()
+        self._round_cache: dict[tuple[Any, ...], torch.Tensor] = {}
+
+    @torch.inference_mode()
+    def distances(
+        self,
+        block_hash: str,
+        public_key: str,
+        nonces: list[int],
+        seq_len: int,
+        random_projection: bool = False,
+    ) -> list[float] | None:
+        """Distances of ``nonces`` in order, or None on ranks that do not hold the logits."""
+        logits = self.logits(block_hash, public_key, nonces, seq_len, random_projection)
+        if logits is None:
+            return None
+        vocab = logits.shape[-1]
+        perms = distance.generate_permutations(block_hash, public_key, nonces, vocab, self.device)
+        dist = distance.compute_distances(logits, perms, self.target(block_hash, vocab))
+        return dist.cpu().tolist()
+
+    def target(self, block_hash: str, vocab: int) -> torch.Tensor:
+        return self._round_tensor(
+            ("target", block_hash, vocab),
+            lambda: distance.generate_target(block_hash, vocab, self.device),
+        )
+
+    def projection(self, block_hash: str, which: str) -> torch.Tensor:
+        return self._round_tensor(
+            ("projection", block_hash, which),
+            lambda: distance.generate_projection(block_hash, which, self.hidden_size, self.device),
+        )
+
+    def _round_tensor(self, key: tuple[Any, ...], make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """Per-round tensors, cached until a call asks for another block hash."""
+        if key not in self._round_cache:
+            if any(k[1] != key[1] for k in self._round_cache):
+                self._round_cache.clear()
+            self._round_cache[key] = make()
+        return self._round_cache[key]
+
+    def logits(
+        self,
+        block_hash: str,
+        public_key: str,
+        nonces: list[int],
+        seq_len: int,
+        random_projection: bool = False,
+    ) -> torch.Tensor | None:
+        """Float32 last-position logits ``[batch, vocab]`` (None off the answering ranks)."""
+        inputs = self.inputs(block_hash, public_key, nonces, seq_len, random_projection)
+        last = self.last_hidden(inputs, len(nonces), seq_len)
+        if last is None:
+            return None
+        return self.head(last, block_hash, random_projection)
+
+    def inputs(
+        self,
+        block_hash: str,
+        public_key: str,
+        nonces: list[int],
+        seq_len: int,
+        random_projection: bool = False,
+    ) -> torch.Tensor:
+        """Flat ``[batch * seq_len, hidden]`` inputs in the model dtype.
+
+        Flat because a ``[batch, seq_len, hidden]`` tensor corrupted the CPU backend's heap.
+        """
+        inputs = distance.generate_inputs(
+            block_hash, public_key, nonces, self.hidden_size, seq_len, self.device, self.dtype
+        ).view(len(nonces) * seq_len, self.hidden_size)
+        if random_projection:
+            inputs = distance.apply_projection(inputs, self.projection(block_hash, "pre"))
+        return inputs
+
+    def last_hidden(self, inputs: torch.Tensor, batch: int, seq_len: int) -> torch.Tensor | None:
+        """Hidden states of each sequence's last position (None off the last PP stage)."""
+        positions = torch.arange(seq_len, device=self.device, dtype=torch.int64).repeat(batch)
+        attn_metadata, slot_mappings, scratch_for = self._attention(batch, seq_len, positions)
+        with (
+            compat.swapped_kv_caches(self.vllm_config, scratch_for),
+            compat.forward_context(
+                attn_metadata,
+                self.vllm_config,
+                num_tokens=batch * seq_len,
+                slot_mapping=slot_mappings,
+                skip_compiled=self.skip_compiled or batch * seq_len > self.max_compiled_tokens,
+            ),
+        ):
+            hidden = compat.run_model(self.runner, self.runner.get_model(), positions, inputs)
+        if hidden is None:
+            return None
+        return hidden[torch.arange(1, batch + 1, device=self.device) * seq_len - 1]
+
+    def head(
+        self, last: torch.Tensor, block_hash: str, random_projection: bool = False
+    ) -> torch.Tensor | None:
+        """Float32 logits from last hidden states (None on TP ranks that don't gather them)."""
+        if random_projection:
+            last = distance.apply_projection(last, self.projection(block_hash, "post"))
+        logits = self.runner.get_model().compute_logits(last)
+        return None if logits is None else logits.to(torch.float32)
+
+    def max_batch_size(self, seq_len: int, max_tokens: int) -> int:
+        """The largest batch this worker should run (rule: ``auto_batch``)."""
+        per_nonce = auto_batch.bytes_per_nonce(
+            seq_len,
+            self.hidden_size,
+            self.vllm_config.model_config.get_vocab_size(),
+            self.dtype.itemsize,
+            self._scratch_bytes_per_nonce(seq_len),
+        )
+        # The scratch KV tensors already allocated are reused (or freed) by the next batch.
+        free = auto_batch.free_memory_bytes(self.device) + self._scratch.nbytes()
+        token_budget = min(max_tokens, self.max_compiled_tokens)
+        size = auto_batch.choose_batch_size(token_budget, seq_len, free, per_nonce)
+        logger.info(
+            "vllm-poc: auto batch_size %d for seq_len %d (token budget %d, %.2f MiB per nonce, "
+            "%.2f GiB free)",
+            size,
+            seq_len,
+            token_budget,
+            per_nonce / 2**20,
+            free / 2**30,
+        )
+        return size
+
+    def _scratch_bytes_per_nonce(self, seq_len: int) -> int:
+        """Scratch KV bytes per sequence: its blocks in each distinct cache layout."""
+        kv_caches = compat.layer_kv_caches(self.vllm_config)
+        per_layout: dict[tuple[Any, ...], int] = {}
+        for groups, _, blocks in self._block_groups(seq_len):
+            for group in groups:
+                for kv in (kv_caches[n] for n in group.layer_names if n in kv_caches):
+                    key = _layout_key(kv)
+                    need = blocks * kv[0].numel() * kv.element_size()
+                    per_layout[key] = max(per_layout.get(key, 0), need)
+        return sum(per_layout.values())
+
+    def _block_groups(self, seq_len: int) -> Iterator[tuple[list[Any], int, int]]:
+        """Each KV cache group's attention groups, block size and blocks per sequence."""
+        for gid, groups in enumerate(self.runner.attn_groups):
+            block_size = compat.group_block_size(self.runner, gid, groups)
+            yield groups, block_size, math.ceil(seq_len / block_size)
+
+    def _attention(
+        self, batch: int, seq_len: int, positions: torch.Tensor
+    ) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Per-layer attention metadata, slot mappings and scratch KV tensors for one batch."""
+        attn_metadata: dict[str, Any] = {}
+        slot_mappings: dict[str, torch.Tensor] = {}
+        scratch_for: dict[str, torch.Tensor] = {}
+        kv_caches = compat.layer_kv_caches(self.vllm_config)
+        for groups, block_size, blocks_per_seq in self._block_groups(seq_len):
+            # Block 0 is the null block: sequences use blocks 1 .. batch * blocks_per_seq.
+            block_table = (
+                torch.arange(batch * blocks_per_seq, dtype=torch.int32, device=self.device) + 1
+            ).view(batch, blocks_per_seq)
+            t = torch.arange(seq_len, device=self.device)
+            slot_mapping = (
+                block_table[:, t // block_size].to(torch.int64) * block_size + t % block_size
+            ).flatten()
+            common = compat.common_attn_metadata(
+                batch, seq_len, block_table, slot_mapping, positions, self.device
+            )
+            for group in groups:
+                metadata = compat.build_group_metadata(group, common)
+                for name in group.layer_names:
+                    attn_metadata[name] = metadata
+                    slot_mappings[name] = slot_mapping
+                    if name in kv_caches:
+                        scratch_for[name] = self._scratch.get(
+                            kv_caches[name], 1 + batch * blocks_per_seq
+                        )
+        return attn_metadata, slot_mappings, scratch_for

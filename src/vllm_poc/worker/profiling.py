@@ -1,0 +1,112 @@
+"""Timings of the PoC stages inside one worker, for ``benchmarks/bench_poc.py``.
+
+Measured where the work happens, with the device synchronised around each stage, so the
+benchmark can split a PoC batch into input generation, forward, logits and permutation plus
+distance, and compare it with a bare forward of the same shape (random inputs, no PoC math).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+
+from vllm_poc.protocol import distance
+from vllm_poc.worker.forward import PoCForward
+
+
+def _synchronizer(device: torch.device) -> Callable[[], None]:
+    if device.type == "cuda":
+        return torch.cuda.synchronize
+    return lambda: None
+
+
+class _Stopwatch:
+    """Milliseconds per named stage, the device synchronised around each."""
+
+    def __init__(self, sync: Callable[[], None]) -> None:
+        self.sync = sync
+        self.ms: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        self.sync()
+        start = time.perf_counter()
+        yield
+        self.sync()
+        self.ms[stage] += (time.perf_counter() - start) * 1e3
+
+
+@torch.inference_mode()
+def profile_stages(
+    forward: PoCForward, batch: int, seq_len: int, reps: int, random_projection: bool = False
+) -> dict[str, float]:
+    """Median milliseconds per stage of a PoC batch, and of a bare forward of the same shape.
+
+    With ``random_projection`` the pre and post projections of a round that uses them are one
+    more stage, ``projection`` (the forward and the logits then run on projected tensors).
+    """
+    sync = _synchronizer(forward.device)
+    nonces = list(range(batch))
+    bare_inputs = torch.randn(batch * seq_len, forward.hidden_size, device=forward.device).to(
+        forward.dtype
+    )
+    samples: dict[str, list[float]] = defaultdict(list)
+
+    def bare(stage: _Stopwatch) -> None:
+        with stage("bare_forward_and_logits"):
+            bare_last = forward.last_hidden(bare_inputs, batch, seq_len)
+            if bare_last is not None:
+                forward.runner.get_model().compute_logits(bare_last)
+
+    for rep in range(reps + 1):  # the first repetition warms up
+        stage = _Stopwatch(sync)
+        # Alternating which runs first keeps what one leaves in caches from favouring the other.
+        if rep % 2:
+            bare(stage)
+        with stage("inputs"):
+            inputs = forward.inputs("profile", "pk", nonces, seq_len)
+        if random_projection:
+            with stage("projection"):
+                inputs = distance.apply_projection(inputs, forward.projection("profile", "pre"))
+        with stage("forward"):
+            last = forward.last_hidden(inputs, batch, seq_len)
+        if last is not None:
+            if random_projection:
+                with stage("projection"):
+                    last = distance.apply_projection(last, forward.projection("profile", "post"))
+            with stage("logits"):
+                logits = forward.head(last, "profile")
+            with stage("permutation_distance"):
+                vocab = logits.shape[-1]
+                perms = distance.generate_permutations(
+                    "profile", "pk", nonces, vocab, forward.device
+                )
+                target = forward.target("profile", vocab)
+                distance.compute_distances(logits, perms, target).tolist()
+        if not rep % 2:
+            bare(stage)
+        if rep > 0:
+            for name, ms in stage.ms.items():
+                samples[name].append(ms)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+@torch.inference_mode()
+def peak_matmul_tflops(device: torch.device, dtype: torch.dtype, size: int, reps: int = 5) -> float:
+    """Measured dense matmul throughput, the denominator of MFU."""
+    sync = _synchronizer(device)
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    a @ b
+    sync()
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync()
+    seconds = (time.perf_counter() - start) / reps
+    return 2 * size**3 / seconds / 1e12

@@ -1,0 +1,212 @@
+"""Callback delivery on the ``tuned_server`` (retries 10 x 0.1..0.8 s, queue of 8, timeout
+1 s): an outage within the retry budget loses nothing; a receiver that is down, refuses or
+hangs never slows generation and costs bounded memory."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from vllm_poc.testing.receiver import CallbackReceiver, Received, dead_url
+
+from .conftest import TUNED_ENV
+from .helpers import (
+    poc_counters,
+    post_ok,
+    round_body,
+    status,
+    wait_checked,
+    wait_until,
+)
+
+pytestmark = pytest.mark.e2e
+
+# Same bound as tests/e2e/test_correctness.py (bf16 server vs float32 reference; see there).
+DIST_TOL = 5e-3
+MAX_VALIDATE = int(TUNED_ENV["VLLM_POC_MAX_VALIDATE_NONCES"])
+QUEUE_SIZE = int(TUNED_ENV["VLLM_POC_CALLBACK_QUEUE_SIZE"])
+REQUEST_TIMEOUT = 120.0
+
+
+# ============================================================ 6.3 callback retry queue
+
+
+class AnsweredReceiver(CallbackReceiver):
+    """A ``CallbackReceiver`` that also remembers the mode each POST was answered in.
+
+    With ``outage_s``, it refuses (500) every POST from the first one until ``outage_s`` after
+    it, then answers 200: the outage lasts as long as asked, however slowly the test runs.
+    """
+
+    def __init__(self, mode: str = "ok", outage_s: float | None = None) -> None:
+        self.answered: list[str] = []  # by ``Received.seq``
+        self.outage_s = outage_s
+        self.outage_start: float | None = None
+        super().__init__("error" if outage_s is not None else mode)
+
+    def _record(self, path: str, body: Any) -> tuple[str, float]:
+        with self._cond:
+            now = time.monotonic()
+            if self.outage_s is not None:
+                self.outage_start = self.outage_start or now
+                self.mode = "error" if now < self.outage_start + self.outage_s else "ok"
+            self._records.append(Received(len(self._records), path, body, now))
+            self.answered.append(self.mode)
+            self._cond.notify_all()
+            return self.mode, self.slow_seconds
+
+    def delivered(self, path: str) -> list[Received]:
+        """POSTs to ``path`` that were answered 200, in arrival order."""
+        with self._lock:
+            return [r for r in self._records if r.path == path and self.answered[r.seq] == "ok"]
+
+    def refused(self, path: str) -> list[Received]:
+        with self._lock:
+            return [r for r in self._records if r.path == path and self.answered[r.seq] == "error"]
+
+
+def _callbacks(client: httpx.Client) -> dict[str, int]:
+    return status(client)["callbacks"]
+
+
+def _drained(client: httpx.Client, timeout: float = 60.0) -> dict[str, int]:
+    return wait_until(
+        lambda: (cb := _callbacks(client))["pending"] == 0 and cb,
+        timeout,
+        "the callback queue to drain (pending == 0)",
+        0.1,
+    )
+
+
+OUTAGE_S = 1.0
+"""Well within the retry budget (10 retries 0.1..0.8 s apart: ~6 s), with room for a loaded
+machine."""
+# Slow batches (64 x 512 tokens, ~0.7 s each here). A round stops once it has found
+# OUTAGE_BATCHES batches, so the backlog of the outage fits the queue whatever this machine's
+# speed.
+SLOW_BATCH = 64
+SLOW_SEQ_LEN = 512
+OUTAGE_BATCHES = 3
+
+
+def _slow_round(client: httpx.Client, block: str, callback_url: str) -> None:
+    post_ok(
+        client,
+        "/init/generate",
+        round_body(
+            block_hash=block,
+            batch_size=SLOW_BATCH,
+            seq_len=SLOW_SEQ_LEN,
+            callback_url=callback_url,
+        ),
+    )
+
+
+def _stop_after_batches(client: httpx.Client) -> dict[str, Any] | None:
+    """Stop the round once it has found ``OUTAGE_BATCHES`` batches: its final /status."""
+    if status(client)["total_checked"] < OUTAGE_BATCHES * SLOW_BATCH:
+        return None
+    post_ok(client, "/stop")
+    final = status(client)
+    assert final["error"] is None and final["total_valid"] == final["total_checked"], final
+    return final
+
+
+def test_receiver_outage_within_retry_budget_loses_nothing(tuned_client: httpx.Client) -> None:
+    c = tuned_client
+    assert int(TUNED_ENV["VLLM_POC_CALLBACK_MAX_RETRIES"]) == 10, "OUTAGE_S is sized for 10"
+    before = _drained(c)
+    first, second = "phase6-outage-block", "phase6-after-outage-block"
+    with AnsweredReceiver(outage_s=OUTAGE_S) as receiver:
+        # Round 1 runs into the outage: the batches it finds are refused at first.
+        _slow_round(c, first, receiver.url)
+        round1 = wait_until(lambda: _stop_after_batches(c), 90, "round 1", 0.02)
+        # Round 2 starts maybe while round 1's backlog still drains (or is still refused).
+        _slow_round(c, second, receiver.url)
+        round2 = wait_until(lambda: _stop_after_batches(c), 90, "round 2", 0.02)
+        after = _drained(c)
+        delivered = receiver.delivered("/generated")
+        refused = receiver.refused("/generated")
+    recovery = delivered[0].at - refused[0].at if refused and delivered else float("nan")
+    print(
+        f"\n[e2e] outage {OUTAGE_S} s, first delivery {recovery:.2f} s after the first refusal: "
+        f"{len(refused)} refused posts; batches found "
+        f"{len(round1['valid_nonces']) // SLOW_BATCH} + {len(round2['valid_nonces']) // SLOW_BATCH}"
+        f", delivered {len(delivered)}; callbacks {before} -> {after}"
+    )
+    # Every valid batch exactly once, whole, in the order found: round 1, then round 2.
+    expected = [
+        (block, found[i : i + SLOW_BATCH])
+        for block, found in ((first, round1["valid_nonces"]), (second, round2["valid_nonces"]))
+        for i in range(0, len(found), SLOW_BATCH)
+    ]
+    assert [(r.body["block_hash"], r.body["nonces"]) for r in delivered] == expected
+    # The refused posts were attempts at round 1's batches.
+    delivered_bodies = [r.body for r in delivered]
+    assert refused and all(r.body in delivered_bodies for r in refused)
+    assert all(r.body["block_hash"] == first for r in refused)
+    assert after["failed_attempts"] - before["failed_attempts"] == len(refused) >= 2
+    assert after["dropped"] == before["dropped"], "a batch was dropped within the retry budget"
+    assert after["sent"] - before["sent"] == len(delivered)
+    assert after["pending"] == 0
+
+
+WINDOW_BATCHES = 60
+"""Batches each broken receiver is watched for: every batch posts (r_target 2), so the queue of
+8 overflows within it whatever the machine's speed."""
+BROKEN = {"down": "dead", "refuses (500)": "error", "hangs (3 s > 1 s timeout)": "slow"}
+
+
+def _counters_after(c: httpx.Client, batches: int, what: str) -> dict[str, Any]:
+    """The counters once the running round found ``batches`` more batches (``start``: before)."""
+    start = poc_counters(c)
+
+    def grown() -> dict[str, Any] | None:
+        now = poc_counters(c)
+        return now if now["batches"] >= start["batches"] + batches else None
+
+    return {**wait_until(grown, 120, f"{batches} batches with {what}"), "start": start}
+
+
+def test_broken_receivers_never_slow_generation_and_stay_bounded(
+    tuned_client: httpx.Client,
+) -> None:
+    """A generation loop that waited for its callbacks would find at most one batch per POST
+    that ended while it ran, plus the one in flight: in the same seconds of the same round the
+    node must find at least twice that many. Counting both from the server's own counters makes
+    machine load cancel out (benchmarks, not tests, make speed claims)."""
+    c = tuned_client
+    _drained(c)
+    results: dict[str, dict[str, int]] = {}
+    receivers: set[str] = set()
+    with AnsweredReceiver() as receiver:
+        try:
+            for name, mode in BROKEN.items():
+                receiver.set_mode("ok" if mode == "dead" else mode, slow_seconds=3.0)
+                url = dead_url() if mode == "dead" else receiver.url
+                body = round_body(block_hash=f"broken-{mode}", callback_url=url)
+                post_ok(c, "/init/generate", body)
+                wait_checked(c, 1)
+                after = _counters_after(c, WINDOW_BATCHES, f"a receiver that {name}")
+                before = after.pop("start")
+                callbacks = status(c)["callbacks"]
+                post_ok(c, "/stop")
+                moved = {k: int(after[k] - before[k]) for k in after}
+                results[name] = {**moved, "pending": callbacks["pending"]}
+                posts = moved["sent"] + moved["failed"]
+                assert moved["batches"] >= 2 * (posts + 1), (name, results[name])
+                receivers.add(urlsplit(url).netloc)
+                # Each receiver has its own bounded lane; the dead one still retries.
+                assert callbacks["pending"] <= (QUEUE_SIZE + 1) * len(receivers), (name, callbacks)
+                assert moved["dropped"] > 0, (name, "the bounded queue must shed the oldest")
+                assert moved["sent"] == 0, (name, results[name])
+        finally:
+            # Bring the receiver back so nothing keeps retrying after this test.
+            receiver.set_mode("ok")
+            _drained(c)
+        assert receiver.refused("/generated"), "the refusing receiver was never called"
+    print(f"\n[e2e] broken receivers, counters moved in {WINDOW_BATCHES} batches: {results}")

@@ -1,0 +1,81 @@
+"""An in-process PoC node: vLLM-shaped FastAPI app with the real routes, guards and manager,
+and a fake engine. What the HTTP-level unit tests, the fuzzer and the auth matrix run against."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.testclient import TestClient
+
+from tests.unit.fakes import FakeEngine
+from vllm_poc.protocol.wire import POW_PREFIX
+from vllm_poc.server import routes
+from vllm_poc.server.engine_rpc import EngineRPC
+from vllm_poc.server.engines import Engines
+from vllm_poc.server.manager import PoCManager
+
+MAX_MODEL_LEN = 512
+
+
+def vllm_like_app() -> FastAPI:
+    """An app with vLLM's answer to malformed bodies (400 with the message as text; FastAPI's
+    own handler echoes the input, which fails to encode for NaN) and two inference routes."""
+    app = FastAPI()
+
+    async def handler(request: object, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    app.add_exception_handler(RequestValidationError, handler)
+
+    @app.post("/v1/completions")
+    async def completions() -> dict[str, bool]:
+        return {"ok": True}
+
+    @app.post("/v1/chat/completions")
+    async def chat() -> dict[str, bool]:
+        return {"ok": True}
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, bool]:
+        return {"ok": True}
+
+    @app.get("/health")
+    async def health() -> dict[str, bool]:
+        return {"ok": True}
+
+    return app
+
+
+@dataclass
+class Node:
+    app: FastAPI
+    client: TestClient
+    manager: PoCManager
+    engine: FakeEngine
+    paused: list[str]
+
+    def post(self, path: str, **kwargs: object) -> object:
+        return self.client.post(POW_PREFIX + path, **kwargs)
+
+    def get(self, path: str, **kwargs: object) -> object:
+        return self.client.get(POW_PREFIX + path, **kwargs)
+
+
+@contextmanager
+def running_node(engine: FakeEngine | None = None) -> Iterator[Node]:
+    """The node with its event loop running between requests (generation tasks live on)."""
+    engine = engine or FakeEngine(delay=0.001)
+    app = vllm_like_app()
+    paused = routes.attach(app)
+    manager = PoCManager(
+        Engines([EngineRPC(engine)]), max_model_len=MAX_MODEL_LEN, model_name="tiny"
+    )
+    app.state.poc_manager = manager
+    with TestClient(app) as client:
+        yield Node(app, client, manager, engine, paused)
+        client.post(POW_PREFIX + "/stop")

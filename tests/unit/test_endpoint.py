@@ -1,0 +1,81 @@
+"""The endpoint plugin: what vLLM's ``vllm.endpoint_plugins`` contract calls, and the checks
+that keep a node from serving without PoC."""
+
+from __future__ import annotations
+
+import asyncio
+from argparse import Namespace
+from types import SimpleNamespace
+
+import pytest
+from starlette.datastructures import State
+
+from tests.unit.fakes import FakeEngine
+from tests.unit.node import vllm_like_app
+from vllm_poc import compat
+from vllm_poc.protocol.wire import POW_PREFIX
+from vllm_poc.server.endpoint import PoCEndpointPlugin
+from vllm_poc.server.manager import PoCManager
+
+
+def _engine(**kwargs) -> FakeEngine:
+    engine = FakeEngine(**kwargs)
+    engine.model_config = SimpleNamespace(
+        max_model_len=2048, served_model_name=["tiny"], model="/m"
+    )
+    return engine
+
+
+def _pow_paths(app) -> set[str]:
+    return {r.path for r in app.router.routes if getattr(r, "path", "").startswith(POW_PREFIX)}
+
+
+def test_skips_servers_without_generation():
+    assert PoCEndpointPlugin().required_tasks == ("generate",)
+
+
+def test_attach_router_adds_routes_and_pauses_inference(monkeypatch):
+    monkeypatch.setenv("VLLM_POC_ENABLED", "1")
+    app = vllm_like_app()
+    PoCEndpointPlugin().attach_router(app)
+    assert f"{POW_PREFIX}/status" in _pow_paths(app)
+    assert len(_pow_paths(app)) == 10
+    completions = next(r for r in app.router.routes if r.path == "/v1/completions")
+    assert hasattr(completions.app, "__wrapped__")
+
+
+def test_named_in_vllm_plugins_but_disabled_adds_nothing(monkeypatch):
+    monkeypatch.delenv("VLLM_POC_ENABLED", raising=False)
+    app = vllm_like_app()
+    plugin = PoCEndpointPlugin()
+    plugin.attach_router(app)
+    state = State()
+    asyncio.run(plugin.init_state(_engine(), state, Namespace()))
+    assert _pow_paths(app) == set()
+    assert getattr(state, "poc_manager", None) is None
+
+
+def test_init_state_creates_the_manager(monkeypatch):
+    monkeypatch.setenv("VLLM_POC_ENABLED", "1")
+    engine, state = _engine(workers=2), State()
+    asyncio.run(PoCEndpointPlugin().init_state(engine, state, Namespace()))
+    assert isinstance(state.poc_manager, PoCManager)
+    assert (state.poc_manager.max_model_len, state.poc_manager.model_name) == (2048, "tiny")
+    assert [m for m, _ in engine.calls] == ["poc_ready"]
+
+
+def test_workers_without_the_extension_stop_the_server(monkeypatch):
+    monkeypatch.setenv("VLLM_POC_ENABLED", "1")
+    engine = _engine()
+    engine.error = AttributeError("'Worker' object has no attribute 'poc_ready'")
+    state = State()
+    with pytest.raises(compat.SeamNotFound, match="PoC worker extension") as e:
+        asyncio.run(PoCEndpointPlugin().init_state(engine, state, Namespace()))
+    assert "poc_ready" in str(e.value) and compat.vllm_version() in str(e.value)
+    assert getattr(state, "poc_manager", None) is None
+
+
+def test_a_server_without_an_engine_is_refused(monkeypatch):
+    monkeypatch.setenv("VLLM_POC_ENABLED", "1")
+    with pytest.raises(RuntimeError, match="no engine"):
+        asyncio.run(PoCEndpointPlugin().init_state(None, State(), Namespace()))
