@@ -124,17 +124,6 @@ class Generation:
         assert config is not None and self.schedule is not None
         return self.schedule.take(config.batch_size)
 
-    async def run_batch(self) -> ProofBatch:
-        """Check the next batch of nonces (spread over the engines) and record the valid ones."""
-        manager = self.manager
-        if manager.state != PoCState.GENERATING or manager.config is None:
-            return ProofBatch.empty()
-        config, round_id = manager.config, manager.round_id
-        nonces = self.next_nonces()
-        started = time.monotonic()
-        dist = await manager.compute_distances(config, config.public_key, nonces)
-        return self.record(config, round_id, nonces, dist, time.monotonic() - started)
-
     def record(
         self,
         config: PoCConfig,
@@ -142,7 +131,7 @@ class Generation:
         nonces: list[int],
         dist: list[float],
         seconds: float,
-        engine: EngineStats | None = None,
+        engine: EngineStats,
     ) -> ProofBatch:
         """Count a finished batch, keep its valid nonces and queue its callback.
 
@@ -151,7 +140,6 @@ class Generation:
         manager = self.manager
         if round_id != manager.round_id or manager.state != PoCState.GENERATING:
             return ProofBatch.empty()
-        engine = engine or self.engine_stats[0]
         batch = ProofBatch(
             public_key=config.public_key,
             block_hash=config.block_hash,

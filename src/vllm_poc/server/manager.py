@@ -219,10 +219,6 @@ class PoCManager:
             config.random_projection,
         )
 
-    async def run_batch(self) -> ProofBatch:
-        """Check the next batch of nonces and record the valid ones."""
-        return await self.generation.run_batch()
-
     # ------------------------------------------------------------------ validation
 
     async def validate(self, nonces: list[int], public_key: str) -> tuple[list[float], list[bool]]:
