@@ -33,9 +33,9 @@ def test_vllm_plugins_enters_through_the_endpoint_plugin(tuned_server: LocalServ
 
 
 HIDE_THE_SEAM = """\
-import vllm_poc.compat as compat
+import vllm_poc.compat.frontend as frontend
 
-compat.API_SERVER_MODULES = ("vllm.entrypoints.moved.entry", "vllm.entrypoints.moved.api_server")
+frontend.API_SERVER_MODULES = ("vllm.entrypoints.moved.entry", "vllm.entrypoints.moved.api_server")
 """
 
 

@@ -18,6 +18,7 @@ from vllm.engine.arg_utils import EngineArgs
 
 from tests.unit import operator_extension
 from vllm_poc import compat, plugin
+from vllm_poc.compat import frontend
 from vllm_poc.worker.extension import PoCWorkerExtension, extension_qualname
 
 OURS = "vllm_poc.worker.extension.PoCWorkerExtension"
@@ -197,7 +198,7 @@ def test_a_hidden_app_seam_fails_loudly_in_the_api_server(monkeypatch, fake_engi
     monkeypatch.setenv("VLLM_POC_ENABLED", "1")
     monkeypatch.delenv("VLLM_PLUGINS", raising=False)
     monkeypatch.setattr(compat, "is_api_server_process", lambda: True)
-    monkeypatch.setattr(compat, "API_SERVER_MODULES", ("nowhere.entry", "nowhere.api_server"))
+    monkeypatch.setattr(frontend, "API_SERVER_MODULES", ("nowhere.entry", "nowhere.api_server"))
     with pytest.raises(compat.SeamNotFound, match="build_app and init_app_state") as e:
         plugin.register()
     assert f"vLLM {compat.vllm_version()}" in str(e.value)
@@ -236,10 +237,10 @@ def fake_api_server(monkeypatch):
     monkeypatch.setitem(sys.modules, "__main__", module)
     monkeypatch.delenv("VLLM_PLUGINS", raising=False)
     monkeypatch.setattr(
-        compat, "API_SERVER_MODULES", ("nowhere.entry", "vllm.entrypoints.openai.api_server")
+        frontend, "API_SERVER_MODULES", ("nowhere.entry", "vllm.entrypoints.openai.api_server")
     )
     # In this release openai.api_server only re-exports: keep the test to the fake __main__.
-    monkeypatch.setattr(compat, "_import", lambda name: None)
+    monkeypatch.setattr(frontend, "_import", lambda name: None)
     assert compat.is_api_server_process()
     assert compat.api_server_modules() == [module]
     return module

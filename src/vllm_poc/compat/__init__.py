@@ -1,0 +1,69 @@
+"""Every vLLM-version-specific lookup of the plugin, in one package.
+
+Supported releases and their seams (checked by ``tests/compat``):
+
+- API server: the ``vllm.endpoint_plugins`` group (>= 0.26, loaded when ``VLLM_PLUGINS`` names
+  the plugin); otherwise ``build_app`` and ``init_app_state`` are called from the globals of
+  ``vllm.entrypoints.launchers.api_server.entry`` (>= 0.29) or
+  ``vllm.entrypoints.openai.api_server`` (<= 0.28, which ``python -m`` runs as ``__main__``).
+- Attention metadata of one group: ``group.build_metadata(...)`` (0.32) or
+  ``group.get_metadata_builder().build(...)`` (0.26).
+- Data-parallel engines: ``engine_client.engine_core.core_engines`` (their ZMQ identities) and
+  ``engine_core._call_utility_async(..., engine=identity)``.
+- ``CommonAttentionMetadata``: 0.26 also needs ``_seq_lens_cpu`` and ``_num_computed_tokens_cpu``.
+
+Functions here take and return plain objects; nothing else in the package imports vLLM
+internals directly. ``frontend`` holds the seams of the plugin's entry and of the API server
+process, ``worker`` those of the worker processes; callers use the names below.
+"""
+
+from vllm_poc.compat.base import SeamNotFound, vllm_version
+from vllm_poc.compat.frontend import (
+    API_SERVER_MODULES,
+    APP_SEAMS,
+    DataParallelEngine,
+    api_server_modules,
+    data_parallel_engines,
+    declare_environment_variables,
+    endpoint_plugins_load,
+    engine_args_class,
+    find_app_state,
+    is_api_server_process,
+    model_config,
+    serve_headless,
+    served_model_name,
+)
+from vllm_poc.compat.worker import (
+    build_group_metadata,
+    common_attn_metadata,
+    forward_context,
+    group_block_size,
+    layer_kv_caches,
+    run_model,
+    swapped_kv_caches,
+)
+
+__all__ = [
+    "API_SERVER_MODULES",
+    "APP_SEAMS",
+    "DataParallelEngine",
+    "SeamNotFound",
+    "api_server_modules",
+    "build_group_metadata",
+    "common_attn_metadata",
+    "data_parallel_engines",
+    "declare_environment_variables",
+    "endpoint_plugins_load",
+    "engine_args_class",
+    "find_app_state",
+    "forward_context",
+    "group_block_size",
+    "is_api_server_process",
+    "layer_kv_caches",
+    "model_config",
+    "run_model",
+    "serve_headless",
+    "served_model_name",
+    "swapped_kv_caches",
+    "vllm_version",
+]
