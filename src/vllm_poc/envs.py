@@ -90,6 +90,13 @@ SETTINGS: dict[str, Setting] = {
             "Comma-separated hosts a callback_url may name (empty: any host).",
         ),
         Setting("VLLM_POC_RPC_TIMEOUT", 300.0, float, "Seconds one PoC forward RPC may take."),
+        Setting(
+            "VLLM_POC_MAX_BAD_BATCHES",
+            3,
+            int,
+            "Batches in a row of one engine whose distances are all non-finite (NaN or inf) "
+            "that stop the round: a likely GPU fault.",
+        ),
         Setting("VLLM_POC_CALLBACK_TIMEOUT", 10.0, float, "Seconds one callback POST may take."),
         Setting(
             "VLLM_POC_CALLBACK_MAX_RETRIES",

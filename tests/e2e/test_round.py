@@ -46,6 +46,15 @@ def test_generate_runs_and_stop_freezes_counters(client: httpx.Client) -> None:
         assert later[key] == frozen[key], key
     assert len(later["valid_nonces"]) == later["total_valid"]
     assert len(later["valid_distances"]) == later["total_valid"]
+    # A driver polling a long round pages through the valid nonces with ?since.
+    assert "next" not in later
+    half = len(later["valid_nonces"]) // 2
+    page = ok(client.get(POW + "/status", params={"since": half}))
+    assert page["valid_nonces"] == later["valid_nonces"][half:]
+    assert page["valid_distances"] == later["valid_distances"][half:]
+    assert page["next"] == len(later["valid_nonces"])
+    past = client.get(POW + "/status", params={"since": page["next"] + 1})
+    assert past.status_code == 400 and "since must be in" in past.text
 
 
 def _nonces_of_node(client: httpx.Client, node_id: int, node_count: int, n: int) -> list[int]:

@@ -116,3 +116,29 @@ def test_the_client_wraps_every_endpoint():
     }
     assert verdict.mismatch == [True] and verdict.fraud_detected
     assert verdict.distances[0] != verdict.distances[0]  # null -> NaN
+
+
+def test_watch_fetches_only_the_nonces_found_since_the_last_poll():
+    found = [[0, 1, 2], [3, 4], []]  # what each poll finds; the round stops at the third
+    asked: list[int] = []
+
+    def node(request: httpx.Request) -> httpx.Response:
+        since = int(request.url.params["since"])
+        asked.append(since)
+        poll = len(asked) - 1
+        total = sum(len(f) for f in found[: poll + 1])
+        status = {
+            "state": "GENERATING" if poll < 2 else "STOPPED",
+            "valid_nonces": [n for f in found[: poll + 1] for n in f][since:],
+            "total_checked": 10 * total,
+            "total_valid": total,
+            "rate_per_second": 1.0,
+            "elapsed_seconds": 1.0,
+            "next": total,
+        }
+        return httpx.Response(200, json=status)
+
+    with PoCClient("http://node.test", api_key="", transport=httpx.MockTransport(node)) as c:
+        last = c.watch(60.0, interval=0.0)
+    assert asked == [0, 3, 5]
+    assert last.state == "STOPPED" and last.total_valid == 5 and last.raw["valid_nonces"] == []

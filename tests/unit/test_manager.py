@@ -433,6 +433,57 @@ class TestNonFiniteDistances:
         assert all(n % 2 == 0 for n in manager.valid_nonces)
         assert manager.get_status()["total_nonfinite"] == manager.total_nonfinite
 
+    @staticmethod
+    def _broken_after(good_batches: int, bad: float = float("nan")) -> FakeEngine:
+        """An engine whose batches are all ``bad`` after its first ``good_batches``."""
+
+        class BrokenEngine(FakeEngine):
+            async def collective_rpc(self, method, timeout=None, args=(), kwargs=None):
+                results = await super().collective_rpc(method, timeout, args, kwargs)
+                batches = sum(1 for name, _ in self.calls if name == "poc_distances")
+                if method != "poc_distances" or batches <= good_batches:
+                    return results
+                return [[bad] * len(args[2])]
+
+        return BrokenEngine()
+
+    @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+    def test_batches_in_a_row_without_a_finite_distance_stop_the_round(self, bad, monkeypatch):
+        monkeypatch.setenv("VLLM_POC_MAX_BAD_BATCHES", "3")
+        manager = PoCManager(Engines([EngineRPC(self._broken_after(2, bad))]), max_model_len=512)
+
+        async def scenario():
+            manager.init_round(_config(batch_size=4, r_target=2.0))
+            manager.start_generate()
+            await manager.generation.stopped()
+
+        run(scenario())
+        status = manager.get_status()
+        assert status["state"] == PoCState.STOPPED.value
+        assert "3 batches in a row gave only non-finite distances" in status["error"]
+        assert "likely a GPU fault" in status["error"]
+        # two good batches, then three bad ones counted before the stop
+        assert status["total_checked"] == 5 * 4 and status["total_nonfinite"] == 3 * 4
+        assert status["total_valid"] == 2 * 4
+
+    def test_a_finite_batch_resets_the_count(self, monkeypatch):
+        monkeypatch.setenv("VLLM_POC_MAX_BAD_BATCHES", "2")
+
+        class Alternating(FakeEngine):
+            answered = 0
+
+            async def collective_rpc(self, method, timeout=None, args=(), kwargs=None):
+                results = await super().collective_rpc(method, timeout, args, kwargs)
+                if method != "poc_distances":
+                    return results
+                self.answered += 1
+                return [[float("nan")] * len(args[2])] if self.answered % 2 else results
+
+        engine = Alternating()
+        manager = PoCManager(Engines([EngineRPC(engine)]), max_model_len=512)
+        run(_generate_for(manager, _config(batch_size=4, r_target=2.0), min_calls=8))
+        assert manager.error is None and manager.total_nonfinite > 0
+
 
 class TestDefaultBatchSize:
     def test_a_number_in_the_setting_is_used_without_asking_the_workers(

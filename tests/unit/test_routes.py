@@ -48,6 +48,31 @@ class TestStatusEndpoint:
         assert data["valid_nonces"] == []
         assert data["total_checked"] == 0
         assert data["callbacks"] == {"sent": 0, "failed_attempts": 0, "pending": 0, "dropped": 0}
+        assert data["engines"] == [{"dp_rank": 0, "checked": 0, "valid": 0, "error": None}]
+        assert "next" not in data  # the seed's response, unchanged without ?since
+
+    def test_status_since_pages_the_valid_nonces(self, node):
+        node.manager.generation.valid_nonces = list(range(10))
+        node.manager.generation.valid_distances = [n / 10 for n in range(10)]
+        full = node.get("/status").json()
+        page = node.get("/status", params={"since": 7}).json()
+        assert page["valid_nonces"] == [7, 8, 9] and page["valid_distances"] == [0.7, 0.8, 0.9]
+        assert page["next"] == 10
+        assert {k: v for k, v in page.items() if not k.startswith("valid_") and k != "next"} == {
+            k: v for k, v in full.items() if not k.startswith("valid_")
+        }
+        end = node.get("/status", params={"since": 10}).json()
+        assert end["valid_nonces"] == [] and end["next"] == 10
+        first = node.get("/status", params={"since": 0}).json()
+        assert first["valid_nonces"] == full["valid_nonces"] and first["next"] == 10
+
+    @pytest.mark.parametrize("since", ["-1", "11", "abc", "1.5"])
+    def test_status_since_out_of_range_is_400(self, node, since):
+        node.manager.generation.valid_nonces = list(range(10))
+        node.manager.generation.valid_distances = [0.5] * 10
+        response = node.get("/status", params={"since": since})
+        assert response.status_code == 400, response.text
+        assert node.get("/status").json()["valid_nonces"] == list(range(10))
 
 
 class TestInitEndpoint:

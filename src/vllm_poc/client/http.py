@@ -120,8 +120,10 @@ class PoCClient:
         """Stop the round; also ends the inference pause that GENERATING/VALIDATING impose."""
         return self._call("POST", "/stop")
 
-    def status(self) -> dict[str, Any]:
-        return self._call("GET", "/status")
+    def status(self, since: int | None = None) -> dict[str, Any]:
+        """The round's state and results; with ``since``, only the valid nonces and distances
+        from that index on, and ``next``, the index to ask for next."""
+        return self._call("GET", "/status" if since is None else f"/status?since={since}")
 
     def progress(self) -> Progress:
         return Progress.from_status(self.status())
@@ -149,11 +151,16 @@ class PoCClient:
         """Poll ``/status`` for ``seconds`` (or until the round stops itself); the last snapshot.
 
         A round only ends when the chain says so, so generation runs until the caller stops it;
-        this is the "let it work for a while" part of a round.
+        this is the "let it work for a while" part of a round. Each poll fetches only the valid
+        nonces found since the previous one (``/status?since``): the snapshot's ``raw`` holds
+        the last page, ``status()`` gives them all.
         """
         deadline = time.monotonic() + seconds
+        since = 0
         while True:
-            snapshot = self.progress()
+            page = self.status(since)
+            since = int(page["next"])
+            snapshot = Progress.from_status(page)
             if on_progress is not None:
                 on_progress(snapshot)
             if snapshot.state != "GENERATING" or time.monotonic() >= deadline:

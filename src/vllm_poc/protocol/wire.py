@@ -63,6 +63,8 @@ class StatusResponse(BaseModel):
     """The round's settings (block_hash, public_key, node, batch_size, seq_len, ...)."""
     engines: list[EngineStatus] = []
     """One entry per data-parallel engine of this server; they sum to the totals."""
+    next: int | None = None
+    """With ``?since=N`` only: the index to ask for next (valid nonces found so far)."""
 
 
 class ValidateResponse(BaseModel):

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from vllm_poc import envs
 from vllm_poc.log import get_logger
 from vllm_poc.protocol.batches import ProofBatch
 from vllm_poc.protocol.round import PoCConfig, PoCState
@@ -72,6 +73,8 @@ class Generation:
         self.valid_distances: list[float] = []
         self.total_nonfinite = 0
         self.schedule: NonceSchedule | None = None
+        self._bad_in_a_row: dict[int, int] = {}
+        """Per engine: how many batches in a row gave only non-finite distances."""
         self._task: asyncio.Task[None] | None = None
 
     def reset(self, config: PoCConfig) -> None:
@@ -81,6 +84,7 @@ class Generation:
         self.valid_nonces = []
         self.valid_distances = []
         self.total_nonfinite = 0
+        self._bad_in_a_row = {}
         self.schedule = NonceSchedule(
             config.node_id, config.node_count, engines.ranks, engines.dp_size
         )
@@ -106,10 +110,11 @@ class Generation:
         if self._task is not None:
             await asyncio.wait([self._task])
 
-    def status(self) -> dict[str, Any]:
+    def status(self, since: int = 0) -> dict[str, Any]:
+        """The counters, and the valid nonces and distances from index ``since`` on."""
         return {
-            "valid_nonces": self.valid_nonces,
-            "valid_distances": self.valid_distances,
+            "valid_nonces": self.valid_nonces[since:] if since else self.valid_nonces,
+            "valid_distances": self.valid_distances[since:] if since else self.valid_distances,
             "total_checked": self.stats.total_checked,
             "total_valid": self.stats.total_valid,
             "elapsed_seconds": self.stats.elapsed,
@@ -158,6 +163,7 @@ class Generation:
         self.valid_nonces.extend(valid.nonces)
         self.valid_distances.extend(valid.dist)
         metrics.record_batch(engine.dp_rank, len(nonces), len(valid), nonfinite, seconds)
+        self._check_finite(engine, 0 < len(nonces) == nonfinite)
         if nonfinite:
             logger.warning(
                 "vllm-poc: block_height=%d dp_rank=%d: %d of %d distances are not finite "
@@ -178,6 +184,18 @@ class Generation:
         if config.callback_url:
             manager.sender.submit_generated(config.callback_url, valid)
         return batch
+
+    def _check_finite(self, engine: EngineStats, all_bad: bool) -> None:
+        """Stop the round (EngineFailure) after ``VLLM_POC_MAX_BAD_BATCHES`` batches in a row
+        of one engine that gave no finite distance: a model that only yields NaN is broken."""
+        in_a_row = self._bad_in_a_row.get(engine.dp_rank, 0) + 1 if all_bad else 0
+        self._bad_in_a_row[engine.dp_rank] = in_a_row
+        limit = envs.get("VLLM_POC_MAX_BAD_BATCHES")
+        if in_a_row >= limit:
+            raise EngineFailure(
+                f"{in_a_row} batches in a row gave only non-finite distances (NaN or inf; "
+                f"VLLM_POC_MAX_BAD_BATCHES={limit}): likely a GPU fault"
+            )
 
     async def _run(self, round_id: int) -> None:
         """Every engine's loop; when one fails, the others are cancelled with it."""

@@ -269,10 +269,19 @@ class PoCManager:
 
     # ------------------------------------------------------------------ status, calibration
 
-    def get_status(self) -> dict[str, Any]:
+    def get_status(self, since: int | None = None) -> dict[str, Any]:
+        """``/status``; with ``since``, only the valid nonces from that index on, and ``next``
+        (the index to ask for next), so that polling a long round stays small."""
+        paged: dict[str, Any] = {}
+        if since is not None:
+            found = len(self.valid_nonces)
+            if not 0 <= since <= found:
+                raise BadValue(f"since must be in [0, {found}] (valid nonces so far), got {since}")
+            paged = {"next": found}
         return {
             "state": self.state.value,
-            **self.generation.status(),
+            **self.generation.status(since or 0),
+            **paged,
             "block_height": self.config.block_height if self.config else None,
             "config": self.config.model_dump() if self.config else None,
             "error": self.error,

@@ -112,9 +112,11 @@ async def stop_round(request: Request) -> dict[str, Any]:
     return _ok(manager)
 
 
-@router.get("/status", response_model=StatusResponse)
-async def get_status(request: Request) -> StatusResponse:
-    return StatusResponse(**get_poc_manager(request).get_status())
+@router.get("/status", response_model=StatusResponse, response_model_exclude_unset=True)
+@answers_errors
+async def get_status(request: Request, since: int | None = None) -> StatusResponse:
+    """The round's state and results; ``?since=N``: valid nonces from index N on, and ``next``."""
+    return StatusResponse(**get_poc_manager(request).get_status(since))
 
 
 @router.post("/validate", response_model=ValidateResponse)
