@@ -66,6 +66,21 @@ def wait_until(
     raise AssertionError(f"timed out after {timeout} s waiting for {what}; last value: {last!r}")
 
 
+def wait_every_engine(
+    client: httpx.Client, at_least: int, timeout: float = 120.0
+) -> dict[str, Any]:
+    """Wait until every data-parallel engine has checked ``at_least`` nonces (engines start
+    their first batch at different times); returns that status."""
+
+    def check() -> dict[str, Any] | None:
+        s = status(client)
+        assert s["error"] is None, f"round failed: {s['error']}"
+        assert s["state"] == "GENERATING", s["state"]
+        return s if all(e["checked"] >= at_least for e in s["engines"]) else None
+
+    return wait_until(check, timeout, f"every engine to check {at_least} nonces")
+
+
 def wait_checked(client: httpx.Client, at_least: int, timeout: float = 60.0) -> dict[str, Any]:
     """Wait until the round has checked ``at_least`` nonces; returns that status."""
 

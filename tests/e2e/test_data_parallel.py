@@ -21,7 +21,7 @@ from .helpers import (
     post_ok,
     round_body,
     status,
-    wait_checked,
+    wait_every_engine,
 )
 from .reference import reference_distances
 from .test_correctness import DIST_TOL
@@ -67,7 +67,7 @@ def test_every_engine_checks_its_own_nonces(dp_client: httpx.Client, tiny_model:
     metrics_before = _checked_by_rank(c)
     body = round_body(block_hash=BLOCK, node_id=NODE_ID, node_count=NODE_COUNT, seq_len=SEQ_LEN)
     post_ok(c, "/init/generate", body)
-    wait_checked(c, 64)
+    wait_every_engine(c, 16)
     post_ok(c, "/stop")
     final = status(c)
     assert final["state"] == "STOPPED" and final["error"] is None, final

@@ -22,7 +22,7 @@ import pytest
 from vllm_poc.testing.server import LocalServer, free_port
 
 from .conftest import _require_installed_plugin
-from .helpers import LIMITS, post_ok, round_body, status, wait_checked
+from .helpers import LIMITS, post_ok, round_body, status, wait_checked, wait_every_engine
 from .reference import reference_distances
 from .test_correctness import DIST_TOL
 
@@ -81,7 +81,7 @@ def test_engines_on_two_hosts_behind_one_api_server(tiny_model: Path, tmp_path: 
     body = round_body(block_hash="two-hosts", node_id=0, node_count=1, seq_len=SEQ_LEN)
     with running([host1, host0]) as (c,):
         post_ok(c, "/init/generate", body)
-        wait_checked(c, 64)
+        wait_every_engine(c, 16)
         post_ok(c, "/stop")
         final = status(c)
     assert final["error"] is None, final["error"]
