@@ -13,7 +13,6 @@ import torch
 
 from vllm_poc.protocol.distance import generate_inputs, generate_projection
 
-from .conftest import TUNED_ENV
 from .helpers import (
     POW,
     generated,
@@ -25,14 +24,9 @@ from .helpers import (
     validate_claimed,
 )
 from .reference import distances_from_logits, load_model, reference_distances
+from .test_correctness import DIST_TOL
 
 pytestmark = pytest.mark.e2e
-
-# Same bound as tests/e2e/test_correctness.py (bf16 server vs float32 reference; see there).
-DIST_TOL = 5e-3
-MAX_VALIDATE = int(TUNED_ENV["VLLM_POC_MAX_VALIDATE_NONCES"])
-QUEUE_SIZE = int(TUNED_ENV["VLLM_POC_CALLBACK_QUEUE_SIZE"])
-REQUEST_TIMEOUT = 120.0
 
 
 PROJ_BLOCK = "projection-block"
