@@ -16,7 +16,7 @@ import pytest
 
 from vllm_poc.testing.server import LocalServer
 
-from .helpers import LIMITS
+from .helpers import LIMITS, start_server, stop_round
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -61,6 +61,7 @@ def tiny_model() -> Path:
 
 
 TUNED_API_KEY = "e2e-secret"
+TUNED_HEADERS = {"Authorization": f"Bearer {TUNED_API_KEY}"}
 TUNED_ENV = {
     "VLLM_PLUGINS": "vllm_poc",
     "VLLM_POC_API_KEY": TUNED_API_KEY,
@@ -87,12 +88,13 @@ def _start(
     poc_enabled: bool,
     extra_env: dict[str, str] | None = None,
     extra_args: list[str] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> LocalServer:
     log = factory.mktemp("vllm-logs") / f"{name}.log"
     server = LocalServer(
         model, log, poc_enabled=poc_enabled, extra_env=extra_env, extra_args=extra_args or ()
     )
-    server.start()
+    start_server(server, headers)
     print(f"\n[e2e] {name} healthy after {server.startup_seconds:.1f} s (log: {log})")
     return server
 
@@ -143,7 +145,7 @@ def client(poc_server: LocalServer) -> Iterator[httpx.Client]:
         yield c
         alive = poc_server.alive()
         if alive:
-            c.post("/api/v1/pow/stop")
+            stop_round(poc_server)
         assert alive, f"the vLLM server died during the test; log tail:\n{poc_server.log_tail()}"
 
 
@@ -154,7 +156,12 @@ def tuned_server(
     """A PoC server with ``TUNED_ENV``, shared by the session (started on first use)."""
     _require_installed_plugin()
     server = _start(
-        tiny_model, tmp_path_factory, "tuned-server", poc_enabled=True, extra_env=TUNED_ENV
+        tiny_model,
+        tmp_path_factory,
+        "tuned-server",
+        poc_enabled=True,
+        extra_env=TUNED_ENV,
+        headers=TUNED_HEADERS,
     )
     try:
         yield server
@@ -165,23 +172,23 @@ def tuned_server(
 @pytest.fixture
 def tuned_client(tuned_server: LocalServer) -> Iterator[httpx.Client]:
     """Authenticated client of the tuned server; stops any round afterwards."""
-    headers = {"Authorization": f"Bearer {TUNED_API_KEY}"}
+    headers = TUNED_HEADERS
     with httpx.Client(base_url=tuned_server.base_url, timeout=60.0, headers=headers) as c:
         yield c
         alive = tuned_server.alive()
         if alive:
-            c.post("/api/v1/pow/stop")
+            stop_round(tuned_server, headers)
         assert alive, f"the vLLM server died during the test; log tail:\n{tuned_server.log_tail()}"
 
 
 @pytest.fixture(scope="module")
 def tuned_module_client(tuned_server: LocalServer) -> Iterator[httpx.Client]:
     """An authenticated client of the tuned server for a module's fixtures; stops any round."""
-    headers = {"Authorization": f"Bearer {TUNED_API_KEY}"}
+    headers = TUNED_HEADERS
     with httpx.Client(base_url=tuned_server.base_url, timeout=120.0, headers=headers) as c:
         yield c
         if tuned_server.alive():
-            c.post("/api/v1/pow/stop")
+            stop_round(tuned_server, headers)
 
 
 @pytest.fixture

@@ -9,11 +9,49 @@ from typing import Any
 import httpx
 
 from vllm_poc.client import POW_PREFIX, send
+from vllm_poc.testing.server import LocalServer
 
 POW = POW_PREFIX
 LIMITS = httpx.Limits(keepalive_expiry=2.0)
 """Drop idle connections before uvicorn's 5 s keep-alive timeout closes them: reusing one just as
 the server closes it fails as "Server disconnected without sending a response"."""
+
+
+def stop_round(server: LocalServer, headers: dict[str, str] | None = None) -> None:
+    """``POST /stop`` on a fresh connection, sent up to three times (it is idempotent).
+
+    A teardown must not leave a round generating: on this 2-core machine a generating engine
+    leaves other processes almost no CPU (vLLM's engine core polls for its worker's answer), so
+    the next server to start was measured not printing a line in 300 s.
+    """
+    fresh = httpx.Limits(max_keepalive_connections=0)
+    with httpx.Client(base_url=server.base_url, timeout=60.0, headers=headers, limits=fresh) as c:
+        for attempt in range(3):
+            try:
+                ok(c.post(POW + "/stop"))
+                return
+            except httpx.TransportError:
+                if attempt == 2:
+                    raise
+
+
+_STARTED: list[tuple[LocalServer, dict[str, str]]] = []
+
+
+def start_server(server: LocalServer, headers: dict[str, str] | None = None) -> LocalServer:
+    """Start ``server`` after stopping any round still generating on the session's other servers
+    (see ``stop_round``), so that a failed teardown cannot starve every later start."""
+    for other, other_headers in _STARTED:
+        if not other.alive() or other.headless:
+            continue
+        with httpx.Client(base_url=other.base_url, timeout=60.0, headers=other_headers) as c:
+            state = status(c)["state"]
+        if state == "GENERATING":
+            print(f"\n[e2e] a round was left generating on {other.base_url}; stopping it")
+            stop_round(other, other_headers)
+    server.start()
+    _STARTED.append((server, dict(headers or {})))
+    return server
 
 
 def round_body(**overrides: Any) -> dict[str, Any]:

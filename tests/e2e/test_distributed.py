@@ -22,7 +22,15 @@ import pytest
 from vllm_poc.testing.server import LocalServer, free_port
 
 from .conftest import _require_installed_plugin
-from .helpers import LIMITS, post_ok, round_body, status, wait_checked, wait_every_engine
+from .helpers import (
+    LIMITS,
+    post_ok,
+    round_body,
+    start_server,
+    status,
+    wait_checked,
+    wait_every_engine,
+)
 from .reference import reference_distances
 from .test_correctness import DIST_TOL
 
@@ -38,7 +46,7 @@ def running(servers: Sequence[LocalServer]) -> Iterator[list[httpx.Client]]:
     _require_installed_plugin()
     try:
         with ThreadPoolExecutor(len(servers)) as pool:
-            for started in [pool.submit(server.start) for server in servers]:
+            for started in [pool.submit(start_server, server) for server in servers]:
                 started.result()
         clients = [
             httpx.Client(base_url=server.base_url, timeout=120.0, limits=LIMITS)
@@ -154,6 +162,6 @@ def test_configurations_vllm_cannot_run_on_cpu(name: str, tiny_model: Path, tmp_
         extra_env={"VLLM_CPU_OMP_THREADS_BIND": "0|1"},
     )
     with pytest.raises(RuntimeError, match="before it was healthy"):
-        server.start()  # stops what it started when it fails
+        start_server(server)  # stops what it started when it fails
     log = server.log_path.read_text()
     assert error in log, f"vLLM failed otherwise than recorded; log tail:\n{log[-3000:]}"

@@ -31,6 +31,8 @@ from vllm_poc.client import (
 from vllm_poc.protocol.batches import ProofBatch
 from vllm_poc.testing.server import LocalServer, free_port
 
+from .helpers import stop_round
+
 pytestmark = pytest.mark.e2e
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -59,7 +61,7 @@ def node(poc_server: LocalServer) -> Iterator[str]:
     yield poc_server.base_url
     alive = poc_server.alive()
     if alive:
-        httpx.post(f"{poc_server.base_url}/api/v1/pow/stop", timeout=30)
+        stop_round(poc_server)
     assert alive, f"the vLLM server died during the test; log tail:\n{poc_server.log_tail()}"
 
 

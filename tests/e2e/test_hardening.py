@@ -30,8 +30,18 @@ from tests.catalog import pow_routes, wrong_auth
 from tests.catalog import proof as catalog_proof
 from vllm_poc.testing.server import LocalServer
 
-from .conftest import TUNED_API_KEY, TUNED_ENV
-from .helpers import POW, is_4xx, ok, post_ok, round_body, status, wait_checked, wait_until
+from .conftest import TUNED_API_KEY, TUNED_ENV, TUNED_HEADERS
+from .helpers import (
+    POW,
+    is_4xx,
+    ok,
+    post_ok,
+    round_body,
+    start_server,
+    status,
+    wait_checked,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -372,7 +382,7 @@ def timeout_server(
     server = LocalServer(
         tiny_model, log, poc_enabled=True, extra_env={"VLLM_POC_RPC_TIMEOUT": "0.001"}
     )
-    server.start()
+    start_server(server)
     print(f"\n[e2e] timeout-server healthy after {server.startup_seconds:.1f} s (log: {log})")
     try:
         yield server
@@ -451,8 +461,11 @@ def fresh_server(
     """A new server with the tuned settings: the shared one, after the rest of the suite, was
     measured answering this test's requests 10-20x slower (see the closing notes)."""
     log = tmp_path_factory.mktemp("vllm-logs") / "fresh-server.log"
-    with LocalServer(tiny_model, log, extra_env=TUNED_ENV) as server:
+    server = start_server(LocalServer(tiny_model, log, extra_env=TUNED_ENV), TUNED_HEADERS)
+    try:
         yield server
+    finally:
+        server.stop()
 
 
 def test_concurrent_status_and_validate_while_generating(fresh_server: LocalServer) -> None:
