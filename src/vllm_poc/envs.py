@@ -97,6 +97,13 @@ SETTINGS: dict[str, Setting] = {
             "Batches in a row of one engine whose distances are all non-finite (NaN or inf) "
             "that stop the round: a likely GPU fault.",
         ),
+        Setting(
+            "VLLM_POC_WEIGHTS_FINGERPRINT",
+            True,
+            _bool,
+            "Hash the loaded weights once after start-up for `/version` (`weights`); 0 skips "
+            "it (it reads every weight once).",
+        ),
         Setting("VLLM_POC_CALLBACK_TIMEOUT", 10.0, float, "Seconds one callback POST may take."),
         Setting(
             "VLLM_POC_CALLBACK_MAX_RETRIES",

@@ -72,6 +72,8 @@ class FakeEngine:
             return list(self.max_batch_sizes)
         if method == "poc_ready":
             return ["fake"] * self.workers
+        if method == "poc_weight_digests":
+            return [{"layer.weight": f"digest-of-rank-{rank}"} for rank in range(self.workers)]
         assert method == "poc_distances"
         _, _, nonces, _ = args
         answer = [fake_distance(n) for n in nonces]

@@ -201,3 +201,70 @@ class TestJsonDict:
         assert out["received_dist"] == [None, 0.1]
         assert out["dist"] == [0.1, None]
         json.dumps(out, allow_nan=False)
+
+
+class TestTolerance:
+    """``tolerance`` forgives a recomputed distance just above ``r_target``, never a reported
+    one; ``p_mismatch`` is the binomial test's honest rate."""
+
+    def test_recomputed_within_tolerance_is_no_mismatch(self):
+        assert _validated([0.49], [0.5005]).n_invalid == 1
+        assert _validated([0.49], [0.5005], tolerance=1e-3).n_invalid == 0
+        assert _validated([0.49], [0.5015], tolerance=1e-3).n_invalid == 1
+
+    def test_reported_at_r_target_is_a_mismatch_whatever_the_tolerance(self):
+        assert _validated([0.5], [0.1], tolerance=1.0).n_invalid == 1
+
+    @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+    def test_non_finite_on_either_side_is_a_mismatch(self, bad):
+        assert _validated([bad], [0.1], tolerance=1.0).n_invalid == 1
+        assert _validated([0.1], [bad], tolerance=1.0).n_invalid == 1
+
+    def test_p_mismatch_sets_the_binomial_rate(self):
+        strict = _validated([0.1] * 200, [0.9] * 2 + [0.1] * 198)
+        loose = _validated([0.1] * 200, [0.9] * 2 + [0.1] * 198, p_mismatch=1e-3)
+        assert strict.fraud_detected and not loose.fraud_detected
+        assert loose.probability_honest == pytest.approx(0.0174575, abs=1e-7)
+
+    def test_defaults_are_the_first_protocols(self):
+        batch = _validated([0.3], [0.3])
+        assert (batch.tolerance, batch.p_mismatch) == (0.0, 5e-4)
+
+
+class TestStatedParameters:
+    def test_select_keeps_the_parameters(self):
+        batch = ProofBatch(
+            public_key="k",
+            block_hash="h",
+            block_height=1,
+            nonces=[1, 2, 3],
+            dist=[0.1, 0.2, 0.3],
+            node_id=0,
+            seq_len=64,
+            random_projection=True,
+            seed_derivation="strong",
+            model="m",
+        )
+        picked = batch.select([2, 0])
+        assert picked.nonces == [3, 1] and picked.dist == [0.3, 0.1]
+        assert picked.parameters() == {
+            "seq_len": 64,
+            "random_projection": True,
+            "seed_derivation": "strong",
+            "model": "m",
+        }
+
+    def test_an_older_batch_states_nothing(self):
+        assert _proof([1], [0.1]).parameters() == {}
+
+    @pytest.mark.parametrize(
+        "overrides",
+        [{"tolerance": -1e-3}, {"tolerance": math.nan}, {"p_mismatch": 0.0}, {"p_mismatch": 1.0}],
+    )
+    def test_config_rejects_impossible_rules(self, overrides):
+        with pytest.raises(ValueError):
+            _config(**overrides)
+
+    def test_config_rejects_an_unknown_seed_derivation(self):
+        with pytest.raises(ValueError, match="seed_derivation"):
+            _config(seed_derivation="v3")

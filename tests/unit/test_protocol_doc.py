@@ -45,11 +45,16 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
         _inputs(block, key, nonce, seq_len, hidden),
         distance.generate_projection(block, "pre", hidden),
     ),
-    "probability_honest": lambda mismatches, n: (
-        validation.fraud_test(mismatches, n, 0.01).probability_honest
+    "probability_honest": lambda mismatches, n, p_mismatch=validation.PROBABILITY_MISMATCH: (
+        validation.fraud_test(mismatches, n, 0.01, p_mismatch).probability_honest
     ),
+    "mismatch": validation.is_mismatch,
+    "seeds8": randomness.seeds_x8_from_string,
+    "strong_inputs": lambda block, key, nonce, seq_len, hidden: distance.generate_inputs(
+        block, key, [nonce], hidden, seq_len, seed_derivation="strong"
+    )[0],
 }
-EXACT = {"seed", "H", "permutation"}
+EXACT = {"seed", "H", "permutation", "seeds8", "mismatch"}
 
 
 def _vectors() -> list[tuple[str, str, list[Any], dict[str, Any], Any]]:

@@ -306,3 +306,86 @@ class TestRandomProjection:
         assert not torch.equal(a, distance.generate_projection("b1", "post", 16))
         assert not torch.equal(a, distance.generate_projection("b2", "pre", 16))
         assert torch.equal(a, distance.generate_projection("b1", "pre", 16))
+
+
+BH2 = "9234F66FD723CBB537E6B1E21DCA303B562D31704E9D9C309F0C452A2B99A8DB"
+PK2 = "02deac65dda7f42a12feb1a7d410628b5085dd27475bcef509ea6642b504984ec6"
+ARTIFACT_PROTOCOL_INPUTS = [
+    # (block, key, nonce, seq_len, hidden, derivation, sha256 of the float32 bytes, of bf16)
+    (BH2, PK2, 0, 1024, 4096, "strong",
+     "7d601c9b7a0d4d32d7178cef00251a496377a6e3d4de113f211f49eaa4f314bd",
+     "dc156554504bcc2614b5417f5d2843aef22ddd0a4ae2e4ca5f31a9fc7cf2e2ca"),
+    (BH2, PK2, 1, 1024, 4096, "strong",
+     "83de40f91b7b08d59f7f070ed01507b00ec41274423e443ef0dbe3a2351e8d5c",
+     "c6ba9e6eaf3a692f7ba9f6fde6120720a5627f01e6613dc14ddb73223115e134"),
+    (BH2, PK2, 0, 1024, 4096, "v1",
+     "894ae8c76558dea517fcd990bb3623da234837dbde0b65c3b54f1a35c8b2d88b",
+     "9039d819f1fe8eb5147728a04b00d2600fa04e524d72b96dbacd1740914c0702"),
+    ("TEST_BLOCK", "test_pub_keys", 0, 3, 5, "strong",
+     "05e6baa1b12a50bb5e8b837d359e9d657d23765f9b03382851a91cb47d7426a6",
+     "2c9220d86fb2db65d948f2af84ddb2c9754a79d90c6b501a5360e95c8cc9265f"),
+]  # fmt: skip
+"""Input streams of the artifact protocol's published vectors (its "legacy" stream is ``v1``,
+its "stronger RNG" stream ``strong``), realistic sizes included: the same bytes, not close."""
+
+
+class TestStrongSeeds:
+    def test_eight_seeds_are_the_whole_digest(self):
+        seeds = randomness.seeds_x8_from_string("TEST_BLOCK_test_pub_keys_nonce0")
+        assert seeds == [
+            1589641989, 1811054632, 2092028337, 1372497962,
+            2845890790, 282738888, 1675009164, 1960591446,
+        ]  # fmt: skip
+        assert seeds[0] == randomness.inputs_seed("TEST_BLOCK", "test_pub_keys", 0)
+
+    @pytest.mark.parametrize(
+        ("block", "key", "nonce", "seq_len", "hidden", "derivation", "f32", "bf16"),
+        ARTIFACT_PROTOCOL_INPUTS,
+        ids=[f"{c[3]}x{c[4]}-{c[5]}-nonce{c[2]}" for c in ARTIFACT_PROTOCOL_INPUTS],
+    )
+    def test_bit_equal_to_the_artifact_protocols_vectors(
+        self, block, key, nonce, seq_len, hidden, derivation, f32, bf16
+    ):
+        x = distance.generate_inputs(
+            block, key, [nonce], hidden, seq_len, seed_derivation=derivation
+        )[0]
+        assert hashlib.sha256(x.numpy().tobytes()).hexdigest() == f32
+        as_bf16 = x.to(torch.bfloat16).view(torch.int16).numpy().tobytes()
+        assert hashlib.sha256(as_bf16).hexdigest() == bf16
+
+    def test_segments_restart_their_streams(self):
+        """Segment j of a row is N(seed_j, its length) on its own: the last one is shorter."""
+        n = 3 * 5  # segments of ceil(15/8) = 2, the last of 1
+        row = distance.generate_inputs("b", "k", [7], 5, 3, seed_derivation="strong")[0].view(-1)
+        seeds = randomness.inputs_seeds_strong("b", "k", 7)
+        expected = torch.cat([randomness.normals(seeds[j], min(2, n - 2 * j)) for j in range(8)])
+        assert torch.equal(row, expected)
+
+    def test_batched_rows_equal_single_rows_in_any_dtype(self):
+        nonces = [0, 5, 2**40]
+        for dtype in (torch.float32, torch.bfloat16):
+            batch = distance.generate_inputs(
+                "b", "k", nonces, 24, 5, dtype=dtype, seed_derivation="strong"
+            )
+            for i, nonce in enumerate(nonces):
+                one = distance.generate_inputs(
+                    "b", "k", [nonce], 24, 5, dtype=dtype, seed_derivation="strong"
+                )
+                assert torch.equal(batch[i], one[0])
+
+    def test_differs_from_v1(self):
+        v1 = distance.generate_inputs("b", "k", [3], 16, 4)[0].view(-1)
+        strong = distance.generate_inputs("b", "k", [3], 16, 4, seed_derivation="strong")[0]
+        assert not torch.equal(v1, strong.view(-1))
+
+    def test_unknown_derivation_is_refused(self):
+        with pytest.raises(ValueError, match="seed_derivation"):
+            distance.generate_inputs("b", "k", [0], 4, 2, seed_derivation="v2")
+
+    @pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA (CPU-vs-CUDA equality)")
+    def test_cuda_equals_cpu(self):
+        cpu = distance.generate_inputs(BH2, PK2, [0, 1], 4096, 64, seed_derivation="strong")
+        gpu = distance.generate_inputs(
+            BH2, PK2, [0, 1], 4096, 64, device="cuda", seed_derivation="strong"
+        )
+        torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=1e-5)

@@ -41,6 +41,7 @@ from vllm_poc.compat.worker import (
     layer_kv_caches,
     run_model,
     swapped_kv_caches,
+    weight_digests,
 )
 
 __all__ = [
@@ -66,4 +67,5 @@ __all__ = [
     "served_model_name",
     "swapped_kv_caches",
     "vllm_version",
+    "weight_digests",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import inspect
 from collections.abc import Iterator
 from typing import Any
@@ -119,3 +120,21 @@ def run_model(
         pp.send_tensor_dict(out.tensors, all_gather_group=get_tp_group())
         return None
     return out
+
+
+def weight_digests(model: torch.nn.Module) -> dict[str, str]:
+    """sha256 of every parameter's bytes, by name: vLLM's own ``compute_tensor_digests``
+    (0.32 and later, which also opens quantised tensor subclasses), else the same digest over
+    ``named_parameters``, so that both give one fingerprint for plain weights."""
+    try:
+        from vllm.model_executor.model_loader.weight_checksum import compute_tensor_digests
+    except ImportError:
+        return {
+            name: hashlib.sha256(_raw_bytes(param)).hexdigest()
+            for name, param in model.named_parameters()
+        }
+    return compute_tensor_digests(model)
+
+
+def _raw_bytes(tensor: torch.Tensor) -> Any:
+    return tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy()

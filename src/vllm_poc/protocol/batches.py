@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from vllm_poc.protocol import validation
@@ -22,9 +22,15 @@ def _check_lengths(nonces: list[int], **lists: list[float]) -> None:
             )
 
 
+PARAMETERS = ("seq_len", "random_projection", "seed_derivation", "model")
+"""What a batch's distances depend on besides the round's block and the node's key: a validator
+using other values reads an honest node as fraud. ``None`` (absent) means "the round's"."""
+
+
 @dataclass
 class ProofBatch:
-    """Nonces a node checked and their distances to the round's target."""
+    """Nonces a node checked and their distances to the round's target, with the parameters
+    that the distances were computed with (``PARAMETERS``)."""
 
     public_key: str
     block_hash: str
@@ -32,6 +38,11 @@ class ProofBatch:
     nonces: list[int]
     dist: list[float]
     node_id: int
+    seq_len: int | None = None
+    random_projection: bool | None = None
+    seed_derivation: str | None = None
+    model: str | None = None
+    """The served model's name."""
 
     def __post_init__(self) -> None:
         _check_lengths(self.nonces, dist=self.dist)
@@ -39,14 +50,13 @@ class ProofBatch:
     def select(self, indices: Iterable[int]) -> ProofBatch:
         """The nonces (and distances) at ``indices``, in that order, of the same round."""
         picked = list(indices)
-        return ProofBatch(
-            public_key=self.public_key,
-            block_hash=self.block_hash,
-            block_height=self.block_height,
-            nonces=[self.nonces[i] for i in picked],
-            dist=[self.dist[i] for i in picked],
-            node_id=self.node_id,
+        return replace(
+            self, nonces=[self.nonces[i] for i in picked], dist=[self.dist[i] for i in picked]
         )
+
+    def parameters(self) -> dict[str, Any]:
+        """The ``PARAMETERS`` this batch states (the absent ones left out)."""
+        return {k: getattr(self, k) for k in PARAMETERS if getattr(self, k) is not None}
 
     def sub_batch(self, r_target: float) -> ProofBatch:
         """The valid nonces (``validation.is_valid``)."""
@@ -66,8 +76,10 @@ class ProofBatch:
 class ValidatedBatch:
     """A validator's verdict on a ProofBatch: reported vs recomputed distances and a binomial test.
 
-    ``n_invalid`` counts the mismatches of ``validation``. Passing ``n_invalid >= 0`` skips the
-    computation, which is how a batch is rebuilt from its JSON.
+    ``n_invalid`` counts the mismatches of ``validation`` under ``r_target``, ``tolerance``,
+    ``p_mismatch`` and ``fraud_threshold``; the ``PARAMETERS`` fields say what the validator
+    recomputed with. Passing ``n_invalid >= 0`` skips the computation, which is how a batch is
+    rebuilt from its JSON.
     """
 
     public_key: str
@@ -82,20 +94,28 @@ class ValidatedBatch:
     n_invalid: int = field(default=-1)
     probability_honest: float = field(default=-1.0)
     fraud_detected: bool = field(default=False)
+    tolerance: float = 0.0
+    p_mismatch: float = validation.PROBABILITY_MISMATCH
+    seq_len: int | None = None
+    random_projection: bool | None = None
+    seed_derivation: str | None = None
+    model: str | None = None
 
     def __post_init__(self) -> None:
         _check_lengths(self.nonces, received_dist=self.received_dist, dist=self.dist)
         if self.n_invalid >= 0:
             return
         self.n_invalid = sum(self.mismatch)
-        verdict = validation.fraud_test(self.n_invalid, len(self.nonces), self.fraud_threshold)
+        verdict = validation.fraud_test(
+            self.n_invalid, len(self.nonces), self.fraud_threshold, self.p_mismatch
+        )
         self.probability_honest = verdict.probability_honest
         self.fraud_detected = verdict.fraud_detected
 
     @property
     def mismatch(self) -> list[bool]:
         """Per nonce: does it count against the node (``validation.is_mismatch``)?"""
-        return validation.mismatches(self.received_dist, self.dist, self.r_target)
+        return validation.mismatches(self.received_dist, self.dist, self.r_target, self.tolerance)
 
     @property
     def valid(self) -> list[bool]:

@@ -13,6 +13,7 @@ import torch
 from vllm_poc.protocol.randomness import (
     INT32_MIN,
     inputs_seed,
+    inputs_seeds_strong,
     key_mix,
     normal_keys,
     normals,
@@ -49,17 +50,45 @@ def generate_inputs(
     seq_len: int,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
+    seed_derivation: str = "v1",
 ) -> torch.Tensor:
-    """The ``inputs_embeds`` of every nonce: ``[len(nonces), seq_len, dim]`` in ``dtype``."""
+    """The ``inputs_embeds`` of every nonce: ``[len(nonces), seq_len, dim]`` in ``dtype``.
+
+    ``v1``: one stream ``N(seed, seq_len*dim)`` per nonce. ``strong``: the flat row is cut into
+    ``STRONG_SEGMENTS`` segments of ``ceil(n/8)`` values (the last may be shorter), segment ``j``
+    being ``N(seed_j, its length)`` with the ``j``-th of the nonce's 8 seeds.
+    """
     n = seq_len * dim
-    seeds = seed_column([inputs_seed(block_hash, public_key, x) for x in nonces], device)
     out = torch.empty(len(nonces), seq_len, dim, dtype=dtype, device=device)
     rows = out.view(len(nonces), n)
-    k = normal_keys(n, device)
-    step = _rows_per_chunk(n, device)
-    for start in range(0, len(nonces), step):
-        normals_rows(seeds[start : start + step], n, rows[start : start + step], k)
+    for seeds, start, length in _input_streams(block_hash, public_key, nonces, n, seed_derivation):
+        seeds = seed_column(seeds, device)
+        k = normal_keys(length, device)
+        step = _rows_per_chunk(length, device)
+        for first in range(0, len(nonces), step):
+            chunk = rows[first : first + step, start : start + length]
+            normals_rows(seeds[first : first + step], length, chunk, k)
     return out
+
+
+STRONG_SEGMENTS = 8
+
+
+def _input_streams(
+    block_hash: str, public_key: str, nonces: Sequence[int], n: int, seed_derivation: str
+) -> list[tuple[list[int], int, int]]:
+    """``(seed of every nonce, first element, length)`` of each normal stream in a flat row."""
+    if seed_derivation == "v1":
+        return [([inputs_seed(block_hash, public_key, x) for x in nonces], 0, n)]
+    if seed_derivation != "strong":
+        raise ValueError(f"seed_derivation must be 'v1' or 'strong', got {seed_derivation!r}")
+    per_nonce = [inputs_seeds_strong(block_hash, public_key, x) for x in nonces]
+    segment = -(-n // STRONG_SEGMENTS)
+    return [
+        ([seeds[j] for seeds in per_nonce], j * segment, min(segment, n - j * segment))
+        for j in range(STRONG_SEGMENTS)
+        if j * segment < n
+    ]
 
 
 def generate_permutations(

@@ -27,8 +27,23 @@ def seed_from_string(s: str) -> int:
     return int(hashlib.sha256(s.encode("utf-8")).hexdigest()[:8], 16)
 
 
+def seeds_x8_from_string(s: str) -> list[int]:
+    """All of sha256(``s``) as 8 big-endian uint32 seeds; the first is ``seed_from_string(s)``."""
+    digest = hashlib.sha256(s.encode("utf-8")).digest()
+    return [int.from_bytes(digest[i : i + 4], "big") for i in range(0, 32, 4)]
+
+
+def inputs_string(block_hash: str, public_key: str, nonce: int) -> str:
+    return f"{block_hash}_{public_key}_nonce{nonce}"
+
+
 def inputs_seed(block_hash: str, public_key: str, nonce: int) -> int:
-    return seed_from_string(f"{block_hash}_{public_key}_nonce{nonce}")
+    return seed_from_string(inputs_string(block_hash, public_key, nonce))
+
+
+def inputs_seeds_strong(block_hash: str, public_key: str, nonce: int) -> list[int]:
+    """The 8 seeds of a nonce's inputs under the ``strong`` derivation."""
+    return seeds_x8_from_string(inputs_string(block_hash, public_key, nonce))
 
 
 def permutation_seed(block_hash: str, public_key: str, nonce: int) -> int:

@@ -10,10 +10,12 @@ server (the model's length, the token budget, allowed callback hosts) is the man
 from __future__ import annotations
 
 from enum import Enum
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from vllm_poc.protocol import validation
 
 NODE_UNSET = -1
 """The round body's sentinel for "node id / node count not given"."""
@@ -25,6 +27,11 @@ NonEmpty = Annotated[str, Field(min_length=1)]
 Height = Annotated[int, Field(ge=0, le=MAX_INT)]
 RTarget = Annotated[float, Field(gt=0, le=2, allow_inf_nan=False)]
 FraudThreshold = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
+Tolerance = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+PMismatch = Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)]
+SeedDerivation = Literal["v1", "strong"]
+"""How a nonce's input seed comes from its string (docs/protocol.md, section 1): ``v1`` keeps 32
+bits of the hash, ``strong`` all 256 (8 segments with their own seeds)."""
 NodeField = Annotated[int, Field(ge=NODE_UNSET, le=2**31)]
 BatchSize = Annotated[int, Field(ge=1, le=2**20)]
 SeqLen = Annotated[int, Field(ge=1, le=2**20)]
@@ -46,7 +53,11 @@ class PoCConfig(BaseModel):
     block_height: Height
     public_key: NonEmpty
     r_target: RTarget
-    fraud_threshold: FraudThreshold = 0.01
+    fraud_threshold: FraudThreshold = validation.FRAUD_THRESHOLD
+    tolerance: Tolerance = 0.0
+    """Validation: how far above ``r_target`` a recomputed distance may be (distance units)."""
+    p_mismatch: PMismatch = validation.PROBABILITY_MISMATCH
+    """Validation: the binomial test's probability that an honest nonce mismatches."""
     node_id: NodeField = 0
     node_count: NodeField = 1
     batch_size: BatchSize = 32
@@ -54,6 +65,7 @@ class PoCConfig(BaseModel):
     callback_url: str | None = None
     random_projection: bool = False
     """Apply the round's random residual projections around the forward."""
+    seed_derivation: SeedDerivation = "v1"
 
     @field_validator("callback_url")
     @classmethod
@@ -109,6 +121,7 @@ class CalibrationRequest(BaseModel):
     batch_size: BatchSize | None = None
     seq_len: SeqLen | None = None
     random_projection: bool = False
+    seed_derivation: SeedDerivation = "v1"
 
     def to_config(self, batch_size: int, seq_len: int) -> PoCConfig:
         """A round of this block used only to compute distances (its r_target is unused)."""
@@ -120,4 +133,5 @@ class CalibrationRequest(BaseModel):
             batch_size=batch_size,
             seq_len=seq_len,
             random_projection=self.random_projection,
+            seed_derivation=self.seed_derivation,
         )

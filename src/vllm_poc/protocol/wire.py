@@ -11,7 +11,16 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from vllm_poc.protocol.batches import ProofBatch, ValidatedBatch, to_json_dict
-from vllm_poc.protocol.round import MAX_INT, Height, NonEmpty
+from vllm_poc.protocol.round import (
+    MAX_INT,
+    FraudThreshold,
+    Height,
+    NonEmpty,
+    PMismatch,
+    SeedDerivation,
+    SeqLen,
+    Tolerance,
+)
 
 POW_PREFIX = "/api/v1/pow"
 """Every PoC route lives under this path."""
@@ -19,9 +28,14 @@ POW_PREFIX = "/api/v1/pow"
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 Nonce = Annotated[int, Field(ge=0, le=MAX_INT)]
 
+STATISTICS = ("tolerance", "p_mismatch", "fraud_threshold")
+"""The fields of ``/validate`` that override the round's validation rule for one request."""
+
 
 class ProofBatchRequest(BaseModel):
-    """A ProofBatch as submitted to ``/validate``: finite distances, nonces in the RPC's range."""
+    """The body of ``/validate``: a ProofBatch (finite distances, nonces in the RPC's range, the
+    parameters it states) and, optionally, this request's statistical parameters; ``None``
+    takes the round's."""
 
     model_config = ConfigDict(strict=True)
 
@@ -31,10 +45,21 @@ class ProofBatchRequest(BaseModel):
     nonces: list[Nonce]
     dist: list[FiniteFloat]
     node_id: Annotated[int, Field(le=MAX_INT)]
+    seq_len: SeqLen | None = None
+    random_projection: bool | None = None
+    seed_derivation: SeedDerivation | None = None
+    model: str | None = None
+    tolerance: Tolerance | None = None
+    p_mismatch: PMismatch | None = None
+    fraud_threshold: FraudThreshold | None = None
 
     def to_batch(self) -> ProofBatch:
         """The ProofBatch (ValueError when ``nonces`` and ``dist`` differ in length)."""
-        return ProofBatch(**self.model_dump())
+        return ProofBatch(**self.model_dump(exclude=set(STATISTICS)))
+
+    def statistics(self) -> dict[str, float]:
+        """The statistical parameters this request sets (the others are the round's)."""
+        return {k: getattr(self, k) for k in STATISTICS if getattr(self, k) is not None}
 
 
 class EngineStatus(BaseModel):
@@ -78,6 +103,10 @@ class ValidateResponse(BaseModel):
     n_invalid: int
     probability_honest: float
     fraud_detected: bool
+    tolerance: float
+    p_mismatch: float
+    fraud_threshold: float
+    """The rule this verdict applied: the request's values where it set them, else the round's."""
 
     @classmethod
     def from_verdict(cls, verdict: ValidatedBatch) -> ValidateResponse:
@@ -89,4 +118,7 @@ class ValidateResponse(BaseModel):
             n_invalid=verdict.n_invalid,
             probability_honest=verdict.probability_honest,
             fraud_detected=verdict.fraud_detected,
+            tolerance=verdict.tolerance,
+            p_mismatch=verdict.p_mismatch,
+            fraud_threshold=verdict.fraud_threshold,
         )

@@ -18,6 +18,7 @@ from vllm_poc.log import get_logger
 from vllm_poc.server import routes
 from vllm_poc.server.engines import Engines
 from vllm_poc.server.errors import EngineFailure
+from vllm_poc.server.fingerprint import WeightsFingerprint
 from vllm_poc.server.manager import PoCManager
 
 logger = get_logger(__name__)
@@ -49,6 +50,8 @@ async def init_manager(engine_client: Any, state: Any) -> None:
         max_model_len=int(model_config.max_model_len),
         model_name=compat.served_model_name(model_config),
     )
+    state.poc_weights = WeightsFingerprint(engines)
+    state.poc_weights.start()
     logger.info(
         "vllm-poc: PoC manager ready (vLLM %s), data-parallel ranks %s of %d",
         compat.vllm_version(),

@@ -17,6 +17,8 @@ from vllm_poc.server.errors import EngineFailure
 
 READY_TIMEOUT_S = 120.0
 """How long the start-up check waits for the workers (they are idle then)."""
+DIGESTS_TIMEOUT_S = 3600.0
+"""How long hashing every weight may take (minutes for the largest models)."""
 
 
 class EngineClient(Protocol):
@@ -69,12 +71,17 @@ class EngineRPC:
         nonces: list[int],
         seq_len: int,
         random_projection: bool = False,
+        seed_derivation: str = "v1",
     ) -> list[float]:
-        """One forward's distances, in the order of ``nonces``."""
+        """One forward's distances, in the order of ``nonces``. Options at their defaults are
+        left out of the call."""
+        options: dict[str, Any] = {}
+        if random_projection:
+            options["random_projection"] = True
+        if seed_derivation != "v1":
+            options["seed_derivation"] = seed_derivation
         answers = await self.answers(
-            "poc_distances",
-            (block_hash, public_key, nonces, seq_len),
-            {"random_projection": True} if random_projection else None,
+            "poc_distances", (block_hash, public_key, nonces, seq_len), options or None
         )
         if len(answers[0]) != len(nonces):
             raise EngineFailure(f"worker returned no distances for {len(nonces)} nonces")
@@ -84,6 +91,10 @@ class EngineRPC:
         """The smallest of the workers' ``auto`` batch sizes: the batch must fit every rank."""
         sizes = await self.answers("poc_max_batch_size", (seq_len, max_tokens))
         return min(int(size) for size in sizes)
+
+    async def weight_digests(self) -> list[dict[str, str]]:
+        """Every worker's parameter digests, in worker order."""
+        return await self.answers("poc_weight_digests", (), timeout=DIGESTS_TIMEOUT_S)
 
     async def ready(self) -> str:
         """The plugin version every worker runs (EngineFailure if the extension is missing).

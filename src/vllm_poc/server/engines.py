@@ -66,6 +66,7 @@ class Engines:
         seq_len: int,
         batch_size: int,
         random_projection: bool = False,
+        seed_derivation: str = "v1",
     ) -> list[float]:
         """Distances of ``nonces`` in order, in forwards of at most ``batch_size``, spread over
         the engines (chunk ``i`` on engine ``i mod n``; each engine runs its chunks in turn)."""
@@ -75,7 +76,9 @@ class Engines:
         async def run(engine: int) -> list[list[float]]:
             rpc = self.rpcs[engine]
             return [
-                await rpc.distances(block_hash, public_key, chunk, seq_len, random_projection)
+                await rpc.distances(
+                    block_hash, public_key, chunk, seq_len, random_projection, seed_derivation
+                )
                 for chunk in chunks[engine :: len(self.rpcs)]
             ]
 

@@ -37,3 +37,9 @@ class EngineFailure(PoCRequestError, RuntimeError):
     """The engine failed, timed out or gave no answer."""
 
     status_code = 503
+
+
+class Conflict(PoCRequestError):
+    """A request made under other parameters than this node's round or model."""
+
+    status_code = 409

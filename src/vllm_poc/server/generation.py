@@ -18,7 +18,7 @@ from vllm_poc import envs
 from vllm_poc.log import get_logger
 from vllm_poc.protocol.batches import ProofBatch
 from vllm_poc.protocol.round import PoCConfig, PoCState
-from vllm_poc.server import metrics
+from vllm_poc.server import metrics, proofs
 from vllm_poc.server.engine_rpc import EngineRPC
 from vllm_poc.server.errors import EngineFailure
 from vllm_poc.server.striding import NonceSchedule
@@ -145,14 +145,7 @@ class Generation:
         manager = self.manager
         if round_id != manager.round_id or manager.state != PoCState.GENERATING:
             return ProofBatch.empty()
-        batch = ProofBatch(
-            public_key=config.public_key,
-            block_hash=config.block_hash,
-            block_height=config.block_height,
-            nonces=nonces,
-            dist=dist,
-            node_id=config.node_id,
-        )
+        batch = proofs.proof_batch(config, manager.model_name, nonces, dist)
         valid = batch.sub_batch(config.r_target)
         nonfinite = sum(1 for d in dist if not math.isfinite(d))
         self.stats.total_checked += len(nonces)
@@ -231,6 +224,7 @@ class Generation:
                             nonces,
                             config.seq_len,
                             config.random_projection,
+                            config.seed_derivation,
                         )
                     )
                     in_flight.append((nonces, task))

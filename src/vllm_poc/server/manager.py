@@ -17,7 +17,7 @@ from vllm_poc.protocol import validation
 from vllm_poc.protocol.batches import ProofBatch, ValidatedBatch
 from vllm_poc.protocol.round import CalibrationRequest, PoCConfig, PoCState, RoundRequest
 from vllm_poc.protocol.wire import ProofBatchRequest
-from vllm_poc.server import calibration, limits, metrics
+from vllm_poc.server import calibration, limits, metrics, proofs
 from vllm_poc.server.callbacks import PoCCallbackSender
 from vllm_poc.server.engines import Engines
 from vllm_poc.server.errors import BadValue, ForbiddenInState
@@ -113,15 +113,18 @@ class PoCManager:
             self.start_validate()
 
     async def validate_request(self, body: ProofBatchRequest) -> ValidatedBatch:
-        """``/validate``: a submitted batch under the current round."""
-        if self._round_to_validate().block_hash != body.block_hash:
+        """``/validate``: a submitted batch under the current round (409 when it states other
+        parameters), judged with the request's statistical parameters where it sets them."""
+        config = self._round_to_validate()
+        if config.block_hash != body.block_hash:
             raise BadValue("Block hash mismatch")
         limits.check_count(len(body.nonces), "nonces", "VLLM_POC_MAX_VALIDATE_NONCES")
         try:
             batch = body.to_batch()
         except ValueError as e:
             raise BadValue(str(e)) from e
-        return await self.validate_batch(batch)
+        proofs.check_parameters(batch, config, self.model_name)
+        return await self.validate_batch(batch, body.statistics())
 
     async def calibrate_request(self, body: CalibrationRequest) -> dict[str, Any]:
         """``/calibrate``: refused while generating, before any work."""
@@ -217,6 +220,7 @@ class PoCManager:
             config.seq_len,
             config.batch_size,
             config.random_projection,
+            config.seed_derivation,
         )
 
     # ------------------------------------------------------------------ validation
@@ -240,21 +244,13 @@ class PoCManager:
         metrics.VALIDATED_NONCES.inc(len(nonces))
         return distances
 
-    async def validate_batch(self, batch: ProofBatch) -> ValidatedBatch:
+    async def validate_batch(
+        self, batch: ProofBatch, statistics: dict[str, float] | None = None
+    ) -> ValidatedBatch:
         """Recompute ``batch`` and judge it; push the verdict to the callback if configured."""
         config = self._round_to_validate()
         distances = await self._recompute(config, batch.nonces, batch.public_key)
-        verdict = ValidatedBatch(
-            public_key=batch.public_key,
-            block_hash=batch.block_hash,
-            block_height=batch.block_height,
-            nonces=batch.nonces,
-            received_dist=batch.dist,
-            dist=distances,
-            r_target=config.r_target,
-            fraud_threshold=config.fraud_threshold,
-            node_id=batch.node_id,
-        )
+        verdict = proofs.judge(batch, distances, config, self.model_name, statistics or {})
         logger.info(
             "vllm-poc: validated %d nonces of %s at block_height=%d: %d invalid, fraud=%s",
             len(batch),

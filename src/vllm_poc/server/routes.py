@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, get_args
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 
 from vllm_poc import __version__, compat, envs
 from vllm_poc.log import get_logger
 from vllm_poc.protocol.distance import PROTOCOL_VERSION
-from vllm_poc.protocol.round import CalibrationRequest, PoCState, RoundRequest
+from vllm_poc.protocol.round import CalibrationRequest, PoCState, RoundRequest, SeedDerivation
 from vllm_poc.protocol.wire import POW_PREFIX, ProofBatchRequest, StatusResponse, ValidateResponse
 from vllm_poc.server import guards
 from vllm_poc.server.errors import EngineFailure, PoCRequestError
@@ -140,15 +140,20 @@ async def calibrate(request: Request, body: CalibrationRequest) -> dict[str, Any
 
 @router.get("/version")
 async def version(request: Request) -> dict[str, Any]:
-    """Versions of the plugin, the protocol math and vLLM, the model, and enabled options."""
+    """Versions of the plugin, the protocol math and vLLM, the model, a fingerprint of its
+    loaded weights (``fingerprint``; null while it is being computed) and enabled options."""
     manager = get_poc_manager(request)
+    weights = getattr(request.app.state, "poc_weights", None)
     return {
         "plugin_version": __version__,
         "protocol_version": PROTOCOL_VERSION,
         "vllm_version": compat.vllm_version(),
         "model": manager.model_name,
+        "weights": weights.figures() if weights else None,
         "options": {
             "random_projection": True,
+            "seed_derivations": list(get_args(SeedDerivation)),
+            "validation_rule": ["tolerance", "p_mismatch", "fraud_threshold"],
             "inference_during_validation": bool(envs.get("VLLM_POC_INFERENCE_DURING_VALIDATION")),
             "callbacks": True,
             "auth": bool(guards.api_keys(request)),

@@ -28,10 +28,11 @@ class PoCWorkerExtension:
         nonces: list[int],
         seq_len: int,
         random_projection: bool = False,
+        seed_derivation: str = "v1",
     ) -> list[float] | None:
         """Distances of ``nonces``; None on ranks that do not hold the final logits."""
         return self._poc_forward().distances(
-            block_hash, public_key, nonces, seq_len, random_projection
+            block_hash, public_key, nonces, seq_len, random_projection, seed_derivation
         )
 
     def poc_ready(self) -> str:
@@ -39,6 +40,12 @@ class PoCWorkerExtension:
         from vllm_poc import __version__
 
         return __version__
+
+    def poc_weight_digests(self) -> dict[str, str]:
+        """sha256 of each of this rank's parameters (``compat.weight_digests``)."""
+        from vllm_poc import compat
+
+        return compat.weight_digests(self.model_runner.get_model())  # type: ignore[attr-defined]
 
     def poc_max_batch_size(self, seq_len: int, max_tokens: int) -> int:
         """The batch size of a round that leaves it to the server (``auto_batch``)."""

@@ -94,9 +94,12 @@ class PoCForward:
         nonces: list[int],
         seq_len: int,
         random_projection: bool = False,
+        seed_derivation: str = "v1",
     ) -> list[float] | None:
         """Distances of ``nonces`` in order, or None on ranks that do not hold the logits."""
-        logits = self.logits(block_hash, public_key, nonces, seq_len, random_projection)
+        logits = self.logits(
+            block_hash, public_key, nonces, seq_len, random_projection, seed_derivation
+        )
         if logits is None:
             return None
         vocab = logits.shape[-1]
@@ -131,9 +134,12 @@ class PoCForward:
         nonces: list[int],
         seq_len: int,
         random_projection: bool = False,
+        seed_derivation: str = "v1",
     ) -> torch.Tensor | None:
         """Float32 last-position logits ``[batch, vocab]`` (None off the answering ranks)."""
-        inputs = self.inputs(block_hash, public_key, nonces, seq_len, random_projection)
+        inputs = self.inputs(
+            block_hash, public_key, nonces, seq_len, random_projection, seed_derivation
+        )
         last = self.last_hidden(inputs, len(nonces), seq_len)
         if last is None:
             return None
@@ -146,13 +152,21 @@ class PoCForward:
         nonces: list[int],
         seq_len: int,
         random_projection: bool = False,
+        seed_derivation: str = "v1",
     ) -> torch.Tensor:
         """Flat ``[batch * seq_len, hidden]`` inputs in the model dtype.
 
         Flat because a ``[batch, seq_len, hidden]`` tensor corrupted the CPU backend's heap.
         """
         inputs = distance.generate_inputs(
-            block_hash, public_key, nonces, self.hidden_size, seq_len, self.device, self.dtype
+            block_hash,
+            public_key,
+            nonces,
+            self.hidden_size,
+            seq_len,
+            self.device,
+            self.dtype,
+            seed_derivation,
         ).view(len(nonces) * seq_len, self.hidden_size)
         if random_projection:
             inputs = distance.apply_projection(inputs, self.projection(block_hash, "pre"))
