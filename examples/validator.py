@@ -3,9 +3,9 @@
 
 A validator does not trust the distances a node reports: it recomputes a random sample of the
 nonces on its own copy of the model and counts those that are not valid after all. Honest nodes
-fail almost never (numerical noise, probability 5e-4 per nonce), so a binomial test on that count
-tells an unlucky honest node from one that made nonces up. Sampling keeps the cost low: checking
-200 nonces catches a node that forged even a few percent of its batch.
+fail almost never (numerical noise, which ``--tolerance`` absorbs), so a binomial test on that
+count tells an unlucky honest node from one that made nonces up. Sampling keeps the cost low:
+checking 200 nonces catches a node that forged 5% of its batch (docs/validation.md).
 
     # the batch as a JSON file (the ProofBatch fields), e.g. from round_driver.py --save-batch
     python examples/validator.py --node http://validator:8000 --batch-file batch.json \\
@@ -43,6 +43,7 @@ from vllm_poc.client import (
     load_batch,
     sample_batch,
 )
+from vllm_poc.protocol.validation import PROBABILITY_MISMATCH, RECOMMENDED_TOLERANCE
 
 EXIT_HONEST, EXIT_FRAUD, EXIT_ERROR = 0, 1, 2
 
@@ -63,9 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
     round_.add_argument("--block-hash", help="default: the batch file's")
     round_.add_argument("--block-height", type=int, help="default: the batch's")
     round_.add_argument("--r-target", type=float, required=True)
-    round_.add_argument("--seq-len", type=int, default=32)
+    round_.add_argument("--seq-len", type=int, help="default: the batch's, else 32")
+    round_.add_argument(
+        "--seed-derivation", choices=["v1", "strong"], help="default: the batch's, else v1"
+    )
+    round_.add_argument("--random-projection", action="store_true", help="or the batch says so")
     round_.add_argument("--batch-size", type=int, default=8, help="nonces per forward")
-    round_.add_argument("--fraud-threshold", type=float, default=0.01)
+    rule = parser.add_argument_group("validation rule (docs/validation.md)")
+    rule.add_argument("--fraud-threshold", type=float, default=0.01)
+    rule.add_argument("--tolerance", type=float, default=RECOMMENDED_TOLERANCE)
+    rule.add_argument("--p-mismatch", type=float, default=PROBABILITY_MISMATCH)
     round_.add_argument("--public-key", default="validator", help="the validator's own key")
     parser.add_argument("--sample", type=int, default=DEFAULT_SAMPLE_SIZE, help="nonces to check")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample")
@@ -95,15 +103,20 @@ def load_source(args: argparse.Namespace) -> ProofBatch:
 
 
 def round_params(args: argparse.Namespace, batch: ProofBatch) -> RoundParams:
-    """The validator's round: the batch's block, our key; ``node_id`` is unused when validating."""
+    """The validator's round: the batch's block and the parameters it states (unless given),
+    our key, the rule's values; ``node_id`` is unused when validating."""
     return RoundParams(
         block_hash=args.block_hash or batch.block_hash,
         block_height=args.block_height if args.block_height is not None else batch.block_height,
         public_key=args.public_key,
         r_target=args.r_target,
         batch_size=args.batch_size,
-        seq_len=args.seq_len,
+        seq_len=args.seq_len or batch.seq_len or 32,
+        seed_derivation=args.seed_derivation or batch.seed_derivation or "v1",
+        random_projection=args.random_projection or bool(batch.random_projection),
         fraud_threshold=args.fraud_threshold,
+        tolerance=args.tolerance,
+        p_mismatch=args.p_mismatch,
     )
 
 

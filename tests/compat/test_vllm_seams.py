@@ -17,8 +17,13 @@ SUPPORTED = {
     "0.32.0": {
         "api_server_module": "vllm.entrypoints.launchers.api_server.entry",
         "endpoint_plugins": True,
+        "weight_checksums": True,
     },
-    "0.26.0": {"api_server_module": "vllm.entrypoints.openai.api_server", "endpoint_plugins": True},
+    "0.26.0": {
+        "api_server_module": "vllm.entrypoints.openai.api_server",
+        "endpoint_plugins": True,
+        "weight_checksums": False,
+    },
 }
 
 
@@ -229,3 +234,27 @@ def test_environment_variable_registry(monkeypatch):
         validate(hard_fail=True)
     compat.declare_environment_variables({"VLLM_POC_CONTRACT_PROBE": lambda: "1"})
     validate(hard_fail=True)
+
+
+def test_weight_digests_are_vllms_where_it_has_them(release):
+    """``compat.weight_digests`` uses vLLM's checksums where the release has them, and the
+    fallback gives the same digests, so a fingerprint does not depend on the release."""
+    import hashlib
+
+    import torch
+
+    try:
+        from vllm.model_executor.model_loader.weight_checksum import compute_tensor_digests
+    except ImportError:
+        compute_tensor_digests = None
+    assert (compute_tensor_digests is not None) == release["weight_checksums"]
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2)).to(torch.bfloat16)
+    ours = compat.weight_digests(model)
+    expected = {
+        name: hashlib.sha256(p.detach().contiguous().view(-1).view(torch.uint8).numpy()).hexdigest()
+        for name, p in model.named_parameters()
+    }
+    assert ours == expected
+    if compute_tensor_digests is not None:
+        assert compute_tensor_digests(model) == expected

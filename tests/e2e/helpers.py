@@ -207,3 +207,14 @@ def poc_counters(client: httpx.Client) -> dict[str, float]:
 def ok_text(response: httpx.Response) -> str:
     assert response.status_code == 200, f"{response.request.url}: {response.status_code}"
     return response.text
+
+
+def version_weights(client: httpx.Client) -> dict[str, Any]:
+    """``/version``'s ``weights`` once the fingerprint is computed."""
+
+    def ready() -> dict[str, Any] | None:
+        weights = ok(client.get(POW + "/version"))["weights"]
+        assert weights["state"] in ("computing", "ready"), weights
+        return weights if weights["state"] == "ready" else None
+
+    return wait_until(ready, 60.0, "weights fingerprint ready")

@@ -28,14 +28,25 @@ def load_model(model_dir: str) -> torch.nn.Module:
 
 
 def last_logits(
-    model_dir: Path | str, block_hash: str, public_key: str, nonces: Sequence[int], seq_len: int
+    model_dir: Path | str,
+    block_hash: str,
+    public_key: str,
+    nonces: Sequence[int],
+    seq_len: int,
+    seed_derivation: str = "v1",
 ) -> torch.Tensor:
     """Float32 full-vocabulary logits at the last position of each nonce's sequence."""
     model = load_model(str(model_dir))
     hidden = model.config.hidden_size
     # The server feeds bf16 inputs to a bf16 model: round the inputs the same way.
     embeds = generate_inputs(
-        block_hash, public_key, list(nonces), hidden, seq_len, dtype=torch.bfloat16
+        block_hash,
+        public_key,
+        list(nonces),
+        hidden,
+        seq_len,
+        dtype=torch.bfloat16,
+        seed_derivation=seed_derivation,
     ).float()
     rows = []
     with torch.no_grad():
@@ -62,8 +73,13 @@ def distances_from_logits(
 
 
 def reference_distances(
-    model_dir: Path | str, block_hash: str, public_key: str, nonces: Sequence[int], seq_len: int
+    model_dir: Path | str,
+    block_hash: str,
+    public_key: str,
+    nonces: Sequence[int],
+    seq_len: int,
+    seed_derivation: str = "v1",
 ) -> list[float]:
     """The distance of each nonce, computed independently of the plugin."""
-    logits = last_logits(model_dir, block_hash, public_key, nonces, seq_len)
+    logits = last_logits(model_dir, block_hash, public_key, nonces, seq_len, seed_derivation)
     return distances_from_logits(logits, block_hash, public_key, nonces)

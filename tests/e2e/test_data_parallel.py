@@ -21,6 +21,7 @@ from .helpers import (
     post_ok,
     round_body,
     status,
+    version_weights,
     wait_every_engine,
 )
 from .reference import reference_distances
@@ -127,3 +128,10 @@ def test_inference_is_served_by_the_data_parallel_server(dp_client: httpx.Client
             )
         )
         assert out["choices"][0]["text"]
+
+
+def test_replicas_give_the_one_engine_fingerprint(
+    dp_client: httpx.Client, client: httpx.Client
+) -> None:
+    """Both engines hash the same weights: the fingerprint is a one-engine server's."""
+    assert version_weights(dp_client) == version_weights(client)

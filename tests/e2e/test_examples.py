@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 
@@ -270,9 +271,13 @@ def test_validator_exit_codes_honest_forged_and_error(
     assert "FRAUD" in capsys.readouterr().out
     assert node_state(node) == "STOPPED"
 
-    # A validator that recomputes with another seq_len judges the honest batch as forged.
+    # A validator with another seq_len: the batch states its own, so the node refuses (409)
+    # instead of judging; a batch that states nothing (an older node's) reads as forged.
     wrong = ["--node", node, "--r-target", str(R_TARGET), "--seq-len", "24"]
-    assert validator.main([*wrong, "--batch-file", str(honest_file)]) == 1
+    assert validator.main([*wrong, "--batch-file", str(honest_file)]) == 2
+    assert "409" in capsys.readouterr().err
+    unstated = save_batch(replace(honest, seq_len=None), tmp_path / "unstated.json")
+    assert validator.main([*wrong, "--batch-file", str(unstated)]) == 1
     capsys.readouterr()
 
     # Errors: with --no-init the node's round (this block) refuses a batch of another block.

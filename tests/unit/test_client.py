@@ -142,3 +142,34 @@ def test_watch_fetches_only_the_nonces_found_since_the_last_poll():
         last = c.watch(60.0, interval=0.0)
     assert asked == [0, 3, 5]
     assert last.state == "STOPPED" and last.total_valid == 5 and last.raw["valid_nonces"] == []
+
+
+def test_a_batch_from_status_states_the_rounds_parameters():
+    from vllm_poc.client import batch_from_status
+
+    status = {
+        "block_height": 9,
+        "valid_nonces": [3, 5],
+        "valid_distances": [0.1, 0.2],
+        "config": {"seq_len": 64, "random_projection": True, "seed_derivation": "strong"},
+    }
+    batch = batch_from_status(status, block_hash="b", public_key="k", node_id=2)
+    assert (batch.nonces, batch.dist, batch.block_height) == ([3, 5], [0.1, 0.2], 9)
+    assert batch.parameters() == {
+        "seq_len": 64,
+        "random_projection": True,
+        "seed_derivation": "strong",
+    }
+
+
+def test_batch_files_keep_the_stated_parameters_and_read_older_ones(tmp_path):
+    import json
+
+    from vllm_poc import ProofBatch
+    from vllm_poc.client import load_batch, save_batch
+
+    stated = ProofBatch("k", "b", 1, [1], [0.5], 0, seq_len=32, seed_derivation="v1", model="m")
+    assert load_batch(save_batch(stated, tmp_path / "new.json")) == stated
+    older = {"public_key": "k", "block_hash": "b", "block_height": 1, "nonces": [1], "dist": [0.5]}
+    (tmp_path / "old.json").write_text(json.dumps({**older, "node_id": 0}))
+    assert load_batch(tmp_path / "old.json").parameters() == {}

@@ -9,7 +9,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from vllm_poc.protocol.batches import ProofBatch
+from vllm_poc.protocol.batches import PARAMETERS, ProofBatch
 
 DEFAULT_SAMPLE_SIZE = 200
 """How many nonces a validator recomputes from one batch (all of them when there are fewer)."""
@@ -18,12 +18,14 @@ DEFAULT_SAMPLE_SIZE = 200
 def batch_from_status(
     status: dict[str, Any], *, block_hash: str, public_key: str, node_id: int
 ) -> ProofBatch:
-    """The ProofBatch a node would submit: its valid nonces and distances from ``/status``.
+    """The ProofBatch a node would submit: its valid nonces and distances from ``/status``, with
+    the parameters of its round (``config``; ``model`` is not in ``/status``).
 
     ``/status`` does not repeat the round's block hash or public key, so the caller supplies
     them (the chain knows both).
     """
     height = status.get("block_height")
+    config = status.get("config") or {}
     return ProofBatch(
         public_key=public_key,
         block_hash=block_hash,
@@ -31,6 +33,9 @@ def batch_from_status(
         nonces=[int(n) for n in status["valid_nonces"]],
         dist=[float(d) for d in status["valid_distances"]],
         node_id=node_id,
+        seq_len=config.get("seq_len"),
+        random_projection=config.get("random_projection"),
+        seed_derivation=config.get("seed_derivation"),
     )
 
 
@@ -73,6 +78,7 @@ def load_batch(path: Path | str) -> ProofBatch:
         nonces=[int(n) for n in data["nonces"]],
         dist=[float(d) for d in data["dist"]],
         node_id=int(data["node_id"]),
+        **{name: data[name] for name in PARAMETERS if data.get(name) is not None},
     )
 
 
