@@ -98,6 +98,13 @@ SETTINGS: dict[str, Setting] = {
             "that stop the round: a likely GPU fault.",
         ),
         Setting(
+            "VLLM_POC_COMPILED_FORWARD",
+            True,
+            _bool,
+            "Run the PoC forward through vLLM's compiled model by enabling its prompt-embeds "
+            "input path; clients' prompt_embeds stay refused unless --enable-prompt-embeds.",
+        ),
+        Setting(
             "VLLM_POC_WEIGHTS_FINGERPRINT",
             True,
             _bool,

@@ -13,7 +13,11 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 NAMES = sorted(envs.SETTINGS)
 BOOL_NAMES = [n for n in NAMES if isinstance(envs.SETTINGS[n].default, bool)]
 SAMPLE = {bool: ("yes", True), int: ("7", 7), float: ("2.5", 2.5), str: ("a,b", "a,b")}
-SAMPLE_OF = {"VLLM_POC_BATCH_SIZE": ("7", 7), "VLLM_POC_WEIGHTS_FINGERPRINT": ("0", False)}
+SAMPLE_OF = {
+    "VLLM_POC_BATCH_SIZE": ("7", 7),
+    "VLLM_POC_WEIGHTS_FINGERPRINT": ("0", False),
+    "VLLM_POC_COMPILED_FORWARD": ("0", False),
+}
 """Settings whose values are not of their default's type (``auto`` or a number), or whose
 sample must differ from a true default."""
 

@@ -174,3 +174,17 @@ def serve_headless(argv: list[str]) -> None:
     args = parser.parse_args(["serve", *argv, "--headless"])
     command.validate(args)
     command.cmd(args)
+
+
+def engine_vllm_config(engine_client: Any) -> Any:
+    """The engine's whole ``VllmConfig`` (``AsyncLLM.vllm_config``)."""
+    config = getattr(engine_client, "vllm_config", None)
+    if config is None:
+        raise SeamNotFound("the engine client's vllm_config", "AsyncLLM.vllm_config is gone")
+    return config
+
+
+def compiles_model(vllm_config: Any) -> bool:
+    """Whether vLLM runs this model through ``torch.compile`` (not ``--enforce-eager``)."""
+    mode = getattr(vllm_config.compilation_config, "mode", None)
+    return mode is not None and int(mode) != 0 and not vllm_config.model_config.enforce_eager

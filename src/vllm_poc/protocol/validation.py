@@ -27,11 +27,12 @@ PROBABILITY_MISMATCH = 5e-4
 FRAUD_THRESHOLD = 0.01
 """Default ``fraud_threshold``: the p-value under which a batch is fraud."""
 
-RECOMMENDED_TOLERANCE = 1e-3
+RECOMMENDED_TOLERANCE = 3e-4
 """Distance units. The rule (docs/validation.md): twice the largest difference measured between
-honest configurations (batch size, eager/compiled, TP, DP, bf16/float16/float32; 4.6e-4 on the
-tiny model), rounded up to one significant digit. Networks measure their own model with
-``benchmarks/honest_noise.py``: the figure is a property of the model."""
+honest configurations (batch size, eager/compiled, TP, DP, bf16/float16/float32) of the model,
+rounded up to one significant digit: 1.01e-4 on the Qwen3-0.6B shape. The figure belongs to
+the model (the tiny test model needs 1e-3): networks measure theirs with
+``benchmarks/honest_noise.py``."""
 
 
 def is_valid(distance: float, r_target: float) -> bool:

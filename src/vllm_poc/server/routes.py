@@ -153,6 +153,7 @@ async def version(request: Request) -> dict[str, Any]:
         "options": {
             "random_projection": True,
             "seed_derivations": list(get_args(SeedDerivation)),
+            "compiled_poc_forward": bool(getattr(request.app.state, "poc_forward_compiled", False)),
             "validation_rule": ["tolerance", "p_mismatch", "fraud_threshold"],
             "inference_during_validation": bool(envs.get("VLLM_POC_INFERENCE_DURING_VALIDATION")),
             "callbacks": True,
