@@ -1,17 +1,17 @@
 #!/usr/bin/env python
 """What the compiled PoC forward costs inference and gains PoC, on the command operators run.
 
-Two compiled servers (no ``--enforce-eager``) with the plugin: one as shipped (the plugin
-enables vLLM's prompt-embeds input path so that the PoC forward runs compiled), one with
-``VLLM_POC_COMPILED_FORWARD=0`` (no prompt embeds: the PoC forward runs the model uncompiled,
-inference is vLLM's own). They are measured one after the other, in alternating repetitions,
-never at the same time:
+Three compiled servers (no ``--enforce-eager``) with the plugin: as shipped (the PoC forward
+compiles its own graph, ``worker.compiled``), with ``VLLM_POC_COMPILED_FORWARD=0`` (the PoC
+forward runs uncompiled: the baseline), and with vLLM's ``--enable-prompt-embeds`` (vLLM's own
+graph traced with embeddings, used by PoC too: the design not taken). They are measured one
+after the other, in alternating repetitions, never at the same time:
 
 - inference latency: sequential greedy completions (median seconds per request);
 - inference throughput: concurrent completions (generated tokens per second);
 - PoC: nonces per second of a generating round.
 
-    .venv/bin/python benchmarks/bench_compiled.py                  # tiny model, ~6 minutes
+    .venv/bin/python benchmarks/bench_compiled.py                  # tiny model, ~10 minutes
     .venv/bin/python benchmarks/bench_compiled.py --shape 0.6b     # random Qwen3-0.6B shape
 
 On a GPU (vLLM installed as in the GPU notes of benchmarks/README.md):
@@ -36,7 +36,12 @@ from vllm_poc.testing.server import LocalServer
 from vllm_poc.testing.tiny_model import make_tiny_model
 
 PROMPT = "the quick brown fox jumps over the lazy dog kato rimuse lano vide po " * 6
-VARIANTS = {"compiled PoC forward (default)": "1", "VLLM_POC_COMPILED_FORWARD=0": "0"}
+BASELINE = "VLLM_POC_COMPILED_FORWARD=0"
+VARIANTS: dict[str, tuple[dict[str, str], list[str]]] = {
+    "as shipped": ({}, []),
+    BASELINE: ({"VLLM_POC_COMPILED_FORWARD": "0"}, []),
+    "--enable-prompt-embeds": ({"VLLM_POC_COMPILED_FORWARD": "0"}, ["--enable-prompt-embeds"]),
+}
 
 
 def completion(client: httpx.Client, model: str, max_tokens: int, salt: int) -> int:
@@ -64,21 +69,25 @@ def latency(client: httpx.Client, model: str, args: argparse.Namespace, salt: in
 
 
 def throughput(client: httpx.Client, model: str, args: argparse.Namespace, salt: int) -> float:
-    """Generated tokens per second of ``--concurrency`` completions at once."""
+    """Generated tokens per second of ``--waves`` rounds of ``--concurrency`` completions at
+    once (one wave alone varied 3x from run to run on the 2-core machine)."""
     t0 = time.perf_counter()
+    tokens = 0
     with ThreadPoolExecutor(args.concurrency) as pool:
-        tokens = sum(
-            pool.map(
-                lambda i: completion(client, model, args.max_tokens, salt * 1000 + i),
-                range(args.concurrency),
+        for wave in range(args.waves):
+            tokens += sum(
+                pool.map(
+                    lambda i, w=wave: completion(
+                        client, model, args.max_tokens, (salt * 100 + w) * 100 + i
+                    ),
+                    range(args.concurrency),
+                )
             )
-        )
     return tokens / (time.perf_counter() - t0)
 
 
-def poc_rate(client: httpx.Client, args: argparse.Namespace, salt: int) -> float:
-    """Nonces per second of a generating round, after a warm-up."""
-    body = {
+def round_body(args: argparse.Namespace, salt: int) -> dict[str, Any]:
+    return {
         "block_hash": f"bench-compiled-{salt}",
         "block_height": 1,
         "public_key": "bench",
@@ -88,7 +97,22 @@ def poc_rate(client: httpx.Client, args: argparse.Namespace, salt: int) -> float
         "batch_size": args.poc_batch,
         "seq_len": args.seq_len,
     }
-    client.post("/api/v1/pow/init/generate", json=body).raise_for_status()
+
+
+def warm_poc(client: httpx.Client, args: argparse.Namespace) -> None:
+    """Run the round shape until a batch is done: the first one compiles the PoC graph."""
+    client.post("/api/v1/pow/init/generate", json=round_body(args, -1)).raise_for_status()
+    deadline = time.monotonic() + 600
+    while client.get("/api/v1/pow/status").json()["total_checked"] == 0:
+        if time.monotonic() > deadline:
+            raise TimeoutError("no PoC batch in 600 s")
+        time.sleep(0.5)
+    client.post("/api/v1/pow/stop").raise_for_status()
+
+
+def poc_rate(client: httpx.Client, args: argparse.Namespace, salt: int) -> float:
+    """Nonces per second of a generating round, after a warm-up."""
+    client.post("/api/v1/pow/init/generate", json=round_body(args, salt)).raise_for_status()
     time.sleep(args.warmup)
     first, t0 = client.get("/api/v1/pow/status").json(), time.monotonic()
     time.sleep(args.seconds)
@@ -103,9 +127,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", help="a random-weight model of this real shape (e.g. 0.6b)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--requests", type=int, default=8)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--waves", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--poc-batch", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=64)
@@ -126,17 +151,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         name: {"latency": [], "throughput": [], "poc": []} for name in VARIANTS
     }
     try:
-        for name, setting in VARIANTS.items():
-            log = logs / f"{setting}.log"
-            env = {"VLLM_POC_COMPILED_FORWARD": setting}
+        for i, (name, (env, extra_args)) in enumerate(VARIANTS.items()):
             servers[name] = LocalServer(
-                model, log, device=args.device, extra_env=env, enforce_eager=False
+                model,
+                logs / f"variant-{i}.log",
+                device=args.device,
+                extra_args=extra_args,
+                extra_env=env,
+                enforce_eager=False,
             ).start()
         clients = {n: httpx.Client(base_url=s.base_url, timeout=600.0) for n, s in servers.items()}
         for name, client in clients.items():
             version = client.get("/api/v1/pow/version").json()
             print(f"# {name}: compiled_poc_forward={version['options']['compiled_poc_forward']}")
             completion(client, str(model), args.max_tokens, 0)  # warm
+            warm_poc(client, args)
         for repeat in range(args.repeats):
             for name, client in clients.items():
                 figures[name]["latency"].append(latency(client, str(model), args, repeat))
@@ -151,19 +180,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def report(figures: dict[str, dict[str, list[float]]], args: argparse.Namespace) -> None:
-    (ours, ours_f), (off, off_f) = figures.items()
-    rows: list[tuple[str, Any, Any, str]] = []
-    for key, label, better in [
-        ("latency", f"completion latency, s ({args.max_tokens} tokens)", "lower"),
-        ("throughput", f"completion throughput, tokens/s ({args.concurrency} at once)", "higher"),
-        ("poc", f"PoC nonces/s (batch {args.poc_batch} x seq_len {args.seq_len})", "higher"),
+    """Medians, and each variant's ratio to the baseline in parentheses."""
+    names = list(figures)
+    print(f"\n| median of {args.repeats} (ratio to {BASELINE}) | " + " | ".join(names) + " |")
+    print("|---|" + "---|" * len(names))
+    for key, label in [
+        ("latency", f"completion latency, s ({args.max_tokens} tokens; lower is better)"),
+        ("throughput", f"completion tokens/s ({args.concurrency} at once)"),
+        ("poc", f"PoC nonces/s (batch {args.poc_batch} x seq_len {args.seq_len})"),
     ]:
-        a, b = statistics.median(ours_f[key]), statistics.median(off_f[key])
-        rows.append((label, a, b, f"{a / b:.3f} ({better} is better)"))
-    print(f"\n| median of {args.repeats} | {ours} | {off} | ratio |")
-    print("|---|---|---|---|")
-    for label, a, b, ratio in rows:
-        print(f"| {label} | {a:.4g} | {b:.4g} | {ratio} |")
+        base = statistics.median(figures[BASELINE][key])
+        cells: list[Any] = []
+        for name in names:
+            value = statistics.median(figures[name][key])
+            cells.append(f"{value:.4g} ({value / base:.3f})")
+        print(f"| {label} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -106,11 +106,16 @@ def recompute(client: httpx.Client, nonces: list[int], seq_len: int, batch: int)
 
 
 def measure(
-    model: Path, logs: Path, config: Server, nonces: list[int], seq_len: int
+    model: Path, logs: Path, config: Server, nonces: list[int], seq_len: int, device: str
 ) -> dict[int, np.ndarray]:
     log = logs / (config.name.replace(" ", "-").replace("=", "") + ".log")
     server = LocalServer(
-        model, log, extra_args=config.args, extra_env=config.env, enforce_eager=config.eager
+        model,
+        log,
+        device=device,
+        extra_args=config.args,
+        extra_env=config.env,
+        enforce_eager=config.eager,
     )
     t0 = time.monotonic()
     with server, httpx.Client(base_url=server.base_url, timeout=600.0) as client:
@@ -158,6 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--prover-batch", type=int, default=8)
     parser.add_argument("--validator-batch", type=int, default=32)
     parser.add_argument("--only", nargs="*", help="names of the configurations to run")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda (TP/DP need 2 GPUs)")
     parser.add_argument("--out", type=Path, help="write every figure as JSON here")
     args = parser.parse_args(argv)
 
@@ -173,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"# model {model}, {args.nonces} nonces, seq_len {args.seq_len}; logs in {logs}")
     measured: dict[str, np.ndarray] = {}
     for config in configs:
-        for batch, dist in measure(model, logs, config, nonces, args.seq_len).items():
+        for batch, dist in measure(model, logs, config, nonces, args.seq_len, args.device).items():
             measured[f"{config.name}, batch {batch}"] = dist
     reference_name, reference = next(iter(measured.items()))
     rows = [

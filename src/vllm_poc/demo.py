@@ -274,9 +274,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                     device = default_device()
                 log = args.log_file or model.parent / "vllm-demo.log"
                 server = LocalServer(
-                    model, log, device=device, hermetic=False, port=args.port or free_port()
+                    model,
+                    log,
+                    device=device,
+                    hermetic=False,
+                    port=args.port or free_port(),
+                    enforce_eager=False,
                 )
                 print(f"  starting vLLM ({device}) on {server.url}, log: {log}", flush=True)
+                print(f"  the operators' command: {server.shell_command()}", flush=True)
                 server.start(on_wait=_show_wait)
                 print(f"{chr(10) if sys.stdout.isatty() else ''}  vLLM is healthy", flush=True)
                 return _drive(server.url, args)

@@ -101,8 +101,15 @@ SETTINGS: dict[str, Setting] = {
             "VLLM_POC_COMPILED_FORWARD",
             True,
             _bool,
-            "Run the PoC forward through vLLM's compiled model by enabling its prompt-embeds "
-            "input path; clients' prompt_embeds stay refused unless --enable-prompt-embeds.",
+            "Compile the PoC forward (its own torch.compile graph, traced with input "
+            "embeddings) when vLLM compiles the model; inference keeps vLLM's graph.",
+        ),
+        Setting(
+            "VLLM_POC_CUDA_GRAPHS",
+            False,
+            _bool,
+            "Capture the PoC forward of a round's shape as a CUDA graph and replay it for every "
+            "batch (CUDA, no pipeline parallelism; not yet measured on a GPU).",
         ),
         Setting(
             "VLLM_POC_WEIGHTS_FINGERPRINT",

@@ -61,13 +61,11 @@ def original(function: Callable[..., Any]) -> Callable[..., Any]:
 
 def _engine_config_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
     def create_engine_config(self: Any, *args: Any, **kwargs: Any) -> Any:
-        from vllm_poc import compiled_forward
         from vllm_poc.worker.extension import extension_qualname
 
         config = original(self, *args, **kwargs)
         parallel = config.parallel_config
         parallel.worker_extension_cls = extension_qualname(parallel.worker_extension_cls)
-        compiled_forward.prepare(config)
         return config
 
     return create_engine_config
@@ -101,9 +99,7 @@ WORKER_EXTENSION = Patch(
     why=(
         "vLLM mixes extra worker methods in only through ParallelConfig.worker_extension_cls "
         "(--worker-extension-cls); setting it here keeps the operator's command to one "
-        "environment variable, and keeps an extension class the operator set. The same "
-        "wrapper enables the prompt-embeds input path, which the compiled PoC forward needs "
-        "(vllm_poc.compiled_forward)"
+        "environment variable, and keeps an extension class the operator set"
     ),
     removal=(
         "when every supported release lets a general plugin add worker methods itself "

@@ -258,3 +258,32 @@ def test_weight_digests_are_vllms_where_it_has_them(release):
     assert ours == expected
     if compute_tensor_digests is not None:
         assert compute_tensor_digests(model) == expected
+
+
+def test_compiled_modules_are_found_by_their_switch():
+    """``compat.compiled_modules`` finds what ``@support_torch_compile`` compiles: the PoC
+    forward's own graph (``worker.compiled``) replaces exactly those modules' forward."""
+    import torch
+    from vllm.compilation.decorators import support_torch_compile
+    from vllm.config import CompilationConfig, VllmConfig, set_current_vllm_config
+
+    @support_torch_compile
+    class Backbone(torch.nn.Module):
+        def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
+            super().__init__()
+            self.proj = torch.nn.Linear(2, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.proj(x)
+
+    for mode, found in ((0, 0), (2, 1)):
+        config = VllmConfig(compilation_config=CompilationConfig(mode=mode))
+        with set_current_vllm_config(config):
+            model = torch.nn.Sequential(Backbone(vllm_config=config))
+        assert len(compat.compiled_modules(model)) == found, mode
+
+
+def test_graph_capture_takes_the_device():
+    from vllm.distributed.parallel_state import graph_capture
+
+    assert next(iter(inspect.signature(graph_capture).parameters)) == "device"

@@ -85,12 +85,11 @@ class FakeEngine:
 
 
 def _parallel_config(dp_size: int, moe: bool = False) -> SimpleNamespace:
-    """The parts of a ``VllmConfig`` the plugin reads: an eager engine without prompt embeds."""
+    """The parts of a ``VllmConfig`` the plugin reads: an eager engine."""
     return SimpleNamespace(
         parallel_config=SimpleNamespace(data_parallel_size=dp_size),
         model_config=SimpleNamespace(is_moe=moe, enable_prompt_embeds=False, enforce_eager=True),
         compilation_config=SimpleNamespace(mode=0),
-        additional_config={},
     )
 
 

@@ -66,19 +66,8 @@ def records():
 class FakeEngineArgs:
     """Stands for ``EngineArgs``: its config is a namespace, so creating one costs nothing."""
 
-    def __init__(
-        self,
-        worker_extension_cls: str = "",
-        enforce_eager: bool = False,
-        enable_prompt_embeds: bool = False,
-        is_encoder_decoder: bool = False,
-    ) -> None:
+    def __init__(self, worker_extension_cls: str = "") -> None:
         self.worker_extension_cls = worker_extension_cls
-        self.model = dict(
-            enforce_eager=enforce_eager,
-            enable_prompt_embeds=enable_prompt_embeds,
-            is_encoder_decoder=is_encoder_decoder,
-        )
         self.calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
 
     def create_engine_config(self, *args: Any, **kwargs: Any) -> Any:
@@ -86,9 +75,6 @@ class FakeEngineArgs:
         self.calls.append((args, kwargs))
         return SimpleNamespace(
             parallel_config=SimpleNamespace(worker_extension_cls=self.worker_extension_cls),
-            model_config=SimpleNamespace(**self.model),
-            compilation_config=SimpleNamespace(mode=0 if self.model["enforce_eager"] else 2),
-            additional_config={},
             other="untouched",
         )
 
@@ -364,52 +350,3 @@ def test_a_main_that_only_re_exports_the_seams_is_not_patched(monkeypatch):
     module.init_app_state = entry.init_app_state
     monkeypatch.setitem(sys.modules, "__main__", module)
     assert compat.api_server_modules() == [entry]
-
-
-# ---------------------------------------------------------------- the compiled PoC forward
-
-
-def _config(monkeypatch, fake_engine_args, **engine):
-    monkeypatch.setenv("VLLM_POC_ENABLED", "1")
-    plugin.register()
-    return fake_engine_args(**engine).create_engine_config()
-
-
-def test_a_compiled_engine_gets_prompt_embeds_for_poc_only(
-    monkeypatch, fake_engine_args, no_api_server
-):
-    from vllm_poc import compiled_forward
-
-    config = _config(monkeypatch, fake_engine_args)
-    assert config.model_config.enable_prompt_embeds is True
-    assert compiled_forward.poc_forward_compiled(config)
-    assert not compiled_forward.clients_may_send_prompt_embeds(config)
-
-
-def test_the_operators_prompt_embeds_stay_open_to_clients(
-    monkeypatch, fake_engine_args, no_api_server
-):
-    from vllm_poc import compiled_forward
-
-    config = _config(monkeypatch, fake_engine_args, enable_prompt_embeds=True)
-    assert config.additional_config == {}
-    assert compiled_forward.clients_may_send_prompt_embeds(config)
-    assert compiled_forward.poc_forward_compiled(config)
-
-
-@pytest.mark.parametrize(
-    ("engine", "setting"),
-    [({"enforce_eager": True}, None), ({"is_encoder_decoder": True}, None), ({}, "0")],
-    ids=["eager", "encoder-decoder", "switched-off"],
-)
-def test_prompt_embeds_stay_off_where_they_gain_nothing(
-    monkeypatch, fake_engine_args, no_api_server, engine, setting
-):
-    from vllm_poc import compiled_forward
-
-    if setting is not None:
-        monkeypatch.setenv("VLLM_POC_COMPILED_FORWARD", setting)
-    config = _config(monkeypatch, fake_engine_args, **engine)
-    assert config.model_config.enable_prompt_embeds is False
-    assert not compiled_forward.poc_forward_compiled(config)
-    assert not compiled_forward.clients_may_send_prompt_embeds(config)

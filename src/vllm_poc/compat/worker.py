@@ -138,3 +138,18 @@ def weight_digests(model: torch.nn.Module) -> dict[str, str]:
 
 def _raw_bytes(tensor: torch.Tensor) -> Any:
     return tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy()
+
+
+@contextlib.contextmanager
+def graph_capture(device: torch.device) -> Iterator[Any]:
+    """vLLM's ``graph_capture`` (it readies the tensor-parallel all-reduce for CUDA graphs);
+    yields the stream to capture on."""
+    from vllm.distributed.parallel_state import graph_capture as vllm_graph_capture
+
+    with vllm_graph_capture(device) as context:
+        yield context.stream
+
+
+def compiled_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The submodules that vLLM compiles (``@support_torch_compile`` with compilation on)."""
+    return [m for m in model.modules() if getattr(m, "do_not_compile", True) is False]

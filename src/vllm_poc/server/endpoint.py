@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from vllm_poc import compat, compiled_forward, envs
+from vllm_poc import compat, envs
 from vllm_poc.log import get_logger
 from vllm_poc.server import routes
 from vllm_poc.server.engines import Engines
@@ -52,15 +52,22 @@ async def init_manager(engine_client: Any, state: Any) -> None:
     )
     state.poc_weights = WeightsFingerprint(engines)
     state.poc_weights.start()
-    vllm_config = compat.engine_vllm_config(engine_client)
-    state.poc_prompt_embeds_allowed = compiled_forward.clients_may_send_prompt_embeds(vllm_config)
-    state.poc_forward_compiled = compiled_forward.poc_forward_compiled(vllm_config)
+    state.poc_forward_compiled = poc_forward_compiled(compat.engine_vllm_config(engine_client))
     logger.info(
         "vllm-poc: PoC manager ready (vLLM %s), data-parallel ranks %s of %d, PoC forward %s",
         compat.vllm_version(),
         engines.ranks,
         engines.dp_size,
         "compiled" if state.poc_forward_compiled else "eager",
+    )
+
+
+def poc_forward_compiled(vllm_config: Any) -> bool:
+    """Whether the workers' PoC forward runs a compiled model (``worker.compiled``)."""
+    if not compat.compiles_model(vllm_config):
+        return False
+    return bool(vllm_config.model_config.enable_prompt_embeds) or envs.get(
+        "VLLM_POC_COMPILED_FORWARD"
     )
 
 

@@ -1,5 +1,4 @@
-"""What guards the HTTP side: the PoC routes' key and body size, the inference pause, and
-client ``prompt_embeds`` where only the plugin enabled them (``vllm_poc.compiled_forward``).
+"""What guards the HTTP side: the PoC routes' key and body size, and the inference pause.
 
 Applied by wrapping routes' ASGI handlers, not as middleware: vLLM >= 0.32 forbids adding
 middleware once the app is built, and both ways of entering vLLM (the endpoint plugin and the
@@ -9,7 +8,6 @@ fallback patch) run after that.
 from __future__ import annotations
 
 import hmac
-import json
 import os
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -96,82 +94,25 @@ def blocking_states() -> frozenset[PoCState]:
 
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 
-PROMPT_EMBEDS_REFUSED = (
-    "prompt_embeds are not enabled on this server: start vLLM with --enable-prompt-embeds to "
-    "accept them (vllm-poc enables vLLM's prompt-embeds input path for its compiled PoC "
-    "forward only)"
-)
-
-
-def _error(message: str, kind: str, code: int) -> dict[str, Any]:
-    return {"error": {"message": message, "type": kind, "code": code}}
-
 
 def _guarded(inner: ASGIApp, app: FastAPI) -> ASGIApp:
     async def guard(scope: dict[str, Any], receive: Any, send: Any) -> None:
         manager = getattr(app.state, "poc_manager", None)
         if manager is not None and manager.state in blocking_states():
-            message = f"PoC in progress ({manager.state.value}); inference is paused"
-            response = JSONResponse(
-                _error(message, "ServiceUnavailable", 503),
-                status_code=503,
-                headers={"Retry-After": "5"},
-            )
+            body = {
+                "error": {
+                    "message": f"PoC in progress ({manager.state.value}); inference is paused",
+                    "type": "ServiceUnavailable",
+                    "code": 503,
+                }
+            }
+            response = JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
             await response(scope, receive, send)
             return
-        if not getattr(app.state, "poc_prompt_embeds_allowed", True):
-            body, receive = await _buffered(receive)
-            if carries_prompt_embeds(body):
-                refused = _error(PROMPT_EMBEDS_REFUSED, "BadRequestError", 400)
-                await JSONResponse(refused, status_code=400)(scope, receive, send)
-                return
         await inner(scope, receive, send)
 
     guard.__wrapped__ = inner  # type: ignore[attr-defined]
     return guard
-
-
-async def _buffered(receive: Any) -> tuple[bytes, Any]:
-    """The whole request body, and a ``receive`` that hands it on before the live channel."""
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return b"".join(chunks), _replay([message], receive)
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            break
-    body = b"".join(chunks)
-    return body, _replay([{"type": "http.request", "body": body, "more_body": False}], receive)
-
-
-def _replay(messages: list[dict[str, Any]], receive: Any) -> Any:
-    async def replayed() -> dict[str, Any]:
-        return messages.pop(0) if messages else await receive()
-
-    return replayed
-
-
-def carries_prompt_embeds(body: bytes) -> bool:
-    """Whether a JSON request body sends prompt embeddings: a non-empty ``prompt_embeds``
-    field (completions) or a ``{"type": "prompt_embeds"}`` content part (chat), anywhere.
-    Bodies that are not JSON are left to vLLM's own errors."""
-    if b"prompt_embeds" not in body:
-        return False
-    try:
-        return _has_prompt_embeds(json.loads(body))
-    except ValueError:
-        return False
-
-
-def _has_prompt_embeds(value: Any) -> bool:
-    if isinstance(value, dict):
-        if value.get("prompt_embeds") or value.get("type") == "prompt_embeds":
-            return True
-        return any(_has_prompt_embeds(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_has_prompt_embeds(v) for v in value)
-    return False
 
 
 def guard_inference_routes(app: FastAPI) -> list[str]:
@@ -201,7 +142,9 @@ def _pow_guarded(inner: ASGIApp) -> ASGIApp:
             _check_api_key(request)
             _check_declared_size(request)
         except HTTPException as e:
-            body = _error(str(e.detail), "PoCRequestRefused", e.status_code)
+            body = {
+                "error": {"message": e.detail, "type": "PoCRequestRefused", "code": e.status_code}
+            }
             await JSONResponse(body, status_code=e.status_code, headers=e.headers)(
                 scope, receive, send
             )

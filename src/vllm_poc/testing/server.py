@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -97,6 +98,13 @@ class LocalServer:
             str(self.port),
             *self.extra_args,
         ]
+
+    def shell_command(self) -> str:
+        """The command line as an operator types it (``vllm serve`` runs the same module), with
+        the plugin's switch; the tests' hermetic environment is left out."""
+        args = " ".join(shlex.quote(arg) for arg in self.command()[1:])
+        switch = "VLLM_POC_ENABLED=1 " if self.poc_enabled else ""
+        return f"{switch}python {args}"
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)

@@ -11,62 +11,35 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from vllm_poc import compat
+from vllm_poc import compat, envs
 from vllm_poc.log import get_logger
 from vllm_poc.protocol import distance
 from vllm_poc.worker import auto_batch
+from vllm_poc.worker.compiled import EmbedsGraph
+from vllm_poc.worker.cuda_graphs import PoCGraphs
+from vllm_poc.worker.scratch import Scratch, layout_key
 
 logger = get_logger(__name__)
 
 
-@dataclass
-class _Scratch:
-    """Scratch KV tensors, one per distinct layer cache layout, shared by all layers."""
+@dataclass(frozen=True)
+class BatchShape:
+    """A batch of ``batch`` sequences of ``seq_len`` tokens, all but its input embeddings."""
 
-    tensors: dict[tuple[Any, ...], torch.Tensor] = field(default_factory=dict)
-
-    def get(self, like: torch.Tensor, num_blocks: int) -> torch.Tensor:
-        """Zeros shaped like ``like`` but with ``num_blocks`` blocks in dim 0, same stride order.
-
-        Zero-filled because kernels read whole pages: uninitialised memory gave NaN logits.
-        """
-        key = _layout_key(like)
-        have = self.tensors.get(key)
-        if have is None or have.shape[0] < num_blocks:
-            self.tensors.pop(key, None)
-            have = _zeros_like_layout(like, num_blocks)
-            self.tensors[key] = have
-            logger.info(
-                "vllm-poc: scratch KV cache of %d blocks (%.1f MiB)",
-                num_blocks,
-                have.numel() * have.element_size() / 2**20,
-            )
-        return have
-
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.tensors.values())
-
-
-def _layout_key(like: torch.Tensor) -> tuple[Any, ...]:
-    """Layers whose caches share this key share one scratch tensor."""
-    return (tuple(like.shape[1:]), like.dtype, like.device, _stride_order(like))
-
-
-def _stride_order(t: torch.Tensor) -> tuple[int, ...]:
-    return tuple(sorted(range(t.dim()), key=lambda d: -t.stride(d)))
-
-
-def _zeros_like_layout(like: torch.Tensor, num_blocks: int) -> torch.Tensor:
-    """Zeros with ``num_blocks`` in dim 0 and the dimension order (strides) of ``like``."""
-    shape = (num_blocks, *like.shape[1:])
-    order = _stride_order(like)
-    dense = torch.zeros([shape[d] for d in order], dtype=like.dtype, device=like.device)
-    return dense.permute([order.index(d) for d in range(len(shape))])
+    batch: int
+    seq_len: int
+    positions: torch.Tensor
+    attn_metadata: dict[str, Any]
+    slot_mappings: dict[str, torch.Tensor]
+    scratch_for: dict[str, torch.Tensor]
+    last: torch.Tensor
+    """Index of each sequence's last token in the flat batch."""
 
 
 class PoCForward:
@@ -78,13 +51,19 @@ class PoCForward:
         self.device = model_runner.device
         self.dtype = self.vllm_config.model_config.dtype
         self.hidden_size = self.vllm_config.model_config.get_hidden_size()
-        # A compiled graph traced with token ids refuses ``input_ids=None``; with prompt embeds
-        # enabled the graph was traced with ``inputs_embeds`` and can run compiled.
+        # vLLM's graph, traced with token ids, refuses ``input_ids=None``; with prompt embeds
+        # enabled it was traced with ``inputs_embeds`` and runs PoC, up to the scheduler's
+        # token budget. Otherwise the PoC forward compiles its own graph (``compiled``).
         self.skip_compiled = not self.vllm_config.model_config.enable_prompt_embeds
-        # The compiled graph only covers token counts up to the scheduler's batch budget.
         self.max_compiled_tokens = self.vllm_config.scheduler_config.max_num_batched_tokens
-        self._scratch = _Scratch()
+        self.embeds_graph = (
+            EmbedsGraph(model_runner.get_model())
+            if compat.compiles_model(self.vllm_config) and envs.get("VLLM_POC_COMPILED_FORWARD")
+            else None
+        )
+        self._scratch = Scratch()
         self._round_cache: dict[tuple[Any, ...], torch.Tensor] = {}
+        self.graphs = PoCGraphs(self) if PoCGraphs.wanted(self) else None
 
     @torch.inference_mode()
     def distances(
@@ -174,22 +153,42 @@ class PoCForward:
 
     def last_hidden(self, inputs: torch.Tensor, batch: int, seq_len: int) -> torch.Tensor | None:
         """Hidden states of each sequence's last position (None off the last PP stage)."""
+        if self.graphs is not None:
+            return self.graphs.last_hidden(inputs, batch, seq_len)
+        return self.run(self.prepare(batch, seq_len), inputs)
+
+    def prepare(self, batch: int, seq_len: int) -> BatchShape:
+        """Everything of a batch but its inputs: the same for every batch of a round."""
         positions = torch.arange(seq_len, device=self.device, dtype=torch.int64).repeat(batch)
         attn_metadata, slot_mappings, scratch_for = self._attention(batch, seq_len, positions)
+        return BatchShape(
+            batch=batch,
+            seq_len=seq_len,
+            positions=positions,
+            attn_metadata=attn_metadata,
+            slot_mappings=slot_mappings,
+            scratch_for=scratch_for,
+            last=torch.arange(1, batch + 1, device=self.device) * seq_len - 1,
+        )
+
+    def run(self, shape: BatchShape, inputs: torch.Tensor) -> torch.Tensor | None:
+        """The model's forward on ``inputs`` of ``shape``: the last positions' hidden states."""
+        tokens = shape.batch * shape.seq_len
+        skip = self.skip_compiled or tokens > self.max_compiled_tokens
+        own_graph = self.embeds_graph.active() if skip and self.embeds_graph else nullcontext()
         with (
-            compat.swapped_kv_caches(self.vllm_config, scratch_for),
+            compat.swapped_kv_caches(self.vllm_config, shape.scratch_for),
             compat.forward_context(
-                attn_metadata,
+                shape.attn_metadata,
                 self.vllm_config,
-                num_tokens=batch * seq_len,
-                slot_mapping=slot_mappings,
-                skip_compiled=self.skip_compiled or batch * seq_len > self.max_compiled_tokens,
+                num_tokens=tokens,
+                slot_mapping=shape.slot_mappings,
+                skip_compiled=skip,
             ),
+            own_graph,
         ):
-            hidden = compat.run_model(self.runner, self.runner.get_model(), positions, inputs)
-        if hidden is None:
-            return None
-        return hidden[torch.arange(1, batch + 1, device=self.device) * seq_len - 1]
+            hidden = compat.run_model(self.runner, self.runner.get_model(), shape.positions, inputs)
+        return None if hidden is None else hidden[shape.last]
 
     def head(
         self, last: torch.Tensor, block_hash: str, random_projection: bool = False
@@ -231,7 +230,7 @@ class PoCForward:
         for groups, _, blocks in self._block_groups(seq_len):
             for group in groups:
                 for kv in (kv_caches[n] for n in group.layer_names if n in kv_caches):
-                    key = _layout_key(kv)
+                    key = layout_key(kv)
                     need = blocks * kv[0].numel() * kv.element_size()
                     per_layout[key] = max(per_layout.get(key, 0), need)
         return sum(per_layout.values())
