@@ -89,10 +89,16 @@ def _start(
     extra_env: dict[str, str] | None = None,
     extra_args: list[str] | None = None,
     headers: dict[str, str] | None = None,
+    enforce_eager: bool = True,
 ) -> LocalServer:
     log = factory.mktemp("vllm-logs") / f"{name}.log"
     server = LocalServer(
-        model, log, poc_enabled=poc_enabled, extra_env=extra_env, extra_args=extra_args or ()
+        model,
+        log,
+        poc_enabled=poc_enabled,
+        extra_env=extra_env,
+        extra_args=extra_args or (),
+        enforce_eager=enforce_eager,
     )
     start_server(server, headers)
     print(f"\n[e2e] {name} healthy after {server.startup_seconds:.1f} s (log: {log})")

@@ -21,8 +21,8 @@ from vllm_poc.client import batch_from_status
 from vllm_poc.protocol.batches import to_json_dict
 from vllm_poc.testing.server import LocalServer
 
-from .conftest import _require_installed_plugin
-from .helpers import LIMITS, POW, generate, ok, post_ok, round_body, start_server, stop_round
+from .conftest import _require_installed_plugin, _start
+from .helpers import LIMITS, POW, generate, ok, post_ok, round_body, stop_round
 from .reference import reference_distances
 from .test_correctness import DIST_TOL
 
@@ -33,17 +33,12 @@ BLOCK = "as-run-block"
 PROMPT = "the quick brown fox jumps over the lazy dog kato rimuse lano vide po " * 8
 
 
-def _compiled(model: Path, factory: pytest.TempPathFactory, name: str, poc: bool) -> LocalServer:
-    log = factory.mktemp("vllm-logs") / f"{name}.log"
-    server = start_server(LocalServer(model, log, poc_enabled=poc, enforce_eager=False))
-    print(f"\n[e2e] {name} healthy after {server.startup_seconds:.1f} s (log: {log})")
-    return server
-
-
 @pytest.fixture(scope="module")
 def as_run(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
     _require_installed_plugin()
-    server = _compiled(tiny_model, tmp_path_factory, "as-run-server", poc=True)
+    server = _start(
+        tiny_model, tmp_path_factory, "as-run-server", poc_enabled=True, enforce_eager=False
+    )
     try:
         yield server
     finally:
@@ -54,7 +49,9 @@ def as_run(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 def as_run_plain(
     tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LocalServer]:
-    server = _compiled(tiny_model, tmp_path_factory, "as-run-plain-server", poc=False)
+    server = _start(
+        tiny_model, tmp_path_factory, "as-run-plain-server", poc_enabled=False, enforce_eager=False
+    )
     try:
         yield server
     finally:
