@@ -26,6 +26,8 @@ class FakeEngine:
         self.error: BaseException | None = None
         self.max_batch_sizes: list[int | None] = [64] * workers
         """Each worker's answer to ``poc_max_batch_size``."""
+        self.unsupported: list[str] = []
+        """Every worker's answer to ``poc_unsupported``."""
         self.running = 0
         self.most_running = 0
         self.vllm_config = _parallel_config(1)
@@ -72,6 +74,8 @@ class FakeEngine:
             return list(self.max_batch_sizes)
         if method == "poc_ready":
             return ["fake"] * self.workers
+        if method == "poc_unsupported":
+            return [list(self.unsupported) for _ in range(self.workers)]
         if method == "poc_weight_digests":
             return [{"layer.weight": f"digest-of-rank-{rank}"} for rank in range(self.workers)]
         assert method == "poc_distances"

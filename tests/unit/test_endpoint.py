@@ -61,7 +61,18 @@ def test_init_state_creates_the_manager(monkeypatch):
     asyncio.run(PoCEndpointPlugin().init_state(engine, state, Namespace()))
     assert isinstance(state.poc_manager, PoCManager)
     assert (state.poc_manager.max_model_len, state.poc_manager.model_name) == (2048, "tiny")
-    assert [m for m, _ in engine.calls] == ["poc_ready"]
+    assert state.poc_manager.unsupported == []
+    assert [m for m, _ in engine.calls] == ["poc_ready", "poc_unsupported"]
+
+
+def test_a_model_with_layers_poc_cannot_compute_starts_with_them_named(monkeypatch, caplog):
+    """Inference is served; the manager refuses every round with the workers' reasons."""
+    monkeypatch.setenv("VLLM_POC_ENABLED", "1")
+    engine, state = _engine(workers=2), State()
+    engine.unsupported = ["MambaMixer2 (MambaSpec) ...: 2 layer(s), e.g. model.layers.0.mixer"]
+    asyncio.run(PoCEndpointPlugin().init_state(engine, state, Namespace()))
+    assert state.poc_manager.unsupported == engine.unsupported
+    assert "cannot run PoC (MambaMixer2 (MambaSpec)" in caplog.text
 
 
 def test_workers_without_the_extension_stop_the_server(monkeypatch):

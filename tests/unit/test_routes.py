@@ -459,3 +459,23 @@ class TestCalibrateAndVersion:
 def test_the_engine_is_not_called_for_a_round_that_gives_its_batch(node):
     node.post("/init/validate", json={**INIT, "batch_size": 3})
     assert node.engine.calls == []
+
+
+def test_a_model_poc_cannot_compute_is_refused_before_any_work():
+    """422 with the workers' reasons on every round start; nothing is called or changed."""
+    reason = "MambaMixer2 (MambaSpec) is not computed by the PoC forward: 2 layer(s), e.g. m0"
+    with running_node() as node:
+        node.manager.unsupported = [reason]
+        for path, body in (
+            ("/init", INIT),
+            ("/init/generate", {**INIT, **NODE}),
+            ("/init/validate", INIT),
+            ("/calibrate", {"block_hash": "b", "valid_rate": 0.1}),
+        ):
+            response = node.post(path, json=body)
+            assert response.status_code == 422, (path, response.text)
+            assert reason in response.json()["detail"]
+        assert node.engine.calls == []
+        assert node.get("/status").json()["state"] == "IDLE"
+        assert node.get("/version").json()["unsupported"] == [reason]
+        assert node.client.post("/v1/completions").status_code == 200

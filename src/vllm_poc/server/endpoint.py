@@ -45,10 +45,18 @@ async def init_manager(engine_client: Any, state: Any) -> None:
             "the PoC worker extension", f"the workers do not answer poc_ready: {e}"
         ) from e
     model_config = await compat.model_config(engine_client)
+    unsupported = await engines.unsupported()
+    if unsupported:
+        logger.error(
+            "vllm-poc: this model cannot run PoC (%s); PoC requests answer 422, inference is "
+            "served",
+            "; ".join(unsupported),
+        )
     state.poc_manager = PoCManager(
         engines,
         max_model_len=int(model_config.max_model_len),
         model_name=compat.served_model_name(model_config),
+        unsupported=unsupported,
     )
     state.poc_weights = WeightsFingerprint(engines)
     state.poc_weights.start()

@@ -96,6 +96,11 @@ class EngineRPC:
         """Every worker's parameter digests, in worker order."""
         return await self.answers("poc_weight_digests", (), timeout=DIGESTS_TIMEOUT_S)
 
+    async def unsupported(self) -> list[str]:
+        """What any worker reports it cannot compute (``PoCForward.unsupported``)."""
+        answers = await self.answers("poc_unsupported", (), timeout=READY_TIMEOUT_S)
+        return sorted({reason for answer in answers for reason in answer})
+
     async def ready(self) -> str:
         """The plugin version every worker runs (EngineFailure if the extension is missing).
 

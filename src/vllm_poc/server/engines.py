@@ -54,6 +54,12 @@ class Engines:
             raise EngineFailure(f"engines run different vllm-poc versions: {sorted(versions)}")
         return versions.pop()
 
+    async def unsupported(self) -> list[str]:
+        """What any worker of any engine cannot compute; empty when PoC can run."""
+        return sorted(
+            {r for reasons in await _all(rpc.unsupported() for rpc in self.rpcs) for r in reasons}
+        )
+
     async def max_batch_size(self, seq_len: int, max_tokens: int) -> int:
         """The smallest engine's ``auto`` batch size: one round runs one shape everywhere."""
         return min(await _all(rpc.max_batch_size(seq_len, max_tokens) for rpc in self.rpcs))

@@ -39,6 +39,13 @@ class EngineFailure(PoCRequestError, RuntimeError):
     status_code = 503
 
 
+class Unsupported(PoCRequestError):
+    """The served model has layers the PoC forward cannot compute (found at start); inference
+    is served, PoC is refused before any work."""
+
+    status_code = 422
+
+
 class Conflict(PoCRequestError):
     """A request made under other parameters than this node's round or model."""
 

@@ -20,7 +20,7 @@ from vllm_poc.protocol.wire import ProofBatchRequest
 from vllm_poc.server import calibration, limits, metrics, proofs
 from vllm_poc.server.callbacks import PoCCallbackSender
 from vllm_poc.server.engines import Engines
-from vllm_poc.server.errors import BadValue, ForbiddenInState
+from vllm_poc.server.errors import BadValue, ForbiddenInState, Unsupported
 from vllm_poc.server.generation import Generation, PoCStats
 
 logger = get_logger(__name__)
@@ -35,8 +35,11 @@ class PoCManager:
         max_model_len: int,
         sender: PoCCallbackSender | None = None,
         model_name: str = "",
+        unsupported: list[str] | None = None,
     ) -> None:
         self.engines = engines
+        self.unsupported = list(unsupported or [])
+        """Why the model cannot run PoC (found at start); every round is refused with it."""
         self.max_model_len = max_model_len
         self.model_name = model_name
         self.state = PoCState.IDLE
@@ -89,6 +92,7 @@ class PoCManager:
     async def open_round(self, request: RoundRequest, phase: PoCState = PoCState.IDLE) -> None:
         """``/init`` (IDLE), ``/init/generate`` (GENERATING), ``/init/validate`` (VALIDATING)."""
         self._refuse_while_generating()
+        self._refuse_unsupported()
         if phase == PoCState.GENERATING and not request.has_node:
             raise BadValue("Node ID and node count must be set")
         seq_len = request.seq_len or envs.get("VLLM_POC_SEQ_LEN")
@@ -130,6 +134,7 @@ class PoCManager:
         """``/calibrate``: refused while generating, before any work."""
         limits.check_count(body.n_samples, "samples", "VLLM_POC_MAX_CALIBRATION_SAMPLES")
         self._refuse_while_generating("Cannot calibrate while generating")
+        self._refuse_unsupported()
         seq_len = body.seq_len or envs.get("VLLM_POC_SEQ_LEN")
         batch_size = body.batch_size or await self.default_batch_size(seq_len)
         config = body.to_config(batch_size, seq_len)
@@ -140,6 +145,10 @@ class PoCManager:
     def _refuse_while_generating(self, message: str = "Round already in progress") -> None:
         if self.state == PoCState.GENERATING:
             raise ForbiddenInState(message)
+
+    def _refuse_unsupported(self) -> None:
+        if self.unsupported:
+            raise Unsupported(f"this model cannot run PoC: {'; '.join(self.unsupported)}")
 
     async def default_batch_size(self, seq_len: int) -> int:
         """``VLLM_POC_BATCH_SIZE``; when ``auto``, the smallest answer of all workers."""

@@ -150,6 +150,7 @@ async def version(request: Request) -> dict[str, Any]:
         "vllm_version": compat.vllm_version(),
         "model": manager.model_name,
         "weights": weights.figures() if weights else None,
+        "unsupported": manager.unsupported,
         "options": {
             "random_projection": True,
             "seed_derivations": list(get_args(SeedDerivation)),

@@ -41,6 +41,10 @@ class PoCWorkerExtension:
 
         return __version__
 
+    def poc_unsupported(self) -> list[str]:
+        """Why this worker's model cannot run PoC, one line per reason (empty: it can)."""
+        return self._poc_forward().unsupported()
+
     def poc_weight_digests(self) -> dict[str, str]:
         """sha256 of each of this rank's parameters (``compat.weight_digests``)."""
         from vllm_poc import compat

@@ -23,7 +23,7 @@ from vllm_poc.protocol import distance
 from vllm_poc.worker import auto_batch
 from vllm_poc.worker.compiled import EmbedsGraph
 from vllm_poc.worker.cuda_graphs import PoCGraphs
-from vllm_poc.worker.scratch import Scratch, layout_key
+from vllm_poc.worker.scratch import Scratch, block_bytes, layout_key
 
 logger = get_logger(__name__)
 
@@ -199,6 +199,16 @@ class PoCForward:
         logits = self.runner.get_model().compute_logits(last)
         return None if logits is None else logits.to(torch.float32)
 
+    def unsupported(self) -> list[str]:
+        """Layer kinds and cache layouts this forward cannot compute (empty: none)."""
+        reasons = compat.unsupported_layers(self.runner)
+        if not reasons:
+            try:
+                list(self._block_groups(1))
+            except compat.UnsupportedLayout as e:
+                reasons.append(str(e))
+        return reasons
+
     def max_batch_size(self, seq_len: int, max_tokens: int) -> int:
         """The largest batch this worker should run (rule: ``auto_batch``)."""
         per_nonce = auto_batch.bytes_per_nonce(
@@ -225,21 +235,32 @@ class PoCForward:
 
     def _scratch_bytes_per_nonce(self, seq_len: int) -> int:
         """Scratch KV bytes per sequence: its blocks in each distinct cache layout."""
-        kv_caches = compat.layer_kv_caches(self.vllm_config)
         per_layout: dict[tuple[Any, ...], int] = {}
-        for groups, _, blocks in self._block_groups(seq_len):
-            for group in groups:
-                for kv in (kv_caches[n] for n in group.layer_names if n in kv_caches):
-                    key = layout_key(kv)
-                    need = blocks * kv[0].numel() * kv.element_size()
-                    per_layout[key] = max(per_layout.get(key, 0), need)
+        for _, _, blocks_per_seq, caches in self._block_groups(seq_len):
+            for kv, block_dim in caches.values():
+                key = layout_key(kv, block_dim)
+                need = blocks_per_seq * block_bytes(kv, block_dim)
+                per_layout[key] = max(per_layout.get(key, 0), need)
         return sum(per_layout.values())
 
-    def _block_groups(self, seq_len: int) -> Iterator[tuple[list[Any], int, int]]:
-        """Each KV cache group's attention groups, block size and blocks per sequence."""
+    def _block_groups(
+        self, seq_len: int
+    ) -> Iterator[tuple[list[Any], compat.GroupBlocks, int, dict[str, tuple[torch.Tensor, int]]]]:
+        """Each KV cache group's attention groups, block geometry, blocks per sequence and its
+        layers' caches with the dimension that counts their blocks."""
+        kv_caches = compat.layer_kv_caches(self.vllm_config)
         for gid, groups in enumerate(self.runner.attn_groups):
-            block_size = compat.group_block_size(self.runner, gid, groups)
-            yield groups, block_size, math.ceil(seq_len / block_size)
+            blocks = compat.group_blocks(self.runner, gid, groups)
+            caches = {
+                name: (
+                    kv_caches[name],
+                    compat.kv_block_dim(kv_caches[name], blocks.num_blocks, name),
+                )
+                for group in groups
+                for name in group.layer_names
+                if name in kv_caches
+            }
+            yield groups, blocks, math.ceil(seq_len / blocks.block_size), caches
 
     def _attention(
         self, batch: int, seq_len: int, positions: torch.Tensor
@@ -248,26 +269,22 @@ class PoCForward:
         attn_metadata: dict[str, Any] = {}
         slot_mappings: dict[str, torch.Tensor] = {}
         scratch_for: dict[str, torch.Tensor] = {}
-        kv_caches = compat.layer_kv_caches(self.vllm_config)
-        for groups, block_size, blocks_per_seq in self._block_groups(seq_len):
+        for groups, blocks, blocks_per_seq, caches in self._block_groups(seq_len):
             # Block 0 is the null block: sequences use blocks 1 .. batch * blocks_per_seq.
             block_table = (
                 torch.arange(batch * blocks_per_seq, dtype=torch.int32, device=self.device) + 1
             ).view(batch, blocks_per_seq)
             t = torch.arange(seq_len, device=self.device)
-            slot_mapping = (
-                block_table[:, t // block_size].to(torch.int64) * block_size + t % block_size
-            ).flatten()
+            size = blocks.block_size
+            slot_mapping = (block_table[:, t // size].to(torch.int64) * size + t % size).flatten()
             common = compat.common_attn_metadata(
                 batch, seq_len, block_table, slot_mapping, positions, self.device
             )
             for group in groups:
-                metadata = compat.build_group_metadata(group, common)
+                metadata = compat.build_group_metadata(group, common, blocks)
                 for name in group.layer_names:
                     attn_metadata[name] = metadata
                     slot_mappings[name] = slot_mapping
-                    if name in kv_caches:
-                        scratch_for[name] = self._scratch.get(
-                            kv_caches[name], 1 + batch * blocks_per_seq
-                        )
+            for name, (kv, block_dim) in caches.items():
+                scratch_for[name] = self._scratch.get(kv, 1 + batch * blocks_per_seq, block_dim)
         return attn_metadata, slot_mappings, scratch_for

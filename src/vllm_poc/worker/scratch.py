@@ -19,16 +19,17 @@ class Scratch:
 
     tensors: dict[tuple[Any, ...], torch.Tensor] = field(default_factory=dict)
 
-    def get(self, like: torch.Tensor, num_blocks: int) -> torch.Tensor:
-        """Zeros shaped like ``like`` but with ``num_blocks`` blocks in dim 0, same stride order.
+    def get(self, like: torch.Tensor, num_blocks: int, block_dim: int) -> torch.Tensor:
+        """Zeros shaped like ``like`` but with ``num_blocks`` blocks in ``block_dim``, same
+        stride order.
 
         Zero-filled because kernels read whole pages: uninitialised memory gave NaN logits.
         """
-        key = layout_key(like)
+        key = layout_key(like, block_dim)
         have = self.tensors.get(key)
-        if have is None or have.shape[0] < num_blocks:
+        if have is None or have.shape[block_dim] < num_blocks:
             self.tensors.pop(key, None)
-            have = _zeros_like_layout(like, num_blocks)
+            have = _zeros_like_layout(like, num_blocks, block_dim)
             self.tensors[key] = have
             logger.info(
                 "vllm-poc: scratch KV cache of %d blocks (%.1f MiB)",
@@ -41,18 +42,25 @@ class Scratch:
         return sum(t.numel() * t.element_size() for t in self.tensors.values())
 
 
-def layout_key(like: torch.Tensor) -> tuple[Any, ...]:
+def layout_key(like: torch.Tensor, block_dim: int) -> tuple[Any, ...]:
     """Layers whose caches share this key share one scratch tensor."""
-    return (tuple(like.shape[1:]), like.dtype, like.device, _stride_order(like))
+    shape = tuple(n for d, n in enumerate(like.shape) if d != block_dim)
+    return (shape, block_dim, like.dtype, like.device, _stride_order(like))
+
+
+def block_bytes(like: torch.Tensor, block_dim: int) -> int:
+    """Bytes of one block of a cache shaped like ``like``."""
+    return like.numel() // like.shape[block_dim] * like.element_size()
 
 
 def _stride_order(t: torch.Tensor) -> tuple[int, ...]:
     return tuple(sorted(range(t.dim()), key=lambda d: -t.stride(d)))
 
 
-def _zeros_like_layout(like: torch.Tensor, num_blocks: int) -> torch.Tensor:
-    """Zeros with ``num_blocks`` in dim 0 and the dimension order (strides) of ``like``."""
-    shape = (num_blocks, *like.shape[1:])
+def _zeros_like_layout(like: torch.Tensor, num_blocks: int, block_dim: int) -> torch.Tensor:
+    """Zeros with ``num_blocks`` in ``block_dim`` and the dimension order (strides) of ``like``."""
+    shape = list(like.shape)
+    shape[block_dim] = num_blocks
     order = _stride_order(like)
     dense = torch.zeros([shape[d] for d in order], dtype=like.dtype, device=like.device)
     return dense.permute([order.index(d) for d in range(len(shape))])
