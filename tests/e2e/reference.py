@@ -1,4 +1,4 @@
-"""An independent reference for PoC distances: transformers' Qwen3 in float32, plain torch math.
+"""An independent reference for PoC distances: transformers' model in float32, plain torch math.
 
 Written from docs/protocol.md without the plugin's forward or distance code. Only the
 random parts (inputs, permutations, target) come from ``vllm_poc.protocol.distance``, whose own unit
@@ -19,9 +19,9 @@ from vllm_poc.protocol.distance import generate_inputs, generate_permutations, g
 @lru_cache(maxsize=2)
 def load_model(model_dir: str) -> torch.nn.Module:
     """The model folder loaded by transformers in float32, eval mode, eager attention."""
-    from transformers import Qwen3ForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    model = Qwen3ForCausalLM.from_pretrained(
+    model = AutoModelForCausalLM.from_pretrained(
         model_dir, dtype=torch.float32, attn_implementation="eager"
     )
     return model.eval()

@@ -132,9 +132,24 @@ def common_attn_metadata(
     """``CommonAttentionMetadata`` for ``batch`` independent causal prefills of ``seq_len``."""
     from vllm.v1.attention.backend import CommonAttentionMetadata
 
+    values = metadata_values(batch, seq_len, block_table, slot_mapping, positions, device)
+    names = {f.name for f in dataclasses.fields(CommonAttentionMetadata)}
+    return CommonAttentionMetadata(**{k: v for k, v in values.items() if k in names})
+
+
+def metadata_values(
+    batch: int,
+    seq_len: int,
+    block_table: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    positions: torch.Tensor,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Every ``CommonAttentionMetadata`` field the plugin knows a value for, on any release
+    (the contract tests check that each release's required fields are among them)."""
     query_start_loc_cpu = torch.arange(batch + 1, dtype=torch.int32) * seq_len
     seq_lens_cpu = torch.full((batch,), seq_len, dtype=torch.int32)
-    values = dict(
+    return dict(
         query_start_loc=query_start_loc_cpu.to(device),
         query_start_loc_cpu=query_start_loc_cpu,
         seq_lens=seq_lens_cpu.to(device),
@@ -152,8 +167,6 @@ def common_attn_metadata(
         _seq_lens_cpu=seq_lens_cpu,
         _num_computed_tokens_cpu=torch.zeros(batch, dtype=torch.int32),
     )
-    names = {f.name for f in dataclasses.fields(CommonAttentionMetadata)}
-    return CommonAttentionMetadata(**{k: v for k, v in values.items() if k in names})
 
 
 def build_group_metadata(group: Any, common: Any, blocks: GroupBlocks) -> Any:

@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from vllm_poc import compat, envs
+from vllm_poc.compat.releases import RELEASES, release_of
 from vllm_poc.log import get_logger
 from vllm_poc.server import routes
 from vllm_poc.server.engines import Engines
@@ -44,6 +45,14 @@ async def init_manager(engine_client: Any, state: Any) -> None:
         raise compat.SeamNotFound(
             "the PoC worker extension", f"the workers do not answer poc_ready: {e}"
         ) from e
+    if release_of(compat.vllm_version()) is None:
+        logger.warning(
+            "vllm-poc: vLLM %s is not a supported release (%s to %s, see the README); its seams "
+            "were found but have not been checked by the contract tests",
+            compat.vllm_version(),
+            RELEASES[0].minor,
+            RELEASES[-1].minor,
+        )
     model_config = await compat.model_config(engine_client)
     unsupported = await engines.unsupported()
     if unsupported:

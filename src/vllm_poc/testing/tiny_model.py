@@ -4,6 +4,10 @@ The end-to-end tests cannot download a model, so they make one: a 2-layer Qwen3 
 head_dim 64, vocab 512, bf16) with weights from ``torch.manual_seed(0)`` and a byte-level BPE
 tokenizer trained here with the ``tokenizers`` library.
 
+``architecture`` picks another family in the same spirit: ``qwen3-moe`` (4 experts, 2 per
+token) or ``deepseek-v2`` (MLA attention with the 576-wide latent cache vLLM's CPU kernels take,
+one dense and one MoE layer).
+
 With ``shape="0.6b"`` or ``shape="8b"`` it writes instead the same tokenizer and the
 ``config.json`` of a real Qwen3 shape, without weights: load it with ``load_format="dummy"``
 (random weights made by vLLM), so nothing big is written to disk (``benchmarks/bench_poc.py``).
@@ -122,15 +126,57 @@ def _qwen3_config(eos_id: int, **shape: object) -> Any:
     return config
 
 
-def _write_model(out_dir: Path, eos_id: int) -> None:
-    """Save the random-weight bf16 Qwen3 as safetensors plus its config."""
-    import torch
-    from transformers import Qwen3ForCausalLM
+ARCHITECTURES: dict[str, tuple[str, dict[str, object]]] = {
+    "qwen3": ("Qwen3ForCausalLM", {}),
+    "qwen3-moe": (
+        "Qwen3MoeForCausalLM",
+        {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 64},
+    ),
+    "deepseek-v2": (
+        "DeepseekV2ForCausalLM",
+        {
+            "num_key_value_heads": 2,
+            "kv_lora_rank": 512,
+            "q_lora_rank": None,
+            "qk_nope_head_dim": 32,
+            "qk_rope_head_dim": 64,
+            "v_head_dim": 32,
+            "n_routed_experts": 4,
+            "num_experts_per_tok": 2,
+            "n_shared_experts": 1,
+            "moe_intermediate_size": 64,
+            "first_k_dense_replace": 1,
+            "topk_method": "greedy",
+            "n_group": 1,
+            "topk_group": 1,
+        },
+    ),
+}
+"""Tiny random-weight families: transformers class and what differs from ``MODEL_SHAPE``."""
 
-    config = _qwen3_config(eos_id, vocab_size=VOCAB_SIZE, **MODEL_SHAPE)
+
+def _write_model(out_dir: Path, eos_id: int, architecture: str) -> None:
+    """Save the random-weight bf16 model as safetensors plus its config."""
+    import torch
+    import transformers
+
+    name, extra = ARCHITECTURES[architecture]
+    model_class = getattr(transformers, name)
+    shape = {**MODEL_SHAPE, **extra}
+    if architecture == "qwen3":
+        config = _qwen3_config(eos_id, vocab_size=VOCAB_SIZE, **shape)
+    else:
+        config = model_class.config_class(
+            vocab_size=VOCAB_SIZE,
+            max_position_embeddings=4096,
+            rms_norm_eps=1e-6,
+            bos_token_id=eos_id,
+            eos_token_id=eos_id,
+            **shape,
+        )
+        config.architectures = [name]
     torch.manual_seed(0)
-    model = Qwen3ForCausalLM(config).to(torch.bfloat16)
-    model.save_pretrained(str(out_dir))
+    model_class(config).to(torch.bfloat16).save_pretrained(str(out_dir))
 
 
 def _write_config_only(out_dir: Path, eos_id: int, shape: str) -> None:
@@ -155,14 +201,18 @@ def is_complete(out_dir: Path, shape: str | None = None) -> bool:
     )
 
 
-def make_tiny_model(out_dir: Path, shape: str | None = None) -> Path:
+def make_tiny_model(out_dir: Path, shape: str | None = None, architecture: str = "qwen3") -> Path:
     """Write the tiny model to ``out_dir`` (reused when already complete); returns the path.
 
     ``shape`` (a key of ``REAL_SHAPES``) writes that shape's config and the tokenizer instead,
-    without weights.
+    without weights. ``architecture`` is a key of ``ARCHITECTURES``.
     """
     if shape is not None and shape not in REAL_SHAPES:
         raise ValueError(f"unknown shape {shape!r}; known: {', '.join(REAL_SHAPES)}")
+    if architecture not in ARCHITECTURES:
+        raise ValueError(
+            f"unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}"
+        )
     out_dir = Path(out_dir).resolve()
     if is_complete(out_dir, shape):
         return out_dir
@@ -172,7 +222,7 @@ def make_tiny_model(out_dir: Path, shape: str | None = None) -> Path:
     try:
         eos_id = _write_tokenizer(tmp)
         if shape is None:
-            _write_model(tmp, eos_id)
+            _write_model(tmp, eos_id, architecture)
             (tmp / _DONE_MARKER).write_text("ok\n")
         else:
             _write_config_only(tmp, eos_id, shape)

@@ -1,0 +1,117 @@
+"""The model families networks run, on tiny random-weight models: MoE (Qwen3-MoE shape) and MLA
+attention (DeepSeek-V2 shape). Served distances equal an independent transformers computation,
+honest batches validate, and inference is byte-identical before and after a round."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from vllm_poc.testing.server import LocalServer
+from vllm_poc.testing.tiny_model import make_tiny_model
+
+from .conftest import REPO_ROOT, _require_installed_plugin, _start
+from .helpers import LIMITS, POW, generated, ok, post_ok, proof_body, round_body, stop_round
+from .reference import reference_distances
+from .test_correctness import DIST_TOL
+
+pytestmark = pytest.mark.e2e
+
+BLOCK = "models-block"
+PROVER = "models-prover"
+SEQ_LEN = 24
+N_NONCES = 16
+PROMPT = "the quick brown fox jumps over the lazy dog kato rimuse lano vide po " * 12
+
+
+@pytest.fixture(scope="module", params=["qwen3-moe", "deepseek-v2"])
+def family(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Path, LocalServer]]:
+    """A tiny model of the family and a PoC server on it (one at a time)."""
+    _require_installed_plugin()
+    model = make_tiny_model(
+        REPO_ROOT / ".models" / f"tiny-{request.param}", architecture=request.param
+    )
+    server = _start(model, tmp_path_factory, f"{request.param}-server", poc_enabled=True)
+    try:
+        yield model, server
+    finally:
+        stop_round(server)
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def client(family: tuple[Path, LocalServer]) -> Iterator[httpx.Client]:
+    _, server = family
+    with httpx.Client(base_url=server.base_url, timeout=120.0, limits=LIMITS) as c:
+        yield c
+
+
+def _greedy(client: httpx.Client, server: LocalServer) -> str:
+    body: dict[str, Any] = {
+        "model": str(server.model_dir),
+        "prompt": PROMPT,
+        "max_tokens": 12,
+        "temperature": 0,
+        "logprobs": 3,
+    }
+    return json.dumps(ok(client.post("/v1/completions", json=body))["choices"], sort_keys=True)
+
+
+@pytest.fixture(scope="module")
+def round_on(family: tuple[Path, LocalServer], client: httpx.Client) -> dict[str, Any]:
+    """Greedy completions before and after one generation round, and its distances."""
+    _, server = family
+    before = _greedy(client, server)
+    assert _greedy(client, server) == before
+    got = generated(
+        client, N_NONCES, block_hash=BLOCK, public_key=PROVER, batch_size=4, seq_len=SEQ_LEN
+    )
+    return {"before": before, "after": _greedy(client, server), "distances": got}
+
+
+def test_distances_match_transformers(
+    family: tuple[Path, LocalServer], round_on: dict[str, Any]
+) -> None:
+    model, _ = family
+    got = round_on["distances"]
+    nonces = sorted(got)[:N_NONCES]
+    ref = reference_distances(model, BLOCK, PROVER, nonces, SEQ_LEN)
+    diffs = [abs(got[n] - r) for n, r in zip(nonces, ref, strict=True)]
+    print(f"\n[e2e] {model.name}: max |distance - reference| {max(diffs):.3e} (tol {DIST_TOL})")
+    assert max(diffs) <= DIST_TOL, list(zip(nonces, diffs, strict=True))
+    assert max(ref) - min(ref) > 10 * DIST_TOL
+
+
+def test_inference_is_byte_identical_after_a_round(round_on: dict[str, Any]) -> None:
+    assert round_on["after"] == round_on["before"], "a PoC round changed a greedy completion"
+
+
+def test_an_honest_batch_validates_and_a_forged_one_does_not(
+    client: httpx.Client, round_on: dict[str, Any]
+) -> None:
+    """r_target at the median: the lower half claimed as computed passes, the upper half
+    claimed valid is caught."""
+    got = round_on["distances"]
+    ranked = sorted(got, key=got.__getitem__)
+    half = len(ranked) // 2
+    r_target = (got[ranked[half - 1]] + got[ranked[half]]) / 2
+    below, above = sorted(ranked[:half]), sorted(ranked[half:])
+    body = round_body(block_hash=BLOCK, public_key="validator", r_target=r_target, seq_len=SEQ_LEN)
+    post_ok(client, "/init/validate", body)
+    honest = ok(
+        client.post(
+            POW + "/validate", json=proof_body(BLOCK, PROVER, below, [got[n] for n in below])
+        )
+    )
+    assert honest["n_invalid"] == 0 and not honest["fraud_detected"], honest
+    claims = [r_target / 2] * len(above)
+    forged = ok(client.post(POW + "/validate", json=proof_body(BLOCK, PROVER, above, claims)))
+    assert forged["n_invalid"] == len(above) and forged["fraud_detected"], forged
+    post_ok(client, "/stop")
