@@ -17,12 +17,13 @@ from vllm_poc.protocol.distance import generate_inputs, generate_permutations, g
 
 
 @lru_cache(maxsize=2)
-def load_model(model_dir: str) -> torch.nn.Module:
-    """The model folder loaded by transformers in float32, eval mode, eager attention."""
+def load_model(model_dir: str, config: tuple[tuple[str, object], ...] = ()) -> torch.nn.Module:
+    """The model folder loaded by transformers in float32, eval mode, eager attention;
+    ``config`` overrides entries of its config (to show what a setting changes)."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=torch.float32, attn_implementation="eager"
+        model_dir, dtype=torch.float32, attn_implementation="eager", **dict(config)
     )
     return model.eval()
 
@@ -34,9 +35,10 @@ def last_logits(
     nonces: Sequence[int],
     seq_len: int,
     seed_derivation: str = "v1",
+    config: tuple[tuple[str, object], ...] = (),
 ) -> torch.Tensor:
     """Float32 full-vocabulary logits at the last position of each nonce's sequence."""
-    model = load_model(str(model_dir))
+    model = load_model(str(model_dir), config)
     hidden = model.config.hidden_size
     # The server feeds bf16 inputs to a bf16 model: round the inputs the same way.
     embeds = generate_inputs(
@@ -79,7 +81,10 @@ def reference_distances(
     nonces: Sequence[int],
     seq_len: int,
     seed_derivation: str = "v1",
+    config: tuple[tuple[str, object], ...] = (),
 ) -> list[float]:
     """The distance of each nonce, computed independently of the plugin."""
-    logits = last_logits(model_dir, block_hash, public_key, nonces, seq_len, seed_derivation)
+    logits = last_logits(
+        model_dir, block_hash, public_key, nonces, seq_len, seed_derivation, config
+    )
     return distances_from_logits(logits, block_hash, public_key, nonces)

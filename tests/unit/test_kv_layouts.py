@@ -190,6 +190,8 @@ def test_attention_kinds_are_supported_and_others_named():
         ],
     )
     assert compat.unsupported_layers(supported) == []
+    stray = runner({**layers}, [(spec("FullAttentionSpec"), [Group(["attn"], 16)])])
+    assert compat.unsupported_layers(stray) == ["Mamba (state tuple): 1 layer(s), e.g. mixer"]
     hybrid = runner(
         layers,
         [
@@ -200,7 +202,7 @@ def test_attention_kinds_are_supported_and_others_named():
     )
     reasons = compat.unsupported_layers(hybrid)
     assert any("Mamba (MambaSpec)" in r and "e.g. mixer" in r for r in reasons), reasons
-    assert any("Mamba (state tuple)" in r for r in reasons), reasons
+    assert not any("state tuple" in r for r in reasons), "one reason per layer"
     assert any("Layer (CrossAttentionSpec)" in r and "e.g. cross" in r for r in reasons), reasons
     assert all("attn:" not in r and "mla" not in r for r in reasons)
 

@@ -5,8 +5,9 @@ head_dim 64, vocab 512, bf16) with weights from ``torch.manual_seed(0)`` and a b
 tokenizer trained here with the ``tokenizers`` library.
 
 ``architecture`` picks another family in the same spirit: ``qwen3-moe`` (4 experts, 2 per
-token) or ``deepseek-v2`` (MLA attention with the 576-wide latent cache vLLM's CPU kernels take,
-one dense and one MoE layer).
+token), ``deepseek-v2`` (MLA attention with the 576-wide latent cache vLLM's CPU kernels take,
+one dense and one MoE layer), ``mistral-swa`` (sliding-window attention over 4 tokens) or
+``granite-hybrid`` (a Mamba-2 layer and an attention layer: a model PoC refuses).
 
 With ``shape="0.6b"`` or ``shape="8b"`` it writes instead the same tokenizer and the
 ``config.json`` of a real Qwen3 shape, without weights: load it with ``load_format="dummy"``
@@ -149,6 +150,19 @@ ARCHITECTURES: dict[str, tuple[str, dict[str, object]]] = {
             "topk_method": "greedy",
             "n_group": 1,
             "topk_group": 1,
+        },
+    ),
+    "mistral-swa": ("MistralForCausalLM", {"sliding_window": 4}),
+    "granite-hybrid": (
+        "GraniteMoeHybridForCausalLM",
+        {
+            "layer_types": ["mamba", "attention"],
+            "num_local_experts": 0,
+            "shared_intermediate_size": 256,
+            "mamba_n_heads": 4,
+            "mamba_d_head": 64,
+            "mamba_d_state": 16,
+            "mamba_chunk_size": 64,
         },
     ),
 }
