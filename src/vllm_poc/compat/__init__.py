@@ -1,6 +1,7 @@
 """Every vLLM-version-specific lookup of the plugin, in one package.
 
-Supported releases and their seams (checked by ``tests/compat``):
+Supported releases (0.20 to 0.33) are listed in ``releases``; their seams (checked by
+``tests/compat``, on every release's sources and on the installed ones):
 
 - API server: the ``vllm.endpoint_plugins`` group (>= 0.26, loaded when ``VLLM_PLUGINS`` names
   the plugin); otherwise ``build_app`` and ``init_app_state`` are called from the globals of
@@ -17,7 +18,8 @@ Supported releases and their seams (checked by ``tests/compat``):
 
 Functions here take and return plain objects; nothing else in the package imports vLLM
 internals directly. ``frontend`` holds the seams of the plugin's entry and of the API server
-process, ``worker`` those of the worker processes; callers use the names below.
+process, ``worker`` those of the worker processes (they read only what model runners V1 and
+V2 both set); callers use the names below.
 """
 
 from vllm_poc.compat.base import SeamNotFound, vllm_version
