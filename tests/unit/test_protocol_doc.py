@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 
-from vllm_poc.protocol import distance, randomness, validation
+from vllm_poc.protocol import artifact, distance, randomness, validation
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 
@@ -54,20 +54,76 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
         block, key, [nonce], hidden, seq_len, seed_derivation="strong"
     )[0],
 }
-EXACT = {"seed", "H", "permutation", "seeds8", "mismatch"}
 
 
-def _vectors() -> list[tuple[str, str, list[Any], dict[str, Any], Any]]:
-    blocks = re.findall(r"```vectors\n(.*?)```", DOC.read_text(), re.S)
-    assert blocks, f"no vectors block in {DOC}"
+def _artifact(block: str, key: str, nonce: int, hidden: list[float] | torch.Tensor) -> str:
+    row = torch.as_tensor(hidden, dtype=torch.float32).view(1, -1)
+    return artifact.encode(artifact.artifacts(row, block, key, [nonce])[0])
+
+
+def _fixed_hidden(row: int, hidden: int) -> torch.Tensor:
+    i = torch.arange(hidden, dtype=torch.float64)
+    return (torch.sin(1 + 0.01 * i + 0.7 * row) * (1 + (i % 7) / 10)).to(torch.float32)
+
+
+def _artifact_mismatch(computed: str, received: str, dist_threshold: float) -> bool:
+    mine = artifact.decode(computed)
+    assert mine is not None
+    return artifact.is_mismatch(mine, received, dist_threshold)
+
+
+FUNCTIONS.update(
+    {
+        "layer_vector": lambda block, layer, hidden: artifact.layer_vectors(block, [layer], hidden)[
+            0
+        ],
+        "reflect_bf16": lambda x, w: artifact.reflect(torch.tensor(x, dtype=torch.bfloat16), w),
+        "coordinates": lambda block, key, nonce, hidden: artifact.coordinates(
+            block, key, [nonce], hidden
+        )[0],
+        "artifact": _artifact,
+        "decode": artifact.decode,
+        "artifact_mismatch": _artifact_mismatch,
+        "p_value": lambda mismatches, n, p_mismatch: (
+            artifact.binomial_test(mismatches, n, p_mismatch).p_value
+        ),
+    }
+)
+HELPERS: dict[str, Callable[..., Any]] = {"fixed_hidden": _fixed_hidden}
+"""Functions the vectors use inside arguments only."""
+EXACT = {
+    "seed",
+    "H",
+    "permutation",
+    "seeds8",
+    "mismatch",
+    "reflect_bf16",
+    "coordinates",
+    "artifact",
+    "artifact_mismatch",
+}
+
+
+def _evaluate(node: ast.expr) -> Any:
+    """A literal, or a call of a documented function (a vector may use one in its arguments)."""
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+        function = {**FUNCTIONS, **HELPERS}[node.func.id]
+        args = [_evaluate(a) for a in node.args]
+        return function(*args, **{k.arg: _evaluate(k.value) for k in node.keywords})
+    return ast.literal_eval(node)
+
+
+def _vectors() -> list[tuple[str, str, list[ast.expr], dict[str, ast.expr], Any]]:
+    text = DOC.read_text()
+    blocks = re.findall(r"```(?:vectors|artifact-vectors)\n(.*?)```", text, re.S)
+    assert len(blocks) == 2, f"expected the vectors of both protocols in {DOC}"
     out = []
-    for line in blocks[0].strip().splitlines():
+    for line in "\n".join(b.strip() for b in blocks).splitlines():
         call, _, expected = line.partition(" = ")
         node = ast.parse(call, mode="eval").body
         assert isinstance(node, ast.Call) and isinstance(node.func, ast.Name), line
-        args = [ast.literal_eval(a) for a in node.args]
-        kwargs = {k.arg: ast.literal_eval(k.value) for k in node.keywords}
-        out.append((line, node.func.id, args, kwargs, ast.literal_eval(expected)))
+        kwargs = {k.arg: k.value for k in node.keywords if k.arg}
+        out.append((line, node.func.id, node.args, kwargs, ast.literal_eval(expected)))
     return out
 
 
@@ -82,9 +138,9 @@ def test_every_function_of_the_document_is_covered() -> None:
     ("line", "name", "args", "kwargs", "expected"), VECTORS, ids=[v[0][:60] for v in VECTORS]
 )
 def test_vector(
-    line: str, name: str, args: list[Any], kwargs: dict[str, Any], expected: Any
+    line: str, name: str, args: list[ast.expr], kwargs: dict[str, ast.expr], expected: Any
 ) -> None:
-    got = FUNCTIONS[name](*args, **kwargs)
+    got = FUNCTIONS[name](*map(_evaluate, args), **{k: _evaluate(v) for k, v in kwargs.items()})
     if isinstance(got, torch.Tensor):
         got = got.tolist()
     if name in EXACT:
