@@ -8,7 +8,7 @@ tests pin them to the spec's test vectors.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import torch
@@ -88,3 +88,47 @@ def reference_distances(
         model_dir, block_hash, public_key, nonces, seq_len, seed_derivation, config
     )
     return distances_from_logits(logits, block_hash, public_key, nonces)
+
+
+def reference_artifacts(
+    model_dir: Path | str,
+    block_hash: str,
+    public_key: str,
+    nonces: Sequence[int],
+    seq_len: int,
+) -> torch.Tensor:
+    """``[n, 12]`` float32 artifacts: transformers in float32 with ``x - 2 (w . x) w`` applied to
+    every decoder layer's output, then the protocol's artifact math (pinned by its vectors)."""
+    from vllm_poc.protocol import artifact
+
+    model = load_model(str(model_dir))
+    layers = model.model.layers
+    hidden = model.config.hidden_size
+    vectors = artifact.layer_vectors(block_hash, list(range(len(layers))), hidden)
+
+    def hook(w: torch.Tensor, module: torch.nn.Module, args: object, output: object) -> object:
+        x = output[0] if isinstance(output, tuple) else output
+        y = x - 2 * (x @ w).unsqueeze(-1) * w
+        return (y, *output[1:]) if isinstance(output, tuple) else y
+
+    embeds = generate_inputs(
+        block_hash, public_key, list(nonces), hidden, seq_len, dtype=torch.bfloat16
+    ).float()
+    handles = [
+        layer.register_forward_hook(partial(hook, w))
+        for layer, w in zip(layers, vectors, strict=True)
+    ]
+    try:
+        with torch.no_grad():
+            rows = [
+                model.model(
+                    inputs_embeds=embeds[i : i + 1],
+                    position_ids=torch.arange(seq_len).unsqueeze(0),
+                    use_cache=False,
+                ).last_hidden_state[0, -1]
+                for i in range(len(nonces))
+            ]
+    finally:
+        for handle in handles:
+            handle.remove()
+    return artifact.artifacts(torch.stack(rows), block_hash, public_key, list(nonces)).float()

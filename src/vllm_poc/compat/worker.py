@@ -241,3 +241,16 @@ def graph_capture(device: torch.device) -> Iterator[Any]:
 def compiled_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The submodules that vLLM compiles (``@support_torch_compile`` with compilation on)."""
     return [m for m in model.modules() if getattr(m, "do_not_compile", True) is False]
+
+
+def decoder_layers(model: torch.nn.Module, num_layers: int) -> list[tuple[int, torch.nn.Module]]:
+    """``(global index, layer)`` of this rank's decoder layers: the ``ModuleList`` of
+    ``num_layers`` entries that vLLM's ``make_layers`` builds (pipeline stages hold
+    ``PPMissingLayer`` placeholders at the other stages' indices). Empty when none is found."""
+    from vllm.model_executor.models.utils import PPMissingLayer
+
+    for name, module in model.named_modules():
+        listed = isinstance(module, torch.nn.ModuleList) and len(module) == num_layers
+        if listed and name.endswith("layers"):
+            return [(i, m) for i, m in enumerate(module) if not isinstance(m, PPMissingLayer)]
+    return []

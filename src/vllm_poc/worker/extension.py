@@ -35,6 +35,24 @@ class PoCWorkerExtension:
             block_hash, public_key, nonces, seq_len, random_projection, seed_derivation
         )
 
+    def poc_artifacts(
+        self,
+        block_hash: str,
+        public_key: str,
+        nonces: list[int],
+        seq_len: int,
+        stronger_rng: bool = False,
+    ) -> list[str] | None:
+        """Artifact-protocol vectors of ``nonces`` (base64); ``[]`` for a batch rejected as
+        non-finite; None on ranks without the final hidden states."""
+        from vllm_poc.worker.artifacts import ArtifactForward
+
+        state = self.__dict__.get("_poc_artifact_state")
+        if state is None:
+            state = ArtifactForward(self._poc_forward())
+            self.__dict__["_poc_artifact_state"] = state
+        return state.artifacts(block_hash, public_key, nonces, seq_len, stronger_rng)
+
     def poc_ready(self) -> str:
         """The plugin version: the API server checks at start that every worker answers."""
         from vllm_poc import __version__

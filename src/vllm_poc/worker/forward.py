@@ -171,11 +171,17 @@ class PoCForward:
             last=torch.arange(1, batch + 1, device=self.device) * seq_len - 1,
         )
 
-    def run(self, shape: BatchShape, inputs: torch.Tensor) -> torch.Tensor | None:
-        """The model's forward on ``inputs`` of ``shape``: the last positions' hidden states."""
+    def run(
+        self, shape: BatchShape, inputs: torch.Tensor, eager: bool = False
+    ) -> torch.Tensor | None:
+        """The model's forward on ``inputs`` of ``shape``: the last positions' hidden states.
+
+        ``eager`` runs the modules' plain forward (module hooks fire), never a compiled graph.
+        """
         tokens = shape.batch * shape.seq_len
-        skip = self.skip_compiled or tokens > self.max_compiled_tokens
-        own_graph = self.embeds_graph.active() if skip and self.embeds_graph else nullcontext()
+        skip = eager or self.skip_compiled or tokens > self.max_compiled_tokens
+        compiled = self.embeds_graph and skip and not eager
+        own_graph = self.embeds_graph.active() if compiled else nullcontext()
         with (
             compat.swapped_kv_caches(self.vllm_config, shape.scratch_for),
             compat.forward_context(

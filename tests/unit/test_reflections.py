@@ -1,0 +1,73 @@
+"""The artifact protocol's layer reflections in the worker: found by global layer index (pipeline
+placeholders keep the indices), applied to both residual-stream tensors, and only inside the
+PoC forward."""
+
+from __future__ import annotations
+
+import torch
+from vllm.model_executor.models.utils import PPMissingLayer
+
+from vllm_poc import compat
+from vllm_poc.protocol.artifact import layer_vectors, reflect
+from vllm_poc.worker.reflections import reflect_output, reflected
+
+DIM = 8
+
+
+class Layer(torch.nn.Module):
+    """Returns vLLM's ``(hidden, residual)`` pair, plus an extra entry left alone."""
+
+    def forward(self, h: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return h + 1, r - 1, torch.ones(1)
+
+
+class Backbone(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = torch.nn.ModuleList([Layer(), PPMissingLayer(), Layer()])
+
+
+class Model(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.model = Backbone()
+
+
+def test_decoder_layers_keep_global_indices_under_pipeline_parallelism():
+    model = Model()
+    layers = compat.decoder_layers(model, num_layers=3)
+    assert [(i, m) for i, m in layers] == [(0, model.model.layers[0]), (2, model.model.layers[2])]
+    assert compat.decoder_layers(model, num_layers=4) == []
+
+
+def test_both_tensors_are_reflected_inside_the_forward_only():
+    model = Model()
+    layers = compat.decoder_layers(model, 3)
+    vectors = layer_vectors("block", [i for i, _ in layers], DIM)
+    h = torch.randn(4, DIM, dtype=torch.bfloat16)
+    r = torch.randn(4, DIM, dtype=torch.bfloat16)
+    layer = model.model.layers[2]
+    plain = layer(h, r)
+    with reflected(layers, vectors):
+        hooked = layer(h, r)
+    assert torch.equal(hooked[0], reflect(plain[0], vectors[1]))
+    assert torch.equal(hooked[1], reflect(plain[1], vectors[1]))
+    assert hooked[2] is not plain[2] and torch.equal(hooked[2], plain[2])
+    after = layer(h, r)
+    assert all(torch.equal(a, b) for a, b in zip(after, plain, strict=True))
+    assert not torch.equal(hooked[0], plain[0])
+
+
+def test_bare_tensors_and_missing_residuals():
+    w = layer_vectors("block", [0], DIM)[0]
+    x = torch.randn(3, DIM)
+    assert torch.equal(reflect_output(w, torch.nn.Identity(), (), x), reflect(x, w))
+    out = reflect_output(w, torch.nn.Identity(), (), (x, None))
+    assert torch.equal(out[0], reflect(x, w)) and out[1] is None
+
+
+def test_the_reflection_is_an_involution_up_to_rounding():
+    w = layer_vectors("block", [3], 64)[0]
+    x = torch.randn(5, 64, dtype=torch.float32)
+    assert torch.allclose(reflect(reflect(x, w), w), x, atol=1e-5)
+    assert torch.allclose(reflect(x, w).norm(dim=1), x.norm(dim=1), rtol=1e-5)
