@@ -45,6 +45,12 @@ class Unsupported(PoCRequestError):
 
     status_code = 422
 
+    def __init__(self, reasons: list[str]) -> None:
+        super().__init__(
+            "this model cannot run PoC: it has layers the PoC forward does not compute (it "
+            f"computes full, MLA and sliding-window attention): {'; '.join(reasons)}"
+        )
+
 
 class Conflict(PoCRequestError):
     """A request made under other parameters than this node's round or model."""

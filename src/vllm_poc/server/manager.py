@@ -148,11 +148,7 @@ class PoCManager:
 
     def _refuse_unsupported(self) -> None:
         if self.unsupported:
-            reasons = "; ".join(self.unsupported)
-            raise Unsupported(
-                "this model cannot run PoC: it has layers the PoC forward does not compute "
-                f"(it computes full, MLA and sliding-window attention): {reasons}"
-            )
+            raise Unsupported(self.unsupported)
 
     async def default_batch_size(self, seq_len: int) -> int:
         """``VLLM_POC_BATCH_SIZE``; when ``auto``, the smallest answer of all workers."""
