@@ -13,6 +13,7 @@ import importlib
 from functools import cache
 from typing import Any
 
+from vllm_poc.worker.artifacts import ArtifactForward
 from vllm_poc.worker.forward import PoCForward
 
 _COMBINED_PREFIX = "PoCWorkerExtensionWith_"
@@ -45,13 +46,15 @@ class PoCWorkerExtension:
     ) -> list[str] | None:
         """Artifact-protocol vectors of ``nonces`` (base64); ``[]`` for a batch rejected as
         non-finite; None on ranks without the final hidden states."""
-        from vllm_poc.worker.artifacts import ArtifactForward
+        return self._poc_artifacts().artifacts(
+            block_hash, public_key, nonces, seq_len, stronger_rng
+        )
 
-        state = self.__dict__.get("_poc_artifact_state")
-        if state is None:
-            state = ArtifactForward(self._poc_forward())
-            self.__dict__["_poc_artifact_state"] = state
-        return state.artifacts(block_hash, public_key, nonces, seq_len, stronger_rng)
+    def poc_profile_artifacts(self, batch: int, seq_len: int, reps: int = 5) -> dict[str, float]:
+        """Median ms of an artifact batch, a distance batch and bare forwards; for benchmarks."""
+        from vllm_poc.worker.profiling import profile_artifacts
+
+        return profile_artifacts(self._poc_forward(), self._poc_artifacts(), batch, seq_len, reps)
 
     def poc_ready(self) -> str:
         """The plugin version: the API server checks at start that every worker answers."""
@@ -84,6 +87,13 @@ class PoCWorkerExtension:
         size = 8192 if forward.device.type == "cuda" else 1024
         timings["peak_tflops"] = peak_matmul_tflops(forward.device, forward.dtype, size)
         return timings
+
+    def _poc_artifacts(self) -> ArtifactForward:
+        state = self.__dict__.get("_poc_artifact_state")
+        if state is None:
+            state = ArtifactForward(self._poc_forward())
+            self.__dict__["_poc_artifact_state"] = state
+        return state
 
     def _poc_forward(self) -> PoCForward:
         forward = self.__dict__.get("_poc_forward_state")

@@ -1,4 +1,5 @@
-"""Timings of the PoC stages inside one worker, for ``benchmarks/bench_poc.py``.
+"""Timings of the PoC stages inside one worker, for ``benchmarks/bench_poc.py`` and
+``benchmarks/bench_artifacts.py``.
 
 Measured where the work happens, with the device synchronised around each stage, so the
 benchmark can split a PoC batch into input generation, forward, logits and permutation plus
@@ -16,6 +17,7 @@ from contextlib import contextmanager
 import torch
 
 from vllm_poc.protocol import distance
+from vllm_poc.worker.artifacts import ArtifactForward
 from vllm_poc.worker.forward import PoCForward
 
 
@@ -110,3 +112,33 @@ def peak_matmul_tflops(device: torch.device, dtype: torch.dtype, size: int, reps
     sync()
     seconds = (time.perf_counter() - start) / reps
     return 2 * size**3 / seconds / 1e12
+
+
+@torch.inference_mode()
+def profile_artifacts(
+    forward: PoCForward, artifacts: ArtifactForward, batch: int, seq_len: int, reps: int
+) -> dict[str, float]:
+    """Median milliseconds of one batch of: artifacts (reflections, eager), the distance
+    protocol (its forward as configured, compiled where it compiles), and bare forwards of the
+    same shape, eager and as configured; alternating the order repetition by repetition."""
+    sync = _synchronizer(forward.device)
+    nonces = list(range(batch))
+    inputs = forward.inputs("profile", "pk", nonces, seq_len)
+    shape = forward.prepare(batch, seq_len)
+    runs: dict[str, Callable[[], object]] = {
+        "artifacts": lambda: artifacts.artifacts("profile", "pk", nonces, seq_len),
+        "distances": lambda: forward.distances("profile", "pk", nonces, seq_len),
+        "bare_forward_eager": lambda: forward.run(shape, inputs, eager=True),
+        "bare_forward": lambda: forward.run(shape, inputs),
+    }
+    samples: dict[str, list[float]] = defaultdict(list)
+    for rep in range(reps + 1):  # the first repetition warms up (and compiles)
+        order = list(runs) if rep % 2 else list(reversed(runs))
+        stage = _Stopwatch(sync)
+        for name in order:
+            with stage(name):
+                runs[name]()
+        if rep > 0:
+            for name, ms in stage.ms.items():
+                samples[name].append(ms)
+    return {name: statistics.median(values) for name, values in samples.items()}
