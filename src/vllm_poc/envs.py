@@ -26,6 +26,13 @@ def _batch_size(value: str) -> int | str:
     return size
 
 
+def _protocol(value: str) -> str:
+    name = value.strip().lower()
+    if name not in ("distance", "artifact"):
+        raise ValueError(f"VLLM_POC_PROTOCOL must be 'distance' or 'artifact', got {value!r}")
+    return name
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
@@ -42,6 +49,13 @@ SETTINGS: dict[str, Setting] = {
     s.name: s
     for s in [
         Setting("VLLM_POC_ENABLED", False, _bool, "Turn the plugin on (1/true/yes/on)."),
+        Setting(
+            "VLLM_POC_PROTOCOL",
+            "distance",
+            _protocol,
+            "`distance` (the API above) or `artifact` (gonka's artifact protocol and the API "
+            "its MLNode calls; see docs/protocol.md Part II).",
+        ),
         Setting(
             "VLLM_POC_BATCH_SIZE",
             "auto",
@@ -137,6 +151,36 @@ SETTINGS: dict[str, Setting] = {
             1000,
             int,
             "Most callbacks waiting for delivery; the oldest is dropped (and counted) above.",
+        ),
+        Setting(
+            "VLLM_POC_MAX_QUEUED_NONCES",
+            100000,
+            int,
+            "Artifact protocol: most nonces of queued /generate jobs (429 above).",
+        ),
+        Setting(
+            "VLLM_POC_GENERATE_RESULT_TTL",
+            300.0,
+            float,
+            "Artifact protocol: seconds a finished /generate job stays readable.",
+        ),
+        Setting(
+            "VLLM_POC_CALLBACK_INTERVAL",
+            5.0,
+            float,
+            "Artifact protocol: least seconds between two posts of generated artifacts.",
+        ),
+        Setting(
+            "VLLM_POC_MAX_BAD_BATCHES",
+            3,
+            int,
+            "Artifact protocol: consecutive batches rejected as non-finite that stop the round.",
+        ),
+        Setting(
+            "VLLM_POC_EXIT_ON_BAD_BATCHES",
+            False,
+            _bool,
+            "Artifact protocol: exit the process (status 1) instead, for a supervisor to restart.",
         ),
     ]
 }

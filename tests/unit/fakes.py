@@ -13,6 +13,16 @@ def fake_distance(nonce: int) -> float:
     return (nonce * 0.37) % 2.0
 
 
+def fake_artifact(nonce: int) -> str:
+    """A deterministic, well-formed artifact per nonce (12 float16 values, base64)."""
+    import torch
+
+    from vllm_poc.protocol import artifact
+
+    values = torch.sin(torch.arange(12, dtype=torch.float32) + nonce)
+    return artifact.encode(values / values.norm())
+
+
 class FakeEngine:
     """Answers ``poc_distances``, ``poc_max_batch_size`` and ``poc_ready`` like a set of
     workers would, and records every call."""
@@ -26,6 +36,8 @@ class FakeEngine:
         self.error: BaseException | None = None
         self.max_batch_sizes: list[int | None] = [64] * workers
         """Each worker's answer to ``poc_max_batch_size``."""
+        self.nonfinite: set[int] = set()
+        """Nonces whose ``poc_artifacts`` batch the workers reject as non-finite."""
         self.unsupported: list[str] = []
         """Every worker's answer to ``poc_unsupported``."""
         self.running = 0
@@ -74,6 +86,13 @@ class FakeEngine:
             return list(self.max_batch_sizes)
         if method == "poc_ready":
             return ["fake"] * self.workers
+        if method == "poc_artifacts":
+            _, _, nonces, _, _ = args
+            if set(nonces) & self.nonfinite:
+                answer: list[str] = []
+            else:
+                answer = [fake_artifact(n) for n in nonces]
+            return [answer if rank == self.answering else None for rank in range(self.workers)]
         if method == "poc_unsupported":
             return [list(self.unsupported) for _ in range(self.workers)]
         if method == "poc_weight_digests":

@@ -109,13 +109,14 @@ class PoCCallbackSender:
     def submit_generated(self, callback_url: str, valid: ProofBatch) -> None:
         """Queue a batch's valid nonces for ``{callback_url}/generated`` (none: no post)."""
         if len(valid):
-            self._submit(f"{callback_url.rstrip('/')}/generated", to_json_dict(valid))
+            self.submit(f"{callback_url.rstrip('/')}/generated", to_json_dict(valid))
 
     def submit_validated(self, callback_url: str, batch: ValidatedBatch) -> None:
         """Queue a verdict for ``{callback_url}/validated``."""
-        self._submit(f"{callback_url.rstrip('/')}/validated", to_json_dict(batch))
+        self.submit(f"{callback_url.rstrip('/')}/validated", to_json_dict(batch))
 
-    def _submit(self, url: str, payload: dict[str, Any]) -> None:
+    def submit(self, url: str, payload: dict[str, Any]) -> None:
+        """Queue any JSON payload for ``url`` (in order per receiver, retried, bounded)."""
         key = urlsplit(url).netloc
         lane = self._lanes.setdefault(key, _Lane())
         if len(lane.queue) >= self._queue_size:

@@ -17,6 +17,7 @@ from vllm_poc import compat, envs
 from vllm_poc.compat.releases import RELEASES, release_of
 from vllm_poc.log import get_logger
 from vllm_poc.server import routes
+from vllm_poc.server.artifact_node import ArtifactNode
 from vllm_poc.server.engines import Engines
 from vllm_poc.server.errors import EngineFailure
 from vllm_poc.server.fingerprint import WeightsFingerprint
@@ -61,12 +62,16 @@ async def init_manager(engine_client: Any, state: Any) -> None:
             "served",
             "; ".join(unsupported),
         )
-    state.poc_manager = PoCManager(
-        engines,
-        max_model_len=int(model_config.max_model_len),
-        model_name=compat.served_model_name(model_config),
-        unsupported=unsupported,
-    )
+    if envs.get("VLLM_POC_PROTOCOL") == "artifact":
+        served = sorted({compat.served_model_name(model_config), str(model_config.model)})
+        state.poc_manager = ArtifactNode(engines, served, unsupported=unsupported)
+    else:
+        state.poc_manager = PoCManager(
+            engines,
+            max_model_len=int(model_config.max_model_len),
+            model_name=compat.served_model_name(model_config),
+            unsupported=unsupported,
+        )
     state.poc_weights = WeightsFingerprint(engines)
     state.poc_weights.start()
     state.poc_forward_compiled = poc_forward_compiled(compat.engine_vllm_config(engine_client))

@@ -87,6 +87,23 @@ class EngineRPC:
             raise EngineFailure(f"worker returned no distances for {len(nonces)} nonces")
         return [float(d) for d in answers[0]]
 
+    async def artifacts(
+        self,
+        block_hash: str,
+        public_key: str,
+        nonces: list[int],
+        seq_len: int,
+        stronger_rng: bool = False,
+    ) -> list[str]:
+        """One forward's artifacts in the order of ``nonces``; ``[]`` for a batch the worker
+        rejected as non-finite (artifact protocol)."""
+        answers = await self.answers(
+            "poc_artifacts", (block_hash, public_key, nonces, seq_len, stronger_rng)
+        )
+        if answers[0] and len(answers[0]) != len(nonces):
+            raise EngineFailure(f"worker returned no artifacts for {len(nonces)} nonces")
+        return [str(a) for a in answers[0]]
+
     async def max_batch_size(self, seq_len: int, max_tokens: int) -> int:
         """The smallest of the workers' ``auto`` batch sizes: the batch must fit every rank."""
         sizes = await self.answers("poc_max_batch_size", (seq_len, max_tokens))

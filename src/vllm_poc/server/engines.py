@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from vllm_poc import compat
@@ -75,21 +75,47 @@ class Engines:
         seed_derivation: str = "v1",
     ) -> list[float]:
         """Distances of ``nonces`` in order, in forwards of at most ``batch_size``, spread over
-        the engines (chunk ``i`` on engine ``i mod n``; each engine runs its chunks in turn)."""
+        the engines (``spread``)."""
+
+        def call(rpc: EngineRPC, chunk: list[int]) -> Awaitable[list[float]]:
+            return rpc.distances(
+                block_hash, public_key, chunk, seq_len, random_projection, seed_derivation
+            )
+
+        return [d for _, chunk in await self.spread(nonces, batch_size, call) for d in chunk]
+
+    async def artifacts(
+        self,
+        block_hash: str,
+        public_key: str,
+        nonces: list[int],
+        seq_len: int,
+        batch_size: int,
+        stronger_rng: bool = False,
+    ) -> list[tuple[list[int], list[str]]]:
+        """Artifact-protocol vectors per chunk of ``nonces``, in order (``spread``); a chunk
+        that the worker rejected as non-finite has ``[]``."""
+
+        def call(rpc: EngineRPC, chunk: list[int]) -> Awaitable[list[str]]:
+            return rpc.artifacts(block_hash, public_key, chunk, seq_len, stronger_rng)
+
+        return await self.spread(nonces, batch_size, call)
+
+    async def spread(
+        self,
+        nonces: list[int],
+        batch_size: int,
+        call: Callable[[EngineRPC, list[int]], Awaitable[list[T]]],
+    ) -> list[tuple[list[int], list[T]]]:
+        """``call`` on chunks of at most ``batch_size`` nonces spread over the engines (chunk
+        ``i`` on engine ``i mod n``; each engine runs its chunks in turn): each chunk with its
+        result, in order."""
         per_chunk = max(1, min(batch_size, math.ceil(len(nonces) / len(self.rpcs))))
         chunks = [nonces[i : i + per_chunk] for i in range(0, len(nonces), per_chunk)]
 
-        async def run(engine: int) -> list[list[float]]:
-            rpc = self.rpcs[engine]
-            return [
-                await rpc.distances(
-                    block_hash, public_key, chunk, seq_len, random_projection, seed_derivation
-                )
-                for chunk in chunks[engine :: len(self.rpcs)]
-            ]
+        async def run(engine: int) -> list[list[T]]:
+            return [await call(self.rpcs[engine], c) for c in chunks[engine :: len(self.rpcs)]]
 
         per_engine = await _all(run(e) for e in range(min(len(chunks), len(self.rpcs))))
-        out: list[float] = []
-        for i in range(len(chunks)):
-            out.extend(per_engine[i % len(self.rpcs)][i // len(self.rpcs)])
-        return out
+        n = len(self.rpcs)
+        return [(chunk, per_engine[i % n][i // n]) for i, chunk in enumerate(chunks)]

@@ -164,11 +164,15 @@ async def version(request: Request) -> dict[str, Any]:
 
 
 def attach(app: FastAPI) -> list[str]:
-    """Add the PoC router with its guards, and pause inference routes during PoC.
+    """Add the PoC router of ``VLLM_POC_PROTOCOL`` with its guards, and pause inference routes
+    during PoC.
 
     Returns the paused paths. Idempotent: guarded routes are not wrapped twice.
     """
     if not any(getattr(r, "path", "").startswith(POW_PREFIX) for r in app.router.routes):
-        app.include_router(router)
+        from vllm_poc.server import artifact_routes
+
+        artifact = envs.get("VLLM_POC_PROTOCOL") == "artifact"
+        app.include_router(artifact_routes.router if artifact else router)
     guards.guard_pow_routes(app)
     return guards.guard_inference_routes(app)

@@ -1,0 +1,144 @@
+"""``/generate`` jobs of the artifact protocol: computed inline (``wait``) or queued FIFO behind
+any generation round, kept readable for ``VLLM_POC_GENERATE_RESULT_TTL`` seconds, results
+posted to ``{url}/generated`` or ``{url}/validated``."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from vllm_poc import envs
+from vllm_poc.log import get_logger
+from vllm_poc.protocol.artifact_wire import Generate
+from vllm_poc.server.errors import BadValue, PoCRequestError
+
+if TYPE_CHECKING:
+    from vllm_poc.server.artifact_node import ArtifactNode
+
+logger = get_logger(__name__)
+
+WAIT_TICK_S = 0.1
+"""How often a job waiting for a generation round to end looks again."""
+
+
+class QueueFull(PoCRequestError):
+    status_code = 429
+
+
+class UnknownJob(PoCRequestError):
+    status_code = 404
+
+
+@dataclass
+class Job:
+    body: Generate
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    status: str = "queued"
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    finished: float | None = None
+
+    def record(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"status": self.status, "request_id": self.id}
+        if self.result is not None:
+            out |= self.result
+        if self.error is not None:
+            out["error"] = self.error
+        return out
+
+
+class Jobs:
+    def __init__(self, node: ArtifactNode) -> None:
+        self.node = node
+        self.records: dict[str, Job] = {}
+        self._queue: collections.deque[Job] = collections.deque()
+        self._worker: asyncio.Task[None] | None = None
+
+    @property
+    def queued_nonces(self) -> int:
+        return sum(len(job.body.nonces) for job in self._queue)
+
+    @staticmethod
+    def check(body: Generate) -> None:
+        if body.validation is not None and {a.nonce for a in body.validation.artifacts} != set(
+            body.nonces
+        ):
+            raise BadValue("validation.artifacts nonces must match nonces field")
+
+    async def run_inline(self, body: Generate) -> dict[str, Any]:
+        """``wait=true``: after any generation round, computed now and answered."""
+        while self.node.generating:
+            await asyncio.sleep(WAIT_TICK_S)
+        job = Job(body)
+        return await self.node.result(body, job.id)
+
+    def submit(self, body: Generate) -> dict[str, Any]:
+        """``wait=false``: queued (429 above ``VLLM_POC_MAX_QUEUED_NONCES``, nothing changed)."""
+        limit = envs.get("VLLM_POC_MAX_QUEUED_NONCES")
+        if self.queued_nonces + len(body.nonces) > limit:
+            raise QueueFull(
+                f"Queue full: {self.queued_nonces} nonces queued, {len(body.nonces)} more would "
+                f"exceed VLLM_POC_MAX_QUEUED_NONCES={limit}"
+            )
+        job = Job(body)
+        self.records[job.id] = job
+        self._queue.append(job)
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.get_running_loop().create_task(self._work())
+        return {"status": "queued", "request_id": job.id, "queued_count": len(body.nonces)}
+
+    def get(self, request_id: str) -> dict[str, Any]:
+        self._expire()
+        job = self.records.get(request_id)
+        if job is None:
+            raise UnknownJob(f"Request {request_id} not found")
+        return job.record()
+
+    async def cancel_all(self) -> None:
+        """``/stop``: queued jobs cancelled, every record cleared, the worker stopped."""
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
+        for job in self._queue:
+            job.status = "cancelled"
+        self._queue.clear()
+        self.records.clear()
+
+    def _expire(self) -> None:
+        ttl = envs.get("VLLM_POC_GENERATE_RESULT_TTL")
+        now = time.monotonic()
+        for key in [k for k, j in self.records.items() if j.finished and now - j.finished > ttl]:
+            del self.records[key]
+
+    async def _work(self) -> None:
+        while self._queue:
+            job = self._queue[0]
+            while self.node.generating:
+                await asyncio.sleep(WAIT_TICK_S)
+            self._queue.popleft()
+            job.status = "running"
+            try:
+                job.result = await self.node.result(job.body, job.id)
+                job.status = "completed"
+            except Exception as e:
+                logger.error("vllm-poc: /generate job %s failed: %s", job.id, e)
+                job.status, job.error = "failed", f"{type(e).__name__}: {e}"
+            job.finished = time.monotonic()
+            if job.status == "completed" and job.body.url:
+                self._post(job)
+
+    def _post(self, job: Job) -> None:
+        assert job.result is not None
+        body = job.body
+        kind = "generated" if body.validation is None else "validated"
+        payload = {"request_id": job.id}
+        payload |= body.model_dump(include={"block_hash", "block_height", "public_key", "node_id"})
+        payload |= {k: v for k, v in job.result.items() if k not in ("status", "request_id")}
+        self.node.sender.submit(f"{str(body.url).rstrip('/')}/{kind}", payload)

@@ -1,0 +1,267 @@
+"""One server's artifact-protocol node (``VLLM_POC_PROTOCOL=artifact``): a generation round
+with its callback stream, ``/generate`` jobs (``artifact_jobs``), and the non-finite policy.
+
+Inference is paused while a round generates: the routes' guard reads ``state`` as it does for
+the distance protocol's manager.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from typing import Any
+
+from vllm_poc import envs
+from vllm_poc.log import get_logger
+from vllm_poc.protocol import artifact
+from vllm_poc.protocol.artifact_wire import (
+    Generate,
+    InitGenerate,
+    Params,
+    Round,
+    StatTest,
+    encoding,
+)
+from vllm_poc.protocol.round import PoCState
+from vllm_poc.server.artifact_jobs import Jobs
+from vllm_poc.server.callbacks import PoCCallbackSender
+from vllm_poc.server.engines import Engines
+from vllm_poc.server.errors import EngineFailure, PoCRequestError, Unsupported
+
+logger = get_logger(__name__)
+
+STREAM_TICK_S = 0.1
+"""How often the generation stream checks whether a post is due."""
+
+
+class ParamsMismatch(PoCRequestError):
+    """``params.model`` is not this server's model: 409 with what was asked and what is served."""
+
+    status_code = 409
+
+    def __init__(self, requested: Params, served: list[str]) -> None:
+        super().__init__("params mismatch")
+        self.detail = {
+            "error": "params mismatch",
+            "requested": requested.model_dump(),
+            "deployed": {"model": served, "seq_len": None, "k_dim": None},
+        }
+
+
+class BadBatches(EngineFailure):
+    """Too many consecutive batches rejected as non-finite: the round stops with this error (a
+    ``/generate`` answers 503 with it)."""
+
+
+class ArtifactNode:
+    def __init__(
+        self,
+        engines: Engines,
+        served_models: list[str],
+        sender: PoCCallbackSender | None = None,
+        unsupported: list[str] | None = None,
+    ) -> None:
+        self.engines = engines
+        self.unsupported = list(unsupported or [])
+        self.served_models = served_models
+        self.sender = sender or PoCCallbackSender.from_settings()
+        self.state = PoCState.IDLE
+        self.config: InitGenerate | None = None
+        self.error: str | None = None
+        self.total_processed = 0
+        self.rejected_batches = 0
+        self.bad_streak = 0
+        self._started = 0.0
+        self._buffer: list[dict[str, Any]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self.jobs = Jobs(self)
+
+    def check_params(self, params: Params) -> None:
+        """409 for another model; 422 for a model whose layers PoC cannot compute."""
+        if self.unsupported:
+            raise Unsupported(self.unsupported)
+        if params.model not in self.served_models:
+            raise ParamsMismatch(params, self.served_models)
+
+    @property
+    def generating(self) -> bool:
+        return self.state == PoCState.GENERATING
+
+    async def init_generate(self, body: InitGenerate) -> dict[str, Any]:
+        self.check_params(body.params)
+        if self.generating:
+            raise AlreadyGenerating("Already generating")
+        self.state = PoCState.GENERATING  # before the loop starts: inference answers 503 now
+        self.config, self.error, self.total_processed = body, None, 0
+        self._started, self._buffer = time.monotonic(), []
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._generate(body))]
+        if body.url:
+            self._tasks.append(loop.create_task(self._stream(body)))
+        return {"status": "OK", "pow_status": {"status": "GENERATING"}}
+
+    def status(self) -> dict[str, Any]:
+        if not self.generating or self.config is None:
+            idle: dict[str, Any] = {"status": "IDLE", "config": None, "stats": None}
+            return idle | ({"error": self.error} if self.error else {})
+        c = self.config
+        elapsed = max(time.monotonic() - self._started, 1e-9)
+        config = c.model_dump(
+            include={"block_hash", "block_height", "public_key", "node_id", "node_count"}
+        )
+        config |= {"group_id": c.group_id, "n_groups": c.n_groups}
+        config |= {"seq_len": c.params.seq_len, "k_dim": c.params.k_dim}
+        stats = {
+            "total_processed": self.total_processed,
+            "nonces_per_second": self.total_processed / elapsed,
+            "rejected_batches": self.rejected_batches,
+        }
+        return {"status": "GENERATING", "config": config, "stats": stats}
+
+    async def stop(self) -> dict[str, Any]:
+        """Cancel the round and the jobs; artifacts already computed are still delivered."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.config is not None:
+            self._flush(self.config)
+        self.state = PoCState.IDLE
+        await self.jobs.cancel_all()
+        return {"status": "OK", "pow_status": {"status": "STOPPED"}}
+
+    async def compute(self, body: Round, nonces: list[int]) -> list[dict[str, Any]]:
+        """Artifacts of ``nonces`` in computation order; rejected batches' nonces are absent."""
+        chunks = await self.engines.artifacts(
+            body.block_hash,
+            body.public_key,
+            nonces,
+            body.params.seq_len,
+            body.batch_size,
+            body.poc_stronger_rng,
+        )
+        out = []
+        for chunk, vectors in chunks:
+            if not vectors:
+                self._rejected(body, chunk)
+                continue
+            self.bad_streak = 0
+            out.extend({"nonce": n, "vector_b64": v} for n, v in zip(chunk, vectors, strict=True))
+        return out
+
+    def _rejected(self, body: Round, chunk: list[int]) -> None:
+        """The non-finite policy: count, stop after a streak (or exit, if the operator says)."""
+        self.rejected_batches += 1
+        self.bad_streak += 1
+        limit = envs.get("VLLM_POC_MAX_BAD_BATCHES")
+        logger.error(
+            "vllm-poc: rejected a batch with a non-finite value (block_height=%d, nonces %d..%d; "
+            "%d in a row, limit %d)",
+            body.block_height,
+            chunk[0],
+            chunk[-1],
+            self.bad_streak,
+            limit,
+        )
+        if self.bad_streak < limit:
+            return
+        if envs.get("VLLM_POC_EXIT_ON_BAD_BATCHES"):
+            logger.critical("vllm-poc: exiting after %d non-finite batches", self.bad_streak)
+            os._exit(1)
+        raise BadBatches(f"{self.bad_streak} consecutive batches rejected as non-finite")
+
+    async def _generate(self, config: InitGenerate) -> None:
+        step = config.batch_size * len(self.engines.rpcs)
+        x = 0
+        try:
+            while True:
+                nonces = [config.nonce(x + i) for i in range(step)]
+                items = await self.compute(config, nonces)
+                if config.url:
+                    self._buffer.extend(items)
+                self.total_processed += len(nonces)
+                x += step
+        except asyncio.CancelledError:
+            raise
+        except EngineFailure as e:
+            self._fail(config, str(e))
+        except Exception as e:
+            logger.exception("vllm-poc: artifact generation failed")
+            self._fail(config, f"{type(e).__name__}: {e}")
+
+    def _fail(self, config: InitGenerate, error: str) -> None:
+        logger.error(
+            "vllm-poc: artifact generation stopped at block_height=%d: %s",
+            config.block_height,
+            error,
+        )
+        self.error = f"generation failed: {error}"
+        self._flush(config)
+        self.state = PoCState.IDLE
+
+    async def _stream(self, config: InitGenerate) -> None:
+        interval = envs.get("VLLM_POC_CALLBACK_INTERVAL")
+        last = -interval
+        while True:
+            await asyncio.sleep(STREAM_TICK_S)
+            if self._buffer and time.monotonic() - last >= interval:
+                self._flush(config)
+                last = time.monotonic()
+
+    def _flush(self, config: InitGenerate) -> None:
+        """Hand the buffered artifacts to the sender as one ``/generated`` post."""
+        items, self._buffer = self._buffer, []
+        if items and config.url:
+            payload = config.model_dump(
+                include={"public_key", "block_hash", "block_height", "node_id"}
+            )
+            payload |= {"artifacts": items, "encoding": encoding(config.params.k_dim)}
+            self.sender.submit(f"{config.url.rstrip('/')}/generated", payload)
+
+    async def result(self, body: Generate, request_id: str) -> dict[str, Any]:
+        """A ``/generate`` job's result: its artifacts, or the verdict on received ones."""
+        items = await self.compute(body, body.nonces)
+        if body.validation is None:
+            return {
+                "status": "completed",
+                "request_id": request_id,
+                "artifacts": items,
+                "encoding": encoding(body.params.k_dim),
+            }
+        stat = body.stat_test or StatTest()
+        received = {a.nonce: a.vector_b64 for a in body.validation.artifacts}
+        mismatches = [
+            item["nonce"]
+            for item in items
+            if artifact.is_mismatch(
+                _decoded(item["vector_b64"], body.params.k_dim),
+                received[item["nonce"]],
+                stat.dist_threshold,
+            )
+        ]
+        test = artifact.binomial_test(
+            len(mismatches), len(body.nonces), stat.p_mismatch, stat.fraud_threshold
+        )
+        return {
+            "status": "completed",
+            "request_id": request_id,
+            "n_total": test.n_total,
+            "n_mismatch": test.n_mismatch,
+            "mismatch_nonces": mismatches,
+            "p_value": test.p_value,
+            "fraud_detected": test.fraud_detected,
+        }
+
+
+class AlreadyGenerating(PoCRequestError):
+    status_code = 409
+
+
+def _decoded(vector_b64: str, k: int) -> Any:
+    values = artifact.decode(vector_b64, k)
+    assert values is not None, "an artifact this node computed does not decode"
+    return values

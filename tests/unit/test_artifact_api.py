@@ -1,0 +1,263 @@
+"""The artifact protocol's HTTP API on an in-process node (real routes, node, jobs and guards; a
+fake engine): the bodies gonka's MLNode and DAPI send, verbatim, and every status it answers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.unit.fakes import FakeEngine, fake_artifact
+from tests.unit.node import vllm_like_app
+from vllm_poc.protocol.wire import POW_PREFIX
+from vllm_poc.server import routes
+from vllm_poc.server.artifact_node import ArtifactNode
+from vllm_poc.server.engine_rpc import EngineRPC
+from vllm_poc.server.engines import Engines
+
+MODEL = "Qwen/Qwen3-235B-A22B-Instruct-2507-FP8"
+INIT = {  # what DAPI sends through MLNode (which adds group_id / n_groups)
+    "block_hash": "9234F66FD723CBB537E6B1E21DCA303B562D31704E9D9C309F0C452A2B99A8DB",
+    "block_height": 1200,
+    "public_key": "02deac65dda7f42a12feb1a7d410628b5085dd27475bcef509ea6642b504984ec6",
+    "node_id": 0,
+    "node_count": 3,
+    "params": {"model": MODEL, "seq_len": 1024},
+    "url": "http://dapi.local:9100/v2/poc-batches",
+}
+
+
+class Sender:
+    """Records what the node hands to the callback sender."""
+
+    def __init__(self) -> None:
+        self.posts: list[tuple[str, dict[str, Any]]] = []
+
+    def submit(self, url: str, payload: dict[str, Any]) -> None:
+        self.posts.append((url, payload))
+
+
+class Node:
+    def __init__(self, client: TestClient, node: ArtifactNode, engine: FakeEngine) -> None:
+        self.client, self.node, self.engine = client, node, engine
+        self.sender: Sender = node.sender  # type: ignore[assignment]
+
+    def post(self, path: str, body: Any = None) -> Any:
+        return self.client.post(POW_PREFIX + path, json=body)
+
+    def get(self, path: str) -> Any:
+        return self.client.get(POW_PREFIX + path)
+
+    def artifact_calls(self) -> list[list[int]]:
+        return [list(args[2]) for m, args in self.engine.calls if m == "poc_artifacts"]
+
+
+@pytest.fixture
+def node(monkeypatch: pytest.MonkeyPatch) -> Iterator[Node]:
+    monkeypatch.setenv("VLLM_POC_PROTOCOL", "artifact")
+    monkeypatch.setenv("VLLM_POC_CALLBACK_INTERVAL", "0")
+    engine = FakeEngine(delay=0.001)
+    app = vllm_like_app()
+    routes.attach(app)
+    state = ArtifactNode(Engines([EngineRPC(engine)]), [MODEL, "/models/qwen"], Sender())  # type: ignore[arg-type]
+    app.state.poc_manager = state
+    with TestClient(app) as client:
+        yield Node(client, state, engine)
+        client.post(POW_PREFIX + "/stop", json={})
+
+
+def _wait(predicate: Any, timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.01)
+    raise AssertionError("timed out")
+
+
+def test_idle_status(node: Node) -> None:
+    assert node.get("/status").json() == {"status": "IDLE", "config": None, "stats": None}
+
+
+def test_a_generation_round_from_dapis_body(node: Node) -> None:
+    body = {**INIT, "group_id": 1, "n_groups": 2}
+    r = node.post("/init/generate", body)
+    assert r.status_code == 200 and r.json() == {
+        "status": "OK",
+        "pow_status": {"status": "GENERATING"},
+    }
+    status = _wait(
+        lambda: (s := node.get("/status").json())["stats"]["total_processed"] >= 64 and s
+    )
+    assert status["status"] == "GENERATING"
+    assert status["config"] == {
+        "block_hash": INIT["block_hash"],
+        "block_height": 1200,
+        "public_key": INIT["public_key"],
+        "node_id": 0,
+        "node_count": 3,
+        "group_id": 1,
+        "n_groups": 2,
+        "seq_len": 1024,
+        "k_dim": 12,
+    }
+    assert node.client.post("/v1/completions").status_code == 503
+    again = node.post("/init/generate", body)
+    assert again.status_code == 409 and again.json()["detail"] == "Already generating"
+    assert node.post("/stop", {}).json() == {"status": "OK", "pow_status": {"status": "STOPPED"}}
+    assert node.get("/status").json()["status"] == "IDLE"
+    assert node.client.post("/v1/completions").status_code == 200
+    # Striding: offset node_id + group_id * node_count = 3, stride n_groups * node_count = 6.
+    first = node.artifact_calls()[0]
+    assert first == [3 + 6 * x for x in range(32)]
+    posted = [a["nonce"] for _, p in node.sender.posts for a in p["artifacts"]]
+    assert posted and len(posted) == len(set(posted)), "every artifact posted exactly once"
+    assert all(n % 6 == 3 for n in posted)
+    url, payload = node.sender.posts[0]
+    assert url == INIT["url"] + "/generated"
+    assert set(payload) == {
+        "public_key",
+        "block_hash",
+        "block_height",
+        "node_id",
+        "artifacts",
+        "encoding",
+    }
+    assert payload["encoding"] == {"dtype": "f16", "k_dim": 12, "endian": "le"}
+    assert payload["artifacts"][0] == {"nonce": 3, "vector_b64": fake_artifact(3)}
+
+
+def test_params_of_another_model_answer_409_with_both_sides(node: Node) -> None:
+    r = node.post("/init/generate", {**INIT, "params": {"model": "other", "seq_len": 256}})
+    assert r.status_code == 409
+    assert r.json()["detail"] == {
+        "error": "params mismatch",
+        "requested": {"model": "other", "seq_len": 256, "k_dim": 12},
+        "deployed": {"model": [MODEL, "/models/qwen"], "seq_len": None, "k_dim": None},
+    }
+    assert node.get("/status").json()["status"] == "IDLE"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {**INIT, "params": {**INIT["params"], "extra": 1}},
+        {k: v for k, v in INIT.items() if k != "public_key"},
+        {**INIT, "node_id": "zero"},
+        {**INIT, "params": {"model": MODEL}},
+    ],
+    ids=["unknown params key", "missing key", "wrong type", "no seq_len"],
+)
+def test_malformed_bodies_answer_422_and_change_nothing(node: Node, body: dict) -> None:
+    assert node.post("/init/generate", body).status_code == 422
+    assert node.get("/status").json()["status"] == "IDLE"
+
+
+def _generate(**extra: Any) -> dict[str, Any]:
+    return {
+        "block_hash": INIT["block_hash"],
+        "block_height": 1200,
+        "public_key": INIT["public_key"],
+        "node_id": 0,
+        "node_count": 3,
+        "nonces": [5, 1, 9, 2],
+        "params": {"model": MODEL, "seq_len": 1024},
+        "batch_size": 2,
+        **extra,
+    }
+
+
+def test_generate_inline(node: Node) -> None:
+    r = node.post("/generate", _generate(wait=True, unknown_top_level_key=1))
+    body = r.json()
+    assert r.status_code == 200 and body["status"] == "completed"
+    assert body["artifacts"] == [{"nonce": n, "vector_b64": fake_artifact(n)} for n in [5, 1, 9, 2]]
+    assert body["encoding"] == {"dtype": "f16", "k_dim": 12, "endian": "le"}
+    assert node.artifact_calls() == [[5, 1], [9, 2]]
+
+
+def test_a_validators_job_with_dapis_body(node: Node) -> None:
+    """§12.2's body: queued, polled to completion, verdict posted to /validated."""
+    received = [{"nonce": n, "vector_b64": fake_artifact(n)} for n in [5, 1, 9]]
+    received.append({"nonce": 2, "vector_b64": fake_artifact(3)})  # another nonce's artifact
+    body = _generate(
+        url="http://dapi.local:9100/v2/poc-batches",
+        validation={"artifacts": received},
+        stat_test={"dist_threshold": 0.2, "p_mismatch": 0.1, "p_value_threshold": 0.05},
+    )
+    queued = node.post("/generate", body).json()
+    assert queued["status"] == "queued" and queued["queued_count"] == 4
+    done = _wait(
+        lambda: (
+            (j := node.get(f"/generate/{queued['request_id']}").json())["status"] == "completed"
+            and j
+        )
+    )
+    assert done["n_total"] == 4 and done["n_mismatch"] == 1 and done["mismatch_nonces"] == [2]
+    assert done["fraud_detected"] is False and 0 < done["p_value"] < 1
+    url, payload = _wait(lambda: node.sender.posts and node.sender.posts[-1])
+    assert url.endswith("/v2/poc-batches/validated")
+    assert payload["request_id"] == queued["request_id"] and payload["n_mismatch"] == 1
+
+
+def test_generate_bad_input(node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    other = node.post("/generate", _generate(validation={"artifacts": []}))
+    assert other.status_code == 400
+    assert other.json()["detail"] == "validation.artifacts nonces must match nonces field"
+    assert node.get("/generate/unknown").status_code == 404
+    monkeypatch.setenv("VLLM_POC_MAX_QUEUED_NONCES", "3")
+    full = node.post("/generate", _generate())
+    assert full.status_code == 429 and "Queue full" in full.json()["detail"]
+    assert node.node.jobs.records == {}
+    wrong = node.post("/generate", _generate(params={"model": "x", "seq_len": 8}))
+    assert wrong.status_code == 409
+
+
+def test_malformed_received_artifacts_are_mismatches(node: Node) -> None:
+    received = [
+        {"nonce": 5, "vector_b64": "not base64"},
+        {"nonce": 1, "vector_b64": fake_artifact(1)[:8]},
+        {"nonce": 9, "vector_b64": "AP4A/gD+AP4A/gD+AP4A/gD+AP4A/gD+"},  # NaN halves
+        {"nonce": 2, "vector_b64": fake_artifact(2)},
+    ]
+    r = node.post("/generate", _generate(wait=True, validation={"artifacts": received}))
+    assert r.status_code == 200 and r.json()["mismatch_nonces"] == [5, 1, 9]
+
+
+def test_non_finite_batches_are_rejected_whole_then_stop_the_round(node: Node) -> None:
+    node.engine.nonfinite = set(range(10_000))
+    node.post("/init/generate", INIT)
+    final = _wait(lambda: (s := node.get("/status").json())["status"] == "IDLE" and s)
+    assert "3 consecutive batches rejected as non-finite" in final["error"]
+    assert node.sender.posts == []
+
+
+def test_the_operator_can_make_the_process_exit_instead(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Exited(Exception):
+        pass
+
+    def exit_(status: int) -> None:
+        raise Exited(status)
+
+    monkeypatch.setenv("VLLM_POC_EXIT_ON_BAD_BATCHES", "1")
+    monkeypatch.setattr("vllm_poc.server.artifact_node.os._exit", exit_)
+    node.engine.nonfinite = {1}
+    for _ in range(2):
+        r = node.post("/generate", _generate(wait=True, nonces=[1], batch_size=1))
+        assert r.status_code == 200 and r.json()["artifacts"] == []
+    with pytest.raises(Exited, match="1"):
+        node.post("/generate", _generate(wait=True, nonces=[1], batch_size=1))
+
+
+def test_without_the_exit_setting_a_generate_answers_503(node: Node) -> None:
+    node.engine.nonfinite = {1}
+    answers = [
+        node.post("/generate", _generate(wait=True, nonces=[1], batch_size=1)) for _ in range(3)
+    ]
+    assert [a.status_code for a in answers] == [200, 200, 503]
+    assert "consecutive batches rejected" in answers[-1].json()["detail"]
