@@ -17,6 +17,7 @@ SAMPLE_OF = {
     "VLLM_POC_BATCH_SIZE": ("7", 7),
     "VLLM_POC_WEIGHTS_FINGERPRINT": ("0", False),
     "VLLM_POC_COMPILED_FORWARD": ("0", False),
+    "VLLM_POC_PROTOCOL": (" Artifact", "artifact"),
 }
 """Settings whose values are not of their default's type (``auto`` or a number), or whose
 sample must differ from a true default."""
@@ -158,3 +159,9 @@ def test_readme_defaults_match_the_settings():
         if name in table and table[name] != _as_written(setting.default)
     }
     assert wrong == {}, "README default vs envs.py default"
+
+
+def test_an_unknown_protocol_is_refused(monkeypatch):
+    monkeypatch.setenv("VLLM_POC_PROTOCOL", "artefact")
+    with pytest.raises(ValueError, match="'distance' or 'artifact'"):
+        envs.get("VLLM_POC_PROTOCOL")

@@ -1,5 +1,5 @@
 """The artifact protocol's HTTP messages: the bodies gonka's MLNode and DAPI send to
-``/api/v1/pow`` (docs/protocol.md, Part II §A.7), as pydantic models.
+``/api/v1/pow`` (docs/protocol.md, Part II §A.6), as pydantic models.
 
 Unknown top-level keys and unknown ``stat_test`` keys are ignored, as the network's nodes do;
 ``params`` is strict (an unknown key is a 422).

@@ -1,5 +1,5 @@
 """The artifact protocol's ``/api/v1/pow`` routes (``VLLM_POC_PROTOCOL=artifact``): the API that
-gonka's MLNode calls, with its status codes (docs/protocol.md, Part II §A.7).
+gonka's MLNode calls, with its status codes (docs/protocol.md, Part II §A.6).
 
 Bodies are validated here, not by FastAPI: this API answers 422 for a malformed body (as the
 network's nodes do) where vLLM's handler would answer 400.
