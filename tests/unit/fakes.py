@@ -87,7 +87,7 @@ class FakeEngine:
         if method == "poc_ready":
             return ["fake"] * self.workers
         if method == "poc_artifacts":
-            _, _, nonces, _, _ = args
+            nonces = args[2]
             if set(nonces) & self.nonfinite:
                 answer: list[str] = []
             else:

@@ -261,3 +261,16 @@ def test_without_the_exit_setting_a_generate_answers_503(node: Node) -> None:
     ]
     assert [a.status_code for a in answers] == [200, 200, 503]
     assert "consecutive batches rejected" in answers[-1].json()["detail"]
+
+
+def test_instances_of_a_participant_never_share_a_nonce() -> None:
+    from vllm_poc.protocol.artifact_wire import InitGenerate
+
+    seen: set[int] = set()
+    for node_id in range(3):
+        for group_id in range(2):
+            body = InitGenerate(**{**INIT, "node_id": node_id, "group_id": group_id, "n_groups": 2})
+            mine = {body.nonce(x) for x in range(100)}
+            assert not mine & seen
+            seen |= mine
+    assert seen == set(range(600))

@@ -19,7 +19,7 @@ class Params(BaseModel):
 
     model: str
     seq_len: int = Field(gt=0)
-    k_dim: int = Field(default=artifact.K_DIM, ge=2)
+    k_dim: int = Field(default=artifact.K_DIM, ge=2, le=64)
 
 
 class ArtifactItem(BaseModel):

@@ -94,6 +94,7 @@ class ArtifactNode:
         if self.generating:
             raise AlreadyGenerating("Already generating")
         self.state = PoCState.GENERATING  # before the loop starts: inference answers 503 now
+        await self._cancel_tasks()  # a stream left by a round that failed
         self.config, self.error, self.total_processed = body, None, 0
         self._started, self._buffer = time.monotonic(), []
         loop = asyncio.get_running_loop()
@@ -122,17 +123,20 @@ class ArtifactNode:
 
     async def stop(self) -> dict[str, Any]:
         """Cancel the round and the jobs; artifacts already computed are still delivered."""
+        await self._cancel_tasks()
+        if self.config is not None:
+            self._flush(self.config)
+        self.state = PoCState.IDLE
+        await self.jobs.cancel_all()
+        return {"status": "OK", "pow_status": {"status": "STOPPED"}}
+
+    async def _cancel_tasks(self) -> None:
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self.config is not None:
-            self._flush(self.config)
-        self.state = PoCState.IDLE
-        await self.jobs.cancel_all()
-        return {"status": "OK", "pow_status": {"status": "STOPPED"}}
 
     async def compute(self, body: Round, nonces: list[int]) -> list[dict[str, Any]]:
         """Artifacts of ``nonces`` in computation order; rejected batches' nonces are absent."""
@@ -143,6 +147,7 @@ class ArtifactNode:
             body.params.seq_len,
             body.batch_size,
             body.poc_stronger_rng,
+            body.params.k_dim,
         )
         out = []
         for chunk, vectors in chunks:

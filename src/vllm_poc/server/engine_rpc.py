@@ -94,12 +94,12 @@ class EngineRPC:
         nonces: list[int],
         seq_len: int,
         stronger_rng: bool = False,
+        k_dim: int = 12,
     ) -> list[str]:
         """One forward's artifacts in the order of ``nonces``; ``[]`` for a batch the worker
         rejected as non-finite (artifact protocol)."""
-        answers = await self.answers(
-            "poc_artifacts", (block_hash, public_key, nonces, seq_len, stronger_rng)
-        )
+        args = (block_hash, public_key, nonces, seq_len, stronger_rng, k_dim)
+        answers = await self.answers("poc_artifacts", args)
         if answers[0] and len(answers[0]) != len(nonces):
             raise EngineFailure(f"worker returned no artifacts for {len(nonces)} nonces")
         return [str(a) for a in answers[0]]

@@ -92,12 +92,13 @@ class Engines:
         seq_len: int,
         batch_size: int,
         stronger_rng: bool = False,
+        k_dim: int = 12,
     ) -> list[tuple[list[int], list[str]]]:
         """Artifact-protocol vectors per chunk of ``nonces``, in order (``spread``); a chunk
         that the worker rejected as non-finite has ``[]``."""
 
         def call(rpc: EngineRPC, chunk: list[int]) -> Awaitable[list[str]]:
-            return rpc.artifacts(block_hash, public_key, chunk, seq_len, stronger_rng)
+            return rpc.artifacts(block_hash, public_key, chunk, seq_len, stronger_rng, k_dim)
 
         return await self.spread(nonces, batch_size, call)
 

@@ -43,11 +43,12 @@ class PoCWorkerExtension:
         nonces: list[int],
         seq_len: int,
         stronger_rng: bool = False,
+        k_dim: int = 12,
     ) -> list[str] | None:
         """Artifact-protocol vectors of ``nonces`` (base64); ``[]`` for a batch rejected as
         non-finite; None on ranks without the final hidden states."""
         return self._poc_artifacts().artifacts(
-            block_hash, public_key, nonces, seq_len, stronger_rng
+            block_hash, public_key, nonces, seq_len, stronger_rng, k_dim
         )
 
     def poc_profile_artifacts(self, batch: int, seq_len: int, reps: int = 5) -> dict[str, float]:
