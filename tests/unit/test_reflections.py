@@ -4,11 +4,15 @@ PoC forward."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+import pytest
 import torch
 from vllm.model_executor.models.utils import PPMissingLayer
 
 from vllm_poc import compat
 from vllm_poc.protocol.artifact import layer_vectors, reflect
+from vllm_poc.worker.artifacts import ArtifactForward, NoDecoderLayers
 from vllm_poc.worker.reflections import reflect_output, reflected
 
 DIM = 8
@@ -71,3 +75,14 @@ def test_the_reflection_is_an_involution_up_to_rounding():
     x = torch.randn(5, 64, dtype=torch.float32)
     assert torch.allclose(reflect(reflect(x, w), w), x, atol=1e-5)
     assert torch.allclose(reflect(x, w).norm(dim=1), x.norm(dim=1), rtol=1e-5)
+
+
+def test_a_model_without_a_decoder_layer_list_is_refused_never_computed_bare():
+    config = SimpleNamespace(hf_text_config=SimpleNamespace(num_hidden_layers=5))
+    forward = SimpleNamespace(
+        vllm_config=SimpleNamespace(model_config=config),
+        runner=SimpleNamespace(get_model=Model),  # 3 layers where the config says 5
+    )
+    artifacts = ArtifactForward(forward)  # type: ignore[arg-type]
+    with pytest.raises(NoDecoderLayers, match="reflection after every decoder layer"):
+        artifacts.artifacts("block", "key", [0], 8)
