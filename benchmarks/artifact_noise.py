@@ -1,0 +1,105 @@
+#!/usr/bin/env python
+"""How far honest nodes' artifacts lie apart: the same nonces computed by vLLM engines that
+differ the way honest nodes do (batch size, tensor parallelism, activation dtype), L2 between
+each configuration's artifacts and the first one's (the network's validation bound is 0.2).
+
+Each configuration runs in its own process (vLLM's ``LLM`` with the plugin enabled) through the
+worker method the artifact API calls:
+
+    .venv/bin/python benchmarks/artifact_noise.py                        # tiny model, CPU
+    .venv/bin/python benchmarks/artifact_noise.py --shape 0.6b --nonces 64
+
+On a GPU:
+
+    python benchmarks/artifact_noise.py --shape 0.6b --seq-len 1024 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from vllm_poc.protocol import artifact
+from vllm_poc.testing.tiny_model import make_tiny_model
+
+CONFIGS: dict[str, dict[str, object]] = {
+    "batch 32, bf16": {"batch": 32},
+    "batch 8, bf16": {"batch": 8},
+    "batch 1, bf16": {"batch": 1},
+    "TP=2, batch 32, bf16": {"batch": 32, "tp": 2, "env": {"VLLM_CPU_OMP_THREADS_BIND": "0|1"}},
+    "batch 32, float16": {"batch": 32, "dtype": "float16"},
+}
+BLOCK, KEY = "noise-block", "noise-key"
+
+
+def run(model: Path, config: dict[str, object], nonces: int, seq_len: int, shape: str) -> list[str]:
+    """The artifacts of ``nonces`` from one engine of ``config``, in nonce order."""
+    code = (
+        "import json, sys; from vllm import LLM\n"
+        "c = json.loads(sys.argv[1])\n"
+        "llm = LLM(model=c['model'], dtype=c.get('dtype', 'bfloat16'), max_model_len=max(512,"
+        " c['seq_len']), tensor_parallel_size=c.get('tp', 1), load_format=c['load'])\n"
+        "out = []\n"
+        "for i in range(0, c['nonces'], c['batch']):\n"
+        "    chunk = list(range(i, min(i + c['batch'], c['nonces'])))\n"
+        "    args = (c['block'], c['key'], chunk, c['seq_len'])\n"
+        "    answers = llm.collective_rpc('poc_artifacts', args=args)\n"
+        "    out += next(a for a in answers if a is not None)\n"
+        "print('ARTIFACTS ' + json.dumps(out), flush=True)\n"
+    )
+    spec = {
+        **config,
+        "model": str(model),
+        "nonces": nonces,
+        "seq_len": seq_len,
+        "load": "auto" if shape == "tiny" else "dummy",
+        "block": BLOCK,
+        "key": KEY,
+    }
+    env = {**os.environ, "VLLM_POC_ENABLED": "1", **spec.pop("env", {})}  # type: ignore[dict-item]
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    done = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(spec)], env=env, capture_output=True, text=True
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("ARTIFACTS ")]
+    if done.returncode or not lines:
+        raise RuntimeError(f"{config} failed:\n{done.stderr[-3000:]}")
+    return json.loads(lines[-1].removeprefix("ARTIFACTS "))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", choices=["tiny", "0.6b", "8b"], default="tiny")
+    parser.add_argument("--nonces", type=int, default=64)
+    parser.add_argument("--seq-len", type=int, default=64)
+    parser.add_argument("--only", nargs="*", default=None, help="configurations to run")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        shape = None if args.shape == "tiny" else args.shape
+        model = make_tiny_model(Path(tmp) / "model", shape=shape)
+        names = args.only or list(CONFIGS)
+        results = {
+            name: run(model, CONFIGS[name], args.nonces, args.seq_len, args.shape) for name in names
+        }
+    rows = {
+        name: torch.tensor([artifact.decode(v).tolist() for v in r]) for name, r in results.items()
+    }
+    base_name, base = names[0], rows[names[0]]
+    print(
+        f"\n{args.shape} shape, {args.nonces} nonces, seq_len {args.seq_len}; L2 to {base_name!r}"
+    )
+    print(f"{'configuration':<24} {'max L2':>8} {'mean L2':>8} {'> 0.2':>6}")
+    for name in names[1:]:
+        l2 = (rows[name] - base).norm(dim=1)
+        print(f"{name:<24} {l2.max():>8.4f} {l2.mean():>8.4f} {int((l2 > 0.2).sum()):>6}")
+
+
+if __name__ == "__main__":
+    main()
