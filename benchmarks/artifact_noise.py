@@ -11,7 +11,7 @@ worker method the artifact API calls:
 
 On a GPU:
 
-    python benchmarks/artifact_noise.py --shape 0.6b --seq-len 1024 --device cuda
+    python benchmarks/artifact_noise.py --shape 0.6b --seq-len 1024 --nonces 64
 """
 
 from __future__ import annotations
