@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from vllm_poc.protocol import validation
 from vllm_poc.protocol.randomness import murmur_hash, normals_rows, seed_column, seed_from_string
 
 K_DIM = 12
@@ -172,9 +173,5 @@ def binomial_test(
 ) -> BinomialTest:
     """One-sided exact test: ``P[X >= n_mismatch]`` for ``X ~ Binomial(n_total, p_mismatch)``;
     1 without mismatches or without nonces; fraud strictly below ``fraud_threshold``."""
-    p_value = 1.0
-    if n_total > 0 and n_mismatch > 0:
-        from scipy.stats import binomtest  # ~0.3 s to import: only the validating server pays
-
-        p_value = float(binomtest(n_mismatch, n_total, p_mismatch, alternative="greater").pvalue)
-    return BinomialTest(n_total, n_mismatch, p_value, p_value < fraud_threshold)
+    p = validation.p_value(n_mismatch, n_total, p_mismatch) if n_total and n_mismatch else 1.0
+    return BinomialTest(n_total, n_mismatch, p, p < fraud_threshold)

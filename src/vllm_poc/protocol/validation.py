@@ -72,9 +72,15 @@ def fraud_test(
     """p-value of at least ``n_mismatch`` mismatches from an honest node; -1 for no nonces."""
     if n == 0:
         return Verdict(probability_honest=-1.0, fraud_detected=False)
+    p = p_value(n_mismatch, n, p_mismatch)
+    return Verdict(probability_honest=p, fraud_detected=p < fraud_threshold)
+
+
+def p_value(n_mismatch: int, n: int, p_mismatch: float) -> float:
+    """``P[X >= n_mismatch]`` for ``X ~ Binomial(n, p_mismatch)``: the exact one-sided test both
+    protocols use."""
     # Imported here: scipy.stats costs ~0.3 s, and every vLLM process imports the plugin while
     # only the API server validates.
     from scipy.stats import binomtest
 
-    p = float(binomtest(k=n_mismatch, n=n, p=p_mismatch, alternative="greater").pvalue)
-    return Verdict(probability_honest=p, fraud_detected=p < fraud_threshold)
+    return float(binomtest(k=n_mismatch, n=n, p=p_mismatch, alternative="greater").pvalue)
