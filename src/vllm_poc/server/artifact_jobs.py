@@ -74,8 +74,7 @@ class Jobs:
         """``wait=true``: after any generation round, computed now and answered."""
         while self.node.generating:
             await asyncio.sleep(WAIT_TICK_S)
-        job = Job(body)
-        return await self.node.result(body, job.id)
+        return await self.node.result(body, str(uuid.uuid4()))
 
     def submit(self, body: Generate) -> dict[str, Any]:
         """``wait=false``: queued (429 above ``VLLM_POC_MAX_QUEUED_NONCES``, nothing changed)."""
