@@ -38,23 +38,29 @@ class BatchStore:
     """Received batches in arrival order, in memory and optionally in a JSONL file.
 
     The node delivers from a background queue with retries, so a POST may arrive more than once
-    after a timeout; records keep a sequence number and the receive time rather than
-    de-duplicating, which is what a debugging tool should show.
+    after a timeout; every attempt at one batch carries the same ``Idempotency-Key`` header.
+    Records keep every arrival with its key and mark the repeats (``repeat``) rather than
+    dropping them, which is what a debugging tool should show; real software drops repeats.
     """
 
     def __init__(self, output: Path | None = None) -> None:
         self.output = output
         self._lock = threading.Lock()
         self._records: list[dict[str, Any]] = []
+        self._keys: set[str] = set()
 
-    def add(self, kind: Kind, body: Any) -> dict[str, Any]:
+    def add(self, kind: Kind, body: Any, key: str | None = None) -> dict[str, Any]:
         with self._lock:
             record = {
                 "seq": len(self._records),
                 "kind": kind,
                 "received_at": time.time(),
+                "idempotency_key": key,
+                "repeat": key is not None and key in self._keys,
                 "batch": body,
             }
+            if key is not None:
+                self._keys.add(key)
             self._records.append(record)
             if self.output is not None:
                 with self.output.open("a") as f:
@@ -68,6 +74,7 @@ class BatchStore:
     def clear(self) -> None:
         with self._lock:
             self._records.clear()
+            self._keys.clear()
 
 
 def create_app(output: Path | None = None, store: BatchStore | None = None) -> FastAPI:
@@ -82,9 +89,10 @@ def create_app(output: Path | None = None, store: BatchStore | None = None) -> F
             raise HTTPException(status_code=400, detail=f"body is not JSON: {e}") from e
         if not isinstance(body, dict) or "nonces" not in body:
             raise HTTPException(status_code=400, detail="expected a batch object with 'nonces'")
-        record = app.state.store.add(kind, body)
+        record = app.state.store.add(kind, body, request.headers.get("Idempotency-Key"))
         print(
-            f"[receiver] {kind}: {len(body['nonces'])} nonces from "
+            f"[receiver] {kind}{' (repeat)' if record['repeat'] else ''}: "
+            f"{len(body['nonces'])} nonces from "
             f"{body.get('public_key')!r} at height {body.get('block_height')}",
             flush=True,
         )

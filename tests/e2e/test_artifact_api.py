@@ -153,7 +153,8 @@ def test_a_generation_round_delivers_every_artifact_once_and_inference_is_untouc
         assert stopped == {"status": "OK", "pow_status": {"status": "STOPPED"}}
 
         def posted() -> list[int]:
-            return [a["nonce"] for b in receiver.bodies("/generated") for a in b["artifacts"]]
+            bodies = receiver.unique_bodies("/generated")
+            return [a["nonce"] for b in bodies for a in b["artifacts"]]
 
         wait_until(lambda: len(posted()) >= 48, 60, "the artifacts to arrive")
         nonces = posted()

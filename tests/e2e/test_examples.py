@@ -200,6 +200,16 @@ def test_callback_receiver_stores_and_lists_batches(tmp_path: Path) -> None:
         assert [r["kind"] for r in lines] == ["generated", "validated"]
         assert c.delete("/batches").status_code == 200
         assert c.get("/batches").json() == []
+        # A retried post (same Idempotency-Key) is kept and marked as a repeat.
+        for _ in range(2):
+            c.post("/generated", json=batch, headers={"Idempotency-Key": "k1"})
+        c.post("/generated", json=batch, headers={"Idempotency-Key": "k2"})
+        records = c.get("/batches").json()
+        assert [(r["idempotency_key"], r["repeat"]) for r in records] == [
+            ("k1", False),
+            ("k1", True),
+            ("k2", False),
+        ]
 
 
 @pytest.fixture
@@ -238,6 +248,7 @@ def test_callback_receiver_gets_the_nodes_callbacks(node: str, receiver_url: str
         assert time.monotonic() < deadline, "callbacks did not arrive"
         time.sleep(0.2)
     for record in batches("generated"):
+        assert len(record["idempotency_key"]) == 32
         assert record["batch"]["block_hash"] == block
         assert all(d < R_TARGET for d in record["batch"]["dist"])
     verdict = batches("validated")[0]["batch"]

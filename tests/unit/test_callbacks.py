@@ -292,6 +292,26 @@ def test_failing_receiver_gets_every_item_once_and_in_order(failures):
     assert s.pending == 0
 
 
+def test_every_attempt_at_a_payload_carries_its_one_idempotency_key(sleeps):
+    """A receiver that took a post whose answer timed out gets it again: the repeat names the
+    same key, so it can be dropped; two payloads never share one."""
+    receiver = Receiver(failing_first(2, "timeout"))
+
+    async def main():
+        s = PoCCallbackSender(client=receiver.client(), max_retries=5)
+        s.submit_generated(URL, batch([1], [0.1]).sub_batch(0.5))
+        s.submit_generated(URL, batch([2], [0.1]).sub_batch(0.5))
+        await until(lambda: s.stats.sent == 2)
+        await close(s)
+
+    asyncio.run(main())
+    keys = [r.headers[sender_module.IDEMPOTENCY_HEADER] for r in receiver.requests]
+    nonces = [json.loads(r.content)["nonces"] for r in receiver.requests]
+    assert nonces == [[1], [1], [1], [2]]
+    assert keys[0] == keys[1] == keys[2] != keys[3]
+    assert all(len(k) == 32 for k in keys)
+
+
 @pytest.mark.parametrize("failure", ["500", "503", "404", "connect", "timeout"])
 def test_http_errors_and_connection_errors_are_failures(sleeps, failure):
     receiver = Receiver(failing_first(2, failure))

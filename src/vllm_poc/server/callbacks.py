@@ -5,6 +5,10 @@ delivers the queue in order; a failed post is retried with exponential backoff u
 budget, the queue is bounded (the oldest item is dropped when full) and every drop is logged and
 counted (overflow drops in one warning per receiver every ``DROP_LOG_INTERVAL_S``), so a
 receiver that is down costs bounded memory and log space and never slows generation.
+
+Delivery is at least once: a post the receiver took but whose answer did not come back in time
+(a timeout, a dropped connection) is sent again. Every attempt at one payload carries the same
+``Idempotency-Key`` header, so a receiver can drop the repeats.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import collections
 import contextlib
 import math
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,6 +35,9 @@ logger = get_logger(__name__)
 DROP_LOG_INTERVAL_S = 10.0
 """At most one warning per receiver this often about posts dropped from a full queue."""
 
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+"""Header naming one payload: the same on each attempt at it, different between payloads."""
+
 
 @dataclass
 class SenderStats:
@@ -43,6 +51,7 @@ class _Item:
     url: str
     payload: dict[str, Any]
     attempts: int = 0
+    idempotency_key: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
 @dataclass
@@ -176,7 +185,9 @@ class PoCCallbackSender:
         item.attempts += 1
         start = time.monotonic()
         try:
-            response = await self._client.post(item.url, json=item.payload)
+            response = await self._client.post(
+                item.url, json=item.payload, headers={IDEMPOTENCY_HEADER: item.idempotency_key}
+            )
         except httpx.HTTPError as e:
             error = f"{type(e).__name__}: {e}"
         else:

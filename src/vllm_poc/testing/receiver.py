@@ -23,6 +23,8 @@ class Received:
     path: str
     body: Any
     at: float
+    key: str | None = None
+    """The ``Idempotency-Key`` header: the same on every attempt at one payload."""
 
 
 class CallbackReceiver:
@@ -47,7 +49,7 @@ class CallbackReceiver:
                     body: Any = json.loads(raw)
                 except ValueError:
                     body = {"_raw": raw.decode(errors="replace")}
-                mode, slow = receiver._record(self.path, body)
+                mode, slow = receiver._record(self.path, body, self.headers.get("Idempotency-Key"))
                 if mode == "slow":
                     time.sleep(slow)
                 code = 500 if mode == "error" else 200
@@ -79,9 +81,9 @@ class CallbackReceiver:
             if slow_seconds is not None:
                 self.slow_seconds = slow_seconds
 
-    def _record(self, path: str, body: Any) -> tuple[str, float]:
+    def _record(self, path: str, body: Any, key: str | None) -> tuple[str, float]:
         with self._cond:
-            self._records.append(Received(len(self._records), path, body, time.monotonic()))
+            self._records.append(Received(len(self._records), path, body, time.monotonic(), key))
             self._cond.notify_all()
             return self.mode, self.slow_seconds
 
@@ -92,6 +94,18 @@ class CallbackReceiver:
 
     def bodies(self, path: str) -> list[Any]:
         return [r.body for r in self.records(path)]
+
+    def unique_bodies(self, path: str) -> list[Any]:
+        """``bodies`` without the repeats of an ``Idempotency-Key`` (the node's retries of a post
+        whose answer it did not get): what a receiver that drops seen keys keeps."""
+        seen: set[str] = set()
+        kept = []
+        for r in self.records(path):
+            if r.key is None or r.key not in seen:
+                kept.append(r.body)
+            if r.key is not None:
+                seen.add(r.key)
+        return kept
 
     def clear(self) -> None:
         with self._lock:
