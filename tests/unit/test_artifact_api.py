@@ -274,3 +274,44 @@ def test_instances_of_a_participant_never_share_a_nonce() -> None:
             assert not mine & seen
             seen |= mine
     assert seen == set(range(600))
+
+
+def _counter(name: str, **labels: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_two_engines_compute_distinct_nonces_of_every_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Data parallelism: each step of a round is cut over the engines, which compute disjoint
+    chunks at the same time; the per-engine series count each engine's share."""
+    monkeypatch.setenv("VLLM_POC_PROTOCOL", "artifact")
+    engines = [FakeEngine(delay=0.001), FakeEngine(delay=0.001)]
+    checked = "vllm_poc_nonces_checked_total"
+    before = [_counter(checked, dp_rank=str(r)) for r in (0, 1)]
+    validated_before = _counter("vllm_poc_validated_nonces_total")
+    app = vllm_like_app()
+    routes.attach(app)
+    rpcs = [EngineRPC(e, r) for r, e in enumerate(engines)]  # type: ignore[arg-type]
+    node = ArtifactNode(Engines(rpcs), [MODEL], Sender())  # type: ignore[arg-type]
+    app.state.poc_manager = node
+    with TestClient(app) as client:
+        assert client.post(POW_PREFIX + "/init/generate", json=INIT).status_code == 200
+        _wait(lambda: client.get(POW_PREFIX + "/status").json()["stats"]["total_processed"] >= 128)
+        client.post(POW_PREFIX + "/stop", json={})
+        validation = {"artifacts": [{"nonce": 0, "vector_b64": fake_artifact(0)}]}
+        r = client.post(
+            POW_PREFIX + "/generate",
+            json=_generate(wait=True, nonces=[0], validation=validation),
+        )
+        assert r.status_code == 200 and r.json()["n_mismatch"] == 0
+    calls = [[list(a[2]) for m, a in e.calls if m == "poc_artifacts"] for e in engines]
+    # Step 1 (2 x 32 nonces of node 0 of 3): engine 0 the first half, engine 1 the second.
+    assert calls[0][0] == [3 * x for x in range(32)]
+    assert calls[1][0] == [3 * x for x in range(32, 64)]
+    assert calls[0][-1] == [0], "one nonce to validate: one chunk, on the first engine"
+    nonces = [n for c in calls[0][:-1] + calls[1] for n in c]
+    assert len(nonces) == len(set(nonces)), "no nonce computed twice in the round"
+    after = [_counter(checked, dp_rank=str(r)) for r in (0, 1)]
+    assert after[0] - before[0] >= 64 and after[1] - before[1] >= 64
+    assert _counter("vllm_poc_validated_nonces_total") - validated_before == 1

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from vllm_poc import envs
 from vllm_poc.log import get_logger
-from vllm_poc.protocol.artifact_wire import Generate
+from vllm_poc.protocol import artifact
+from vllm_poc.protocol.artifact_wire import Generate, StatTest, encoding
 from vllm_poc.server.errors import BadValue, PoCRequestError
 
 if TYPE_CHECKING:
@@ -74,7 +75,7 @@ class Jobs:
         """``wait=true``: after any generation round, computed now and answered."""
         while self.node.generating:
             await asyncio.sleep(WAIT_TICK_S)
-        return await self.node.result(body, str(uuid.uuid4()))
+        return await self.result(body, str(uuid.uuid4()))
 
     def submit(self, body: Generate) -> dict[str, Any]:
         """``wait=false``: queued (429 above ``VLLM_POC_MAX_QUEUED_NONCES``, nothing changed)."""
@@ -124,7 +125,7 @@ class Jobs:
             self._queue.popleft()
             job.status = "running"
             try:
-                job.result = await self.node.result(job.body, job.id)
+                job.result = await self.result(job.body, job.id)
                 job.status = "completed"
             except Exception as e:
                 logger.error("vllm-poc: /generate job %s failed: %s", job.id, e)
@@ -141,3 +142,38 @@ class Jobs:
         payload |= body.model_dump(include={"block_hash", "block_height", "public_key", "node_id"})
         payload |= {k: v for k, v in job.result.items() if k not in ("status", "request_id")}
         self.node.sender.submit(f"{str(body.url).rstrip('/')}/{kind}", payload)
+
+    async def result(self, body: Generate, request_id: str) -> dict[str, Any]:
+        """A job's result: its artifacts, or the verdict on the received ones (§A.4)."""
+        validating = body.validation is not None
+        items = await self.node.compute(body, body.nonces, validating=validating)
+        done = {"status": "completed", "request_id": request_id}
+        if body.validation is None:
+            return done | {"artifacts": items, "encoding": encoding(body.params.k_dim)}
+        stat = body.stat_test or StatTest()
+        received = {a.nonce: a.vector_b64 for a in body.validation.artifacts}
+        mismatches = [
+            item["nonce"]
+            for item in items
+            if artifact.is_mismatch(
+                _decoded(item["vector_b64"], body.params.k_dim),
+                received[item["nonce"]],
+                stat.dist_threshold,
+            )
+        ]
+        test = artifact.binomial_test(
+            len(mismatches), len(body.nonces), stat.p_mismatch, stat.fraud_threshold
+        )
+        return done | {
+            "n_total": test.n_total,
+            "n_mismatch": test.n_mismatch,
+            "mismatch_nonces": mismatches,
+            "p_value": test.p_value,
+            "fraud_detected": test.fraud_detected,
+        }
+
+
+def _decoded(vector_b64: str, k: int) -> Any:
+    values = artifact.decode(vector_b64, k)
+    assert values is not None, "an artifact this node computed does not decode"
+    return values

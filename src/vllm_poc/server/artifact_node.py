@@ -11,26 +11,28 @@ import asyncio
 import contextlib
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from vllm_poc import envs
 from vllm_poc.log import get_logger
-from vllm_poc.protocol import artifact
 from vllm_poc.protocol.artifact_wire import (
-    Generate,
     InitGenerate,
     Params,
     Round,
-    StatTest,
     encoding,
 )
 from vllm_poc.protocol.round import PoCState
+from vllm_poc.server import metrics
 from vllm_poc.server.artifact_jobs import Jobs
 from vllm_poc.server.callbacks import PoCCallbackSender
 from vllm_poc.server.engines import Engines
 from vllm_poc.server.errors import EngineFailure, PoCRequestError, Unsupported
 
 logger = get_logger(__name__)
+
+ChunkDone = Callable[[int, list[int], list[str], float], None]
+"""Called with ``(dp_rank, nonces, vectors, seconds)`` as each engine finishes a chunk."""
 
 STREAM_TICK_S = 0.1
 """How often the generation stream checks whether a post is due."""
@@ -56,6 +58,9 @@ class BadBatches(EngineFailure):
 
 
 class ArtifactNode:
+    """The artifact protocol's node: one generation round at a time, ``/generate`` jobs, the
+    stream of generated artifacts and the non-finite policy."""
+
     def __init__(
         self,
         engines: Engines,
@@ -84,6 +89,15 @@ class ArtifactNode:
             raise Unsupported(self.unsupported)
         if params.model not in self.served_models:
             raise ParamsMismatch(params, self.served_models)
+
+    @property
+    def state(self) -> PoCState:
+        return self._state
+
+    @state.setter
+    def state(self, value: PoCState) -> None:
+        self._state = value
+        metrics.set_state(value)
 
     @property
     def generating(self) -> bool:
@@ -138,9 +152,22 @@ class ArtifactNode:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def compute(self, body: Round, nonces: list[int]) -> list[dict[str, Any]]:
-        """Artifacts of ``nonces`` in computation order; rejected batches' nonces are absent."""
-        chunks = await self.engines.artifacts(
+    async def compute(
+        self, body: Round, nonces: list[int], *, validating: bool = False
+    ) -> list[dict[str, Any]]:
+        """Artifacts of ``nonces`` in nonce order; rejected batches' nonces are absent.
+        Computed ones count in the per-engine series, recomputed ones as validated."""
+
+        def done(dp_rank: int, chunk: list[int], vectors: list[str], seconds: float) -> None:
+            self._count(body, dp_rank, chunk, vectors, seconds, validating=validating)
+
+        chunks = await self._artifacts(body, nonces, done)
+        return [item for chunk, vectors in chunks for item in _items(chunk, vectors)]
+
+    async def _artifacts(
+        self, body: Round, nonces: list[int], done: ChunkDone
+    ) -> list[tuple[list[int], list[str]]]:
+        return await self.engines.artifacts(
             body.block_hash,
             body.public_key,
             nonces,
@@ -148,15 +175,29 @@ class ArtifactNode:
             body.batch_size,
             body.poc_stronger_rng,
             body.params.k_dim,
+            on_chunk=done,
         )
-        out = []
-        for chunk, vectors in chunks:
-            if not vectors:
-                self._rejected(body, chunk)
-                continue
+
+    def _count(
+        self,
+        body: Round,
+        dp_rank: int,
+        chunk: list[int],
+        vectors: list[str],
+        seconds: float,
+        *,
+        validating: bool,
+    ) -> None:
+        """One engine's finished chunk in the metrics; the non-finite policy if rejected."""
+        if validating:
+            metrics.VALIDATED_NONCES.inc(len(chunk))
+        else:
+            rejected = len(chunk) - len(vectors)
+            metrics.record_batch(dp_rank, len(chunk), len(vectors), rejected, seconds)
+        if vectors:
             self.bad_streak = 0
-            out.extend({"nonce": n, "vector_b64": v} for n, v in zip(chunk, vectors, strict=True))
-        return out
+        else:
+            self._rejected(body, chunk)
 
     def _rejected(self, body: Round, chunk: list[int]) -> None:
         """The non-finite policy: count, stop after a streak (or exit, if the operator says)."""
@@ -180,15 +221,21 @@ class ArtifactNode:
         raise BadBatches(f"{self.bad_streak} consecutive batches rejected as non-finite")
 
     async def _generate(self, config: InitGenerate) -> None:
+        """The round: steps of ``batch_size`` nonces per engine, split between the engines.
+        Each engine's chunk is counted and buffered for the stream as soon as it is done, so a
+        ``/stop`` mid-step abandons only chunks still in flight."""
+
+        def done(dp_rank: int, chunk: list[int], vectors: list[str], seconds: float) -> None:
+            self.total_processed += len(chunk)
+            self._count(config, dp_rank, chunk, vectors, seconds, validating=False)
+            if config.url:
+                self._buffer.extend(_items(chunk, vectors))
+
         step = config.batch_size * len(self.engines.rpcs)
         x = 0
         try:
             while True:
-                nonces = [config.nonce(x + i) for i in range(step)]
-                items = await self.compute(config, nonces)
-                if config.url:
-                    self._buffer.extend(items)
-                self.total_processed += len(nonces)
+                await self._artifacts(config, [config.nonce(x + i) for i in range(step)], done)
                 x += step
         except asyncio.CancelledError:
             raise
@@ -227,46 +274,15 @@ class ArtifactNode:
             payload |= {"artifacts": items, "encoding": encoding(config.params.k_dim)}
             self.sender.submit(f"{config.url.rstrip('/')}/generated", payload)
 
-    async def result(self, body: Generate, request_id: str) -> dict[str, Any]:
-        """A ``/generate`` job's result: its artifacts, or the verdict on received ones."""
-        items = await self.compute(body, body.nonces)
-        if body.validation is None:
-            return {
-                "status": "completed",
-                "request_id": request_id,
-                "artifacts": items,
-                "encoding": encoding(body.params.k_dim),
-            }
-        stat = body.stat_test or StatTest()
-        received = {a.nonce: a.vector_b64 for a in body.validation.artifacts}
-        mismatches = [
-            item["nonce"]
-            for item in items
-            if artifact.is_mismatch(
-                _decoded(item["vector_b64"], body.params.k_dim),
-                received[item["nonce"]],
-                stat.dist_threshold,
-            )
-        ]
-        test = artifact.binomial_test(
-            len(mismatches), len(body.nonces), stat.p_mismatch, stat.fraud_threshold
-        )
-        return {
-            "status": "completed",
-            "request_id": request_id,
-            "n_total": test.n_total,
-            "n_mismatch": test.n_mismatch,
-            "mismatch_nonces": mismatches,
-            "p_value": test.p_value,
-            "fraud_detected": test.fraud_detected,
-        }
-
 
 class AlreadyGenerating(PoCRequestError):
     status_code = 409
 
 
-def _decoded(vector_b64: str, k: int) -> Any:
-    values = artifact.decode(vector_b64, k)
-    assert values is not None, "an artifact this node computed does not decode"
-    return values
+def _items(chunk: list[int], vectors: list[str]) -> list[dict[str, Any]]:
+    """A computed chunk as the protocol's ``Artifact`` objects (none for a rejected chunk)."""
+    return (
+        [{"nonce": n, "vector_b64": v} for n, v in zip(chunk, vectors, strict=True)]
+        if vectors
+        else []
+    )

@@ -1,13 +1,15 @@
 """The data-parallel engines behind this API server, and how one request's work is split.
 
-Generation gives every engine its own loop (``generation``); validation and calibration batches
-are cut into equal chunks that the engines compute at the same time, answered in nonce order.
+Distance generation gives every engine its own loop (``generation``); validation, calibration
+and the artifact protocol's steps are cut into equal chunks that the engines compute at the same
+time, answered in nonce order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -93,12 +95,20 @@ class Engines:
         batch_size: int,
         stronger_rng: bool = False,
         k_dim: int = 12,
+        on_chunk: Callable[[int, list[int], list[str], float], None] | None = None,
     ) -> list[tuple[list[int], list[str]]]:
         """Artifact-protocol vectors per chunk of ``nonces``, in order (``spread``); a chunk
-        that the worker rejected as non-finite has ``[]``."""
+        that the worker rejected as non-finite has ``[]``. ``on_chunk(dp_rank, chunk, vectors,
+        seconds)`` hears of each chunk as soon as its engine is done with it."""
 
-        def call(rpc: EngineRPC, chunk: list[int]) -> Awaitable[list[str]]:
-            return rpc.artifacts(block_hash, public_key, chunk, seq_len, stronger_rng, k_dim)
+        async def call(rpc: EngineRPC, chunk: list[int]) -> list[str]:
+            start = time.monotonic()
+            vectors = await rpc.artifacts(
+                block_hash, public_key, chunk, seq_len, stronger_rng, k_dim
+            )
+            if on_chunk is not None:
+                on_chunk(rpc.dp_rank, chunk, vectors, time.monotonic() - start)
+            return vectors
 
         return await self.spread(nonces, batch_size, call)
 
