@@ -1,6 +1,7 @@
 """The artifact protocol's API on vLLM's distributed engine: a ``--data-parallel-size 2`` server
-of the tiny Qwen3 and a ``--tensor-parallel-size 2`` server of the tiny Qwen3-MoE. On
-both, ``/generate`` equals the independent transformers computation and a round delivers every
+of the tiny Qwen3, a ``--tensor-parallel-size 2`` server of the tiny Qwen3-MoE and a
+``--pipeline-parallel-size 2`` one of the tiny Qwen3 (reflections by global layer index). On
+each, ``/generate`` equals the independent transformers computation and a round delivers every
 artifact once; with two engines, each step of a round is split between them (each engine's
 share on ``/metrics``)."""
 
@@ -32,6 +33,7 @@ NONCES = list(range(12))
 LAYOUTS = {
     "dp2": ("qwen3", ["--data-parallel-size", "2"]),
     "tp2-moe": ("qwen3-moe", ["--tensor-parallel-size", "2"]),
+    "pp2": ("qwen3", ["--pipeline-parallel-size", "2"]),
 }
 """MoE models run PoC under tensor parallelism, never with data parallelism (refused at start:
 vLLM runs their data-parallel engines in lockstep)."""
