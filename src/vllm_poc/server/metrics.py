@@ -16,16 +16,18 @@ ENGINE = ["dp_rank"]
 idle or failing GPU shows as a flat series."""
 
 NONCES_CHECKED = Counter(
-    "vllm_poc_nonces_checked", "Nonces whose distance was computed in rounds.", ENGINE
+    "vllm_poc_nonces_checked", "Nonces computed in rounds (distances, or artifacts).", ENGINE
 )
 NONCES_VALID = Counter(
-    "vllm_poc_nonces_valid", "Checked nonces with distance below r_target.", ENGINE
+    "vllm_poc_nonces_valid",
+    "Checked nonces below r_target (artifacts: every one computed).",
+    ENGINE,
 )
 NONCES_INVALID_NUMBER = Counter(
-    "vllm_poc_nonces_nonfinite", "Checked nonces whose distance was NaN or infinite.", ENGINE
+    "vllm_poc_nonces_nonfinite", "Checked nonces with a NaN or infinite result.", ENGINE
 )
 BATCHES = Counter("vllm_poc_batches", "Generation batches completed.", ENGINE)
-VALIDATED_NONCES = Counter("vllm_poc_validated_nonces", "Nonces recomputed for /validate.")
+VALIDATED_NONCES = Counter("vllm_poc_validated_nonces", "Nonces recomputed for validation.")
 CALLBACKS = Counter("vllm_poc_callbacks", "Callback posts by result.", ["result"])
 BATCH_SECONDS = Histogram(
     "vllm_poc_batch_seconds",
