@@ -45,9 +45,17 @@ class Setting:
         return self.default if raw is None or raw.strip() == "" else self.parse(raw)
 
 
-SETTINGS: dict[str, Setting] = {
-    s.name: s
-    for s in [
+def _by_name(settings: list[Setting]) -> dict[str, Setting]:
+    """The settings by name; a name declared twice is a mistake (one would hide the other)."""
+    names = [s.name for s in settings]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"settings declared twice: {twice}")
+    return {s.name: s for s in settings}
+
+
+SETTINGS: dict[str, Setting] = _by_name(
+    [
         Setting("VLLM_POC_ENABLED", False, _bool, "Turn the plugin on (1/true/yes/on)."),
         Setting(
             "VLLM_POC_PROTOCOL",
@@ -108,8 +116,8 @@ SETTINGS: dict[str, Setting] = {
             "VLLM_POC_MAX_BAD_BATCHES",
             3,
             int,
-            "Batches in a row of one engine whose distances are all non-finite (NaN or inf) "
-            "that stop the round: a likely GPU fault.",
+            "Batches in a row that stop the round as a likely GPU fault: of one engine, whose "
+            "distances are all non-finite (NaN or inf); artifact protocol: rejected as non-finite.",
         ),
         Setting(
             "VLLM_POC_COMPILED_FORWARD",
@@ -171,19 +179,13 @@ SETTINGS: dict[str, Setting] = {
             "Artifact protocol: least seconds between two posts of generated artifacts.",
         ),
         Setting(
-            "VLLM_POC_MAX_BAD_BATCHES",
-            3,
-            int,
-            "Artifact protocol: consecutive batches rejected as non-finite that stop the round.",
-        ),
-        Setting(
             "VLLM_POC_EXIT_ON_BAD_BATCHES",
             False,
             _bool,
             "Artifact protocol: exit the process (status 1) instead, for a supervisor to restart.",
         ),
     ]
-}
+)
 
 
 def get(name: str) -> Any:

@@ -165,3 +165,9 @@ def test_an_unknown_protocol_is_refused(monkeypatch):
     monkeypatch.setenv("VLLM_POC_PROTOCOL", "artefact")
     with pytest.raises(ValueError, match="'distance' or 'artifact'"):
         envs.get("VLLM_POC_PROTOCOL")
+
+
+def test_a_setting_declared_twice_is_refused() -> None:
+    one = envs.Setting("VLLM_POC_X", 1, int, "x")
+    with pytest.raises(ValueError, match="VLLM_POC_X"):
+        envs._by_name([one, envs.Setting("VLLM_POC_X", 2, int, "again")])
