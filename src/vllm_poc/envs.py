@@ -179,6 +179,13 @@ SETTINGS: dict[str, Setting] = _by_name(
             "Artifact protocol: least seconds between two posts of generated artifacts.",
         ),
         Setting(
+            "VLLM_POC_CALLBACK_MAX_ARTIFACTS",
+            1_000_000,
+            int,
+            "Artifact protocol: most generated artifacts waiting for the next post; the oldest "
+            "are dropped (and counted) above.",
+        ),
+        Setting(
             "VLLM_POC_EXIT_ON_BAD_BATCHES",
             False,
             _bool,

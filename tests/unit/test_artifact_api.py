@@ -15,6 +15,8 @@ from tests.unit.node import vllm_like_app
 from vllm_poc.protocol.wire import POW_PREFIX
 from vllm_poc.server import routes
 from vllm_poc.server.artifact_node import ArtifactNode
+from vllm_poc.server.artifact_stream import ArtifactStream
+from vllm_poc.server.callbacks import Delivery
 from vllm_poc.server.engine_rpc import EngineRPC
 from vllm_poc.server.engines import Engines
 
@@ -31,13 +33,17 @@ INIT = {  # what DAPI sends through MLNode (which adds group_id / n_groups)
 
 
 class Sender:
-    """Records what the node hands to the callback sender."""
+    """Records what the node hands to the callback sender; with ``hold``, nothing finishes."""
 
     def __init__(self) -> None:
         self.posts: list[tuple[str, dict[str, Any]]] = []
+        self.deliveries: list[Delivery] = []
+        self.hold = False
 
-    def submit(self, url: str, payload: dict[str, Any]) -> None:
+    def submit(self, url: str, payload: dict[str, Any]) -> Delivery:
         self.posts.append((url, payload))
+        self.deliveries.append(Delivery(url, payload, finished=not self.hold))
+        return self.deliveries[-1]
 
 
 class Node:
@@ -315,3 +321,41 @@ def test_two_engines_compute_distinct_nonces_of_every_step(monkeypatch: pytest.M
     after = [_counter(checked, dp_rank=str(r)) for r in (0, 1)]
     assert after[0] - before[0] >= 64 and after[1] - before[1] >= 64
     assert _counter("vllm_poc_validated_nonces_total") - validated_before == 1
+
+
+def _posted(sender: Sender) -> list[list[int]]:
+    return [[a["nonce"] for a in p["artifacts"]] for _, p in sender.posts]
+
+
+def test_one_stream_post_at_a_time_the_rest_waits_for_the_next(node: Node) -> None:
+    """While a post is still being delivered, new artifacts wait and go out together next."""
+    node.sender.hold = True
+    assert node.post("/init/generate", INIT).status_code == 200
+    _wait(lambda: node.sender.posts)
+    _wait(lambda: node.get("/status").json()["stats"]["total_processed"] >= 256)
+    assert len(node.sender.posts) == 1, "a second post while the first is unfinished"
+    node.sender.deliveries[0].finished = True
+    _wait(lambda: len(node.sender.posts) >= 2)
+    node.post("/stop", {})
+    posted = _posted(node.sender)
+    nonces = [n for p in posted for n in p]
+    assert len(posted[1]) >= 256 - len(posted[0]), "the second post carries the backlog"
+    assert nonces == [3 * x for x in range(len(nonces))], "every artifact once, in order"
+
+
+def test_a_full_stream_buffer_drops_the_oldest_and_counts_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from vllm_poc.protocol.artifact_wire import InitGenerate
+
+    monkeypatch.setenv("VLLM_POC_CALLBACK_MAX_ARTIFACTS", "40")
+    sender = Sender()
+    stream = ArtifactStream(sender, InitGenerate(**INIT))  # type: ignore[arg-type]
+    before = _counter("vllm_poc_artifacts_dropped_total")
+    for start in range(0, 100, 25):
+        stream.add([{"nonce": n, "vector_b64": fake_artifact(n)} for n in range(start, start + 25)])
+    stream.flush()
+    stream.flush()  # nothing left: no empty post
+    assert _posted(sender) == [list(range(60, 100))]
+    assert stream.dropped == 60
+    assert _counter("vllm_poc_artifacts_dropped_total") - before == 60

@@ -312,6 +312,26 @@ def test_every_attempt_at_a_payload_carries_its_one_idempotency_key(sleeps):
     assert all(len(k) == 32 for k in keys)
 
 
+def test_a_delivery_is_finished_once_sent_dropped_after_retries_or_overflowed(sleeps):
+    receiver = Receiver(failing_first(2))
+
+    async def main():
+        s = PoCCallbackSender(client=receiver.client(), max_retries=1, queue_size=1)
+        overflowed = s.submit(URL + "/generated", {"n": 1})  # pushed out by the next
+        given_up = s.submit(URL + "/generated", {"n": 2})  # 2 attempts, both refused
+        assert overflowed.finished and not given_up.finished
+        await until(lambda: given_up.finished)
+        sent = s.submit(URL + "/generated", {"n": 3})
+        assert not sent.finished
+        await until(lambda: sent.finished)
+        await close(s)
+        return s
+
+    s = asyncio.run(main())
+    assert s.stats == sender_module.SenderStats(sent=1, failed_attempts=2, dropped=2)
+    assert [body for _, body in receiver.delivered] == [{"n": 3}]
+
+
 @pytest.mark.parametrize("failure", ["500", "503", "404", "connect", "timeout"])
 def test_http_errors_and_connection_errors_are_failures(sleeps, failure):
     receiver = Receiver(failing_first(2, failure))

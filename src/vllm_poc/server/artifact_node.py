@@ -20,11 +20,11 @@ from vllm_poc.protocol.artifact_wire import (
     InitGenerate,
     Params,
     Round,
-    encoding,
 )
 from vllm_poc.protocol.round import PoCState
 from vllm_poc.server import metrics
 from vllm_poc.server.artifact_jobs import Jobs
+from vllm_poc.server.artifact_stream import ArtifactStream
 from vllm_poc.server.callbacks import PoCCallbackSender
 from vllm_poc.server.engines import Engines
 from vllm_poc.server.errors import EngineFailure, PoCRequestError, Unsupported
@@ -33,9 +33,6 @@ logger = get_logger(__name__)
 
 ChunkDone = Callable[[int, list[int], list[str], float], None]
 """Called with ``(dp_rank, nonces, vectors, seconds)`` as each engine finishes a chunk."""
-
-STREAM_TICK_S = 0.1
-"""How often the generation stream checks whether a post is due."""
 
 
 class ParamsMismatch(PoCRequestError):
@@ -79,7 +76,7 @@ class ArtifactNode:
         self.rejected_batches = 0
         self.bad_streak = 0
         self._started = 0.0
-        self._buffer: list[dict[str, Any]] = []
+        self._stream: ArtifactStream | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.jobs = Jobs(self)
 
@@ -110,11 +107,12 @@ class ArtifactNode:
         self.state = PoCState.GENERATING  # before the loop starts: inference answers 503 now
         await self._cancel_tasks()  # a stream left by a round that failed
         self.config, self.error, self.total_processed = body, None, 0
-        self._started, self._buffer = time.monotonic(), []
+        self._started = time.monotonic()
+        self._stream = ArtifactStream(self.sender, body) if body.url else None
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._generate(body))]
-        if body.url:
-            self._tasks.append(loop.create_task(self._stream(body)))
+        if self._stream is not None:
+            self._tasks.append(loop.create_task(self._stream.run()))
         return {"status": "OK", "pow_status": {"status": "GENERATING"}}
 
     def status(self) -> dict[str, Any]:
@@ -138,8 +136,8 @@ class ArtifactNode:
     async def stop(self) -> dict[str, Any]:
         """Cancel the round and the jobs; artifacts already computed are still delivered."""
         await self._cancel_tasks()
-        if self.config is not None:
-            self._flush(self.config)
+        if self._stream is not None:
+            self._stream.flush()
         self.state = PoCState.IDLE
         await self.jobs.cancel_all()
         return {"status": "OK", "pow_status": {"status": "STOPPED"}}
@@ -228,8 +226,8 @@ class ArtifactNode:
         def done(dp_rank: int, chunk: list[int], vectors: list[str], seconds: float) -> None:
             self.total_processed += len(chunk)
             self._count(config, dp_rank, chunk, vectors, seconds, validating=False)
-            if config.url:
-                self._buffer.extend(_items(chunk, vectors))
+            if self._stream is not None:
+                self._stream.add(_items(chunk, vectors))
 
         step = config.batch_size * len(self.engines.rpcs)
         x = 0
@@ -252,27 +250,9 @@ class ArtifactNode:
             error,
         )
         self.error = f"generation failed: {error}"
-        self._flush(config)
+        if self._stream is not None:
+            self._stream.flush()
         self.state = PoCState.IDLE
-
-    async def _stream(self, config: InitGenerate) -> None:
-        interval = envs.get("VLLM_POC_CALLBACK_INTERVAL")
-        last = -interval
-        while True:
-            await asyncio.sleep(STREAM_TICK_S)
-            if self._buffer and time.monotonic() - last >= interval:
-                self._flush(config)
-                last = time.monotonic()
-
-    def _flush(self, config: InitGenerate) -> None:
-        """Hand the buffered artifacts to the sender as one ``/generated`` post."""
-        items, self._buffer = self._buffer, []
-        if items and config.url:
-            payload = config.model_dump(
-                include={"public_key", "block_hash", "block_height", "node_id"}
-            )
-            payload |= {"artifacts": items, "encoding": encoding(config.params.k_dim)}
-            self.sender.submit(f"{config.url.rstrip('/')}/generated", payload)
 
 
 class AlreadyGenerating(PoCRequestError):

@@ -47,20 +47,23 @@ class SenderStats:
 
 
 @dataclass
-class _Item:
+class Delivery:
+    """One payload on its way to one URL; ``finished`` once it was delivered or dropped."""
+
     url: str
     payload: dict[str, Any]
     attempts: int = 0
     idempotency_key: str = field(default_factory=lambda: uuid.uuid4().hex)
+    finished: bool = False
 
 
 @dataclass
 class _Lane:
     """The ordered queue of one receiver (scheme, host and port) and its delivery task."""
 
-    queue: collections.deque[_Item] = field(default_factory=collections.deque)
+    queue: collections.deque[Delivery] = field(default_factory=collections.deque)
     task: asyncio.Task[None] | None = None
-    in_flight: _Item | None = None
+    in_flight: Delivery | None = None
     unlogged_drops: int = 0
     drops_logged_at: float = -math.inf
 
@@ -124,20 +127,22 @@ class PoCCallbackSender:
         """Queue a verdict for ``{callback_url}/validated``."""
         self.submit(f"{callback_url.rstrip('/')}/validated", to_json_dict(batch))
 
-    def submit(self, url: str, payload: dict[str, Any]) -> None:
+    def submit(self, url: str, payload: dict[str, Any]) -> Delivery:
         """Queue any JSON payload for ``url`` (in order per receiver, retried, bounded)."""
         key = urlsplit(url).netloc
         lane = self._lanes.setdefault(key, _Lane())
         if len(lane.queue) >= self._queue_size:
-            lane.queue.popleft()
+            lane.queue.popleft().finished = True
             self.stats.dropped += 1
             metrics.CALLBACKS.labels(result="dropped").inc()
             lane.unlogged_drops += 1
             if time.monotonic() - lane.drops_logged_at >= DROP_LOG_INTERVAL_S:
                 self._log_drops(key, lane)
-        lane.queue.append(_Item(url, payload))
+        delivery = Delivery(url, payload)
+        lane.queue.append(delivery)
         if lane.task is None or lane.task.done():
             lane.task = asyncio.get_running_loop().create_task(self._deliver(key, lane))
+        return delivery
 
     async def _deliver(self, key: str, lane: _Lane) -> None:
         """Deliver one lane in order until it is empty, then retire it."""
@@ -146,10 +151,11 @@ class PoCCallbackSender:
             lane.in_flight = lane.queue.popleft()
             ok = await self._post(lane.in_flight)
             item, lane.in_flight = lane.in_flight, None
+            item.finished = ok or item.attempts > self.max_retries
             if ok:
                 self.stats.sent += 1
                 metrics.CALLBACKS.labels(result="sent").inc()
-            elif item.attempts > self.max_retries:
+            elif item.finished:
                 self.stats.dropped += 1
                 metrics.CALLBACKS.labels(result="dropped").inc()
                 logger.error(
@@ -181,7 +187,7 @@ class PoCCallbackSender:
         lane.unlogged_drops = 0
         lane.drops_logged_at = time.monotonic()
 
-    async def _post(self, item: _Item) -> bool:
+    async def _post(self, item: Delivery) -> bool:
         item.attempts += 1
         start = time.monotonic()
         try:

@@ -28,6 +28,10 @@ NONCES_INVALID_NUMBER = Counter(
 )
 BATCHES = Counter("vllm_poc_batches", "Generation batches completed.", ENGINE)
 VALIDATED_NONCES = Counter("vllm_poc_validated_nonces", "Nonces recomputed for validation.")
+ARTIFACTS_DROPPED = Counter(
+    "vllm_poc_artifacts_dropped",
+    "Generated artifacts dropped from the full stream buffer (artifact protocol).",
+)
 CALLBACKS = Counter("vllm_poc_callbacks", "Callback posts by result.", ["result"])
 BATCH_SECONDS = Histogram(
     "vllm_poc_batch_seconds",
