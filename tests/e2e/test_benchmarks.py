@@ -1,9 +1,10 @@
-"""``benchmarks/bench_poc.py`` runs end to end and its FLOPs agree with the GPU baseline.
+"""The GPU benchmarks run end to end here (``bench_poc.py``: its FLOPs agree with the GPU
+baseline; ``bench_artifacts.py``, ``artifact_noise.py``).
 
-The benchmark is what a GPU session runs in its few minutes of device time, so it must not rot
-between GPU loans: this runs it for real on the tiny model (a short window, every stage
-including the random projections) and checks the figures it reports are complete and
-consistent. No speed is asserted; the benchmark itself is where speed is read.
+A benchmark is what a GPU session runs in its few minutes of device time, so it must not rot
+between GPU loans: each runs for real on the tiny model (short windows, every stage) and the
+figures it reports are checked complete and consistent. No speed is asserted; the benchmark
+itself is where speed is read.
 """
 
 from __future__ import annotations
@@ -96,3 +97,39 @@ def test_bench_poc_reports_every_stage(
         assert row["ratio"] == pytest.approx(row["poc_nonces_per_s"] / row["bare_nonces_per_s"])
         assert row["mfu_poc"] > 0 and row["mfu_bare"] > 0
         assert row["stage_sum_ms"] == pytest.approx(sum(row[s] for s in bench_poc.STAGES))
+
+
+def _run_benchmark(script: str, *args: str) -> str:
+    cmd = [sys.executable, str(REPO_ROOT / "benchmarks" / script), *args]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return run.stdout
+
+
+def _table(stdout: str, names: list[str]) -> dict[str, list[float]]:
+    """The numbers of each named row of a benchmark's printed table."""
+    rows = {}
+    for line in stdout.splitlines():
+        for name in names:
+            if line.startswith(name + " "):
+                rows[name] = [float(x) for x in line[len(name) :].split()]
+    return rows
+
+
+def test_bench_artifacts_reports_every_stage() -> None:
+    """The artifact protocol's GPU benchmark, on the tiny model: four stages, one run."""
+    stages = ["bare_forward", "bare_forward_eager", "distances", "artifacts"]
+    out = _run_benchmark("bench_artifacts.py", "--batch", "2", "--seq-len", "16", "--reps", "1")
+    rows = _table(out, stages)
+    assert sorted(rows) == sorted(stages), out[-2000:]
+    for ms, rate, ratio in rows.values():
+        assert ms > 0 and rate == pytest.approx(2 / ms * 1e3, rel=0.01) and ratio > 0
+
+
+def test_artifact_noise_reports_the_l2_between_configurations() -> None:
+    configs = ["batch 32, bf16", "batch 1, bf16"]
+    out = _run_benchmark(
+        "artifact_noise.py", "--nonces", "4", "--seq-len", "16", "--only", *configs
+    )
+    (max_l2, mean_l2, above) = _table(out, configs[1:])[configs[1]]
+    assert 0 <= mean_l2 <= max_l2 <= 0.2 and above == 0, out[-2000:]
