@@ -64,7 +64,7 @@ def main() -> None:
     bare = ms["bare_forward"]
     for name in ("bare_forward", "bare_forward_eager", "distances", "artifacts"):
         rate = args.batch / ms[name] * 1e3
-        print(f"{name:<22} {ms[name]:>10.1f} {rate:>10.1f} {bare / ms[name]:>8.2f}")
+        print(f"{name:<22} {ms[name]:>10.2f} {rate:>10.1f} {bare / ms[name]:>8.2f}")
 
 
 if __name__ == "__main__":
