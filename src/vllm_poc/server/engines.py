@@ -66,6 +66,10 @@ class Engines:
         """The smallest engine's ``auto`` batch size: one round runs one shape everywhere."""
         return min(await _all(rpc.max_batch_size(seq_len, max_tokens) for rpc in self.rpcs))
 
+    async def weight_digests(self) -> list[list[dict[str, str]]]:
+        """Every engine's per-worker parameter digests (``fingerprint``), in rank order."""
+        return await _all(rpc.weight_digests() for rpc in self.rpcs)
+
     async def distances(
         self,
         block_hash: str,

@@ -55,8 +55,7 @@ class WeightsFingerprint:
     async def _compute(self) -> None:
         t0 = time.monotonic()
         try:
-            per_engine = await asyncio.gather(*(rpc.weight_digests() for rpc in self.engines.rpcs))
-            self.value = combine(list(per_engine))
+            self.value = combine(await self.engines.weight_digests())
         except Exception as e:  # logged and shown; the server serves without a fingerprint
             self.error = f"{type(e).__name__}: {e}"
             logger.error("vllm-poc: weights fingerprint failed: %s", self.error)

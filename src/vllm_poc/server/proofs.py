@@ -32,10 +32,7 @@ def proof_batch(config: PoCConfig, model: str, nonces: list[int], dist: list[flo
         nonces=nonces,
         dist=dist,
         node_id=config.node_id,
-        seq_len=config.seq_len,
-        random_projection=config.random_projection,
-        seed_derivation=config.seed_derivation,
-        model=model,
+        **stated(config, model),
     )
 
 
@@ -76,8 +73,5 @@ def judge(
         tolerance=statistics.get("tolerance", config.tolerance),
         p_mismatch=statistics.get("p_mismatch", config.p_mismatch),
         fraud_threshold=statistics.get("fraud_threshold", config.fraud_threshold),
-        seq_len=config.seq_len,
-        random_projection=config.random_projection,
-        seed_derivation=config.seed_derivation,
-        model=model,
+        **stated(config, model),
     )
