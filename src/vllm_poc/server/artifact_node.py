@@ -58,6 +58,8 @@ class ArtifactNode:
     """The artifact protocol's node: one generation round at a time, ``/generate`` jobs, the
     stream of generated artifacts and the non-finite policy."""
 
+    state = metrics.GaugedState()
+
     def __init__(
         self,
         engines: Engines,
@@ -86,15 +88,6 @@ class ArtifactNode:
             raise Unsupported(self.unsupported)
         if params.model not in self.served_models:
             raise ParamsMismatch(params, self.served_models)
-
-    @property
-    def state(self) -> PoCState:
-        return self._state
-
-    @state.setter
-    def state(self, value: PoCState) -> None:
-        self._state = value
-        metrics.set_state(value)
 
     @property
     def generating(self) -> bool:

@@ -29,6 +29,8 @@ logger = get_logger(__name__)
 class PoCManager:
     """One node's PoC rounds: IDLE -> GENERATING / VALIDATING -> STOPPED."""
 
+    state = metrics.GaugedState()
+
     def __init__(
         self,
         engines: Engines,
@@ -48,15 +50,6 @@ class PoCManager:
         self.error: str | None = None
         self._round = 0
         self.generation = Generation(self)
-
-    @property
-    def state(self) -> PoCState:
-        return self._state
-
-    @state.setter
-    def state(self, value: PoCState) -> None:
-        self._state = value
-        metrics.set_state(value)
 
     @property
     def stats(self) -> PoCStats:

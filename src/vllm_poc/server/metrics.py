@@ -47,6 +47,21 @@ def set_state(state: PoCState) -> None:
         STATE.labels(state=s.value).set(1 if s is state else 0)
 
 
+class GaugedState:
+    """A ``PoCState`` attribute whose every assignment also sets the state gauge (both
+    protocols' nodes hold one)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.attribute = f"_{name}"
+
+    def __get__(self, obj: object, objtype: type | None = None) -> PoCState:
+        return getattr(obj, self.attribute)
+
+    def __set__(self, obj: object, value: PoCState) -> None:
+        setattr(obj, self.attribute, value)
+        set_state(value)
+
+
 def record_batch(dp_rank: int, checked: int, valid: int, nonfinite: int, seconds: float) -> None:
     """One finished generation batch of the engine of ``dp_rank``."""
     rank = str(dp_rank)
