@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -218,3 +219,11 @@ def version_weights(client: httpx.Client) -> dict[str, Any]:
         return weights if weights["state"] == "ready" else None
 
     return wait_until(ready, 60.0, "weights fingerprint ready")
+
+
+@contextlib.contextmanager
+def live_client(server: LocalServer) -> Iterator[httpx.Client]:
+    """A client of ``server`` for one test, which then fails if the server died during it."""
+    with httpx.Client(base_url=server.base_url, timeout=120.0, limits=LIMITS) as c:
+        yield c
+        assert server.alive(), f"server died; log tail:\n{server.log_tail()}"

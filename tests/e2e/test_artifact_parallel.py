@@ -20,7 +20,7 @@ from vllm_poc.testing.server import LocalServer
 from vllm_poc.testing.tiny_model import make_tiny_model
 
 from .conftest import REPO_ROOT, _require_installed_plugin, _start
-from .helpers import LIMITS, POW, metric_total, ok, stop_round, wait_until
+from .helpers import POW, live_client, metric_total, ok, stop_round, wait_until
 from .reference import reference_artifacts
 from .test_artifact_forward import L2_TOL
 
@@ -73,9 +73,8 @@ def server(layout: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lo
 
 @pytest.fixture
 def client(server: LocalServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.base_url, timeout=120.0, limits=LIMITS) as c:
+    with live_client(server) as c:
         yield c
-        assert server.alive(), f"server died; log tail:\n{server.log_tail()}"
 
 
 def _round(server: LocalServer, **extra: Any) -> dict[str, Any]:

@@ -14,8 +14,8 @@ from vllm_poc.testing.server import LocalServer
 
 from .conftest import _require_installed_plugin, _start
 from .helpers import (
-    LIMITS,
     POW,
+    live_client,
     metric_total,
     ok,
     post_ok,
@@ -53,9 +53,8 @@ def dp_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 @pytest.fixture
 def dp_client(dp_server: LocalServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=dp_server.base_url, timeout=120.0, limits=LIMITS) as c:
+    with live_client(dp_server) as c:
         yield c
-        assert dp_server.alive(), f"server died; log tail:\n{dp_server.log_tail()}"
 
 
 def _checked_by_rank(client: httpx.Client) -> list[float]:
