@@ -311,22 +311,32 @@ class TestRandomProjection:
 BH2 = "9234F66FD723CBB537E6B1E21DCA303B562D31704E9D9C309F0C452A2B99A8DB"
 PK2 = "02deac65dda7f42a12feb1a7d410628b5085dd27475bcef509ea6642b504984ec6"
 ARTIFACT_PROTOCOL_INPUTS = [
-    # (block, key, nonce, seq_len, hidden, derivation, sha256 of the float32 bytes, of bf16)
+    # (block, key, nonce, seq_len, hidden, derivation, first 8 and last 4 values, the first 8
+    # as bf16 bit patterns, the sum in float64)
     (BH2, PK2, 0, 1024, 4096, "strong",
-     "7d601c9b7a0d4d32d7178cef00251a496377a6e3d4de113f211f49eaa4f314bd",
-     "dc156554504bcc2614b5417f5d2843aef22ddd0a4ae2e4ca5f31a9fc7cf2e2ca"),
+     [-0.007004926, 1.314487, -0.2731517, -0.7329808, 1.026978, -0.2645613, 0.5639471, -0.7474569],
+     [-0.5872716, 1.01132, -1.979527, 0.1765151],
+     [0xBBE6, 0x3FA8, 0xBE8C, 0xBF3C, 0x3F83, 0xBE87, 0x3F10, 0xBF3F], -1100.434384),
     (BH2, PK2, 1, 1024, 4096, "strong",
-     "83de40f91b7b08d59f7f070ed01507b00ec41274423e443ef0dbe3a2351e8d5c",
-     "c6ba9e6eaf3a692f7ba9f6fde6120720a5627f01e6613dc14ddb73223115e134"),
+     [-0.6713303, 1.392353, 0.07083391, -0.8514264, 0.2676974, 0.5554739, 1.331142, -0.4962322],
+     [-1.277987, -0.5760309, 0.983199, -0.5641387],
+     [0xBF2C, 0x3FB2, 0x3D91, 0xBF5A, 0x3E89, 0x3F0E, 0x3FAA, 0xBEFE], -1155.695883),
     (BH2, PK2, 0, 1024, 4096, "v1",
-     "894ae8c76558dea517fcd990bb3623da234837dbde0b65c3b54f1a35c8b2d88b",
-     "9039d819f1fe8eb5147728a04b00d2600fa04e524d72b96dbacd1740914c0702"),
-    ("TEST_BLOCK", "test_pub_keys", 0, 3, 5, "strong",
-     "05e6baa1b12a50bb5e8b837d359e9d657d23765f9b03382851a91cb47d7426a6",
-     "2c9220d86fb2db65d948f2af84ddb2c9754a79d90c6b501a5360e95c8cc9265f"),
+     [0.03961853, 1.171407, 0.1667522, 1.449374, -1.462835, -0.8001102, -0.7756259, -0.6049056],
+     [0.9114955, -1.538301, -1.929612, 1.552228],
+     [0x3D22, 0x3F96, 0x3E2B, 0x3FBA, 0xBFBB, 0xBF4D, 0xBF47, 0xBF1B], 109.115606),
 ]  # fmt: skip
-"""Input streams of the artifact protocol's published vectors (its "legacy" stream is ``v1``,
-its "stronger RNG" stream ``strong``), realistic sizes included: the same bytes, not close."""
+"""Input streams of the artifact protocol's published vectors at realistic sizes (its "legacy"
+stream is ``v1``, its "stronger RNG" stream ``strong``)."""
+SMALL_STRONG = [
+    -0.35777417, 1.2526853, -0.14366598, 2.584507, 0.98769617, 0.50840008, 0.21715057, 1.1254716,
+    0.44572398, -0.24086939, -0.68018639, 0.32628232, -0.093056254, -0.040718075, -0.61655456,
+]  # fmt: skip
+"""TEST_BLOCK / test_pub_keys, nonce 0, seq_len 3, dim 5, stronger RNG: every value."""
+LIBM_TOL = 1e-6
+"""The published Gaussians are f32 values of the platform's ``log``/``cos``/``sin``, which are not
+correctly rounded: stacks differ by 1-3 ulp in a fifth of the elements (protocol.md §3.4), so
+they are compared within this absolute tolerance, as the protocol's vectors say to."""
 
 
 class TestStrongSeeds:
@@ -339,19 +349,39 @@ class TestStrongSeeds:
         assert seeds[0] == randomness.inputs_seed("TEST_BLOCK", "test_pub_keys", 0)
 
     @pytest.mark.parametrize(
-        ("block", "key", "nonce", "seq_len", "hidden", "derivation", "f32", "bf16"),
+        (
+            "block",
+            "key",
+            "nonce",
+            "seq_len",
+            "hidden",
+            "derivation",
+            "first",
+            "last",
+            "bf16",
+            "total",
+        ),
         ARTIFACT_PROTOCOL_INPUTS,
         ids=[f"{c[3]}x{c[4]}-{c[5]}-nonce{c[2]}" for c in ARTIFACT_PROTOCOL_INPUTS],
     )
-    def test_bit_equal_to_the_artifact_protocols_vectors(
-        self, block, key, nonce, seq_len, hidden, derivation, f32, bf16
+    def test_equal_to_the_artifact_protocols_vectors_up_to_libm(
+        self, block, key, nonce, seq_len, hidden, derivation, first, last, bf16, total
     ):
         x = distance.generate_inputs(
             block, key, [nonce], hidden, seq_len, seed_derivation=derivation
-        )[0]
-        assert hashlib.sha256(x.numpy().tobytes()).hexdigest() == f32
-        as_bf16 = x.to(torch.bfloat16).view(torch.int16).numpy().tobytes()
-        assert hashlib.sha256(as_bf16).hexdigest() == bf16
+        )[0].view(-1)
+        torch.testing.assert_close(x[:8], torch.tensor(first), atol=LIBM_TOL, rtol=0)
+        torch.testing.assert_close(x[-4:], torch.tensor(last), atol=LIBM_TOL, rtol=0)
+        patterns = x[:8].to(torch.bfloat16).view(torch.int16).to(torch.int32) & 0xFFFF
+        assert patterns.tolist() == bf16
+        # 4M values, each within a few ulp: the float64 sum moves by far less than 0.01
+        assert abs(x.double().sum().item() - total) < 0.01
+
+    def test_every_value_of_the_small_stronger_vector(self):
+        x = distance.generate_inputs(
+            "TEST_BLOCK", "test_pub_keys", [0], 5, 3, seed_derivation="strong"
+        )
+        torch.testing.assert_close(x.view(-1), torch.tensor(SMALL_STRONG), atol=LIBM_TOL, rtol=0)
 
     def test_segments_restart_their_streams(self):
         """Segment j of a row is N(seed_j, its length) on its own: the last one is shorter."""
