@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """How far honest nodes' artifacts lie apart: the same nonces computed by vLLM engines that
-differ the way honest nodes do (batch size, tensor parallelism, activation dtype), L2 between
-each configuration's artifacts and the first one's (the network's validation bound is 0.2).
+differ the way honest nodes do (batch size, compiled or eager, tensor parallelism, activation
+dtype), L2 between each configuration's artifacts and the first one's (the network's validation
+bound is 0.2).
 
 Each configuration runs in its own process (vLLM's ``LLM`` with the plugin enabled) through the
 worker method the artifact API calls:
@@ -32,6 +33,7 @@ from vllm_poc.testing.tiny_model import make_tiny_model
 CONFIGS: dict[str, dict[str, object]] = {
     "batch 32, bf16": {"batch": 32},
     "batch 8, bf16": {"batch": 8},
+    "eager, batch 32, bf16": {"batch": 32, "eager": True},
     "batch 1, bf16": {"batch": 1},
     "TP=2, batch 32, bf16": {"batch": 32, "tp": 2, "env": {"VLLM_CPU_OMP_THREADS_BIND": "0|1"}},
     "batch 32, float16": {"batch": 32, "dtype": "float16"},
@@ -45,12 +47,14 @@ def run(model: Path, config: dict[str, object], nonces: int, seq_len: int, shape
         "import json, sys; from vllm import LLM\n"
         "c = json.loads(sys.argv[1])\n"
         "llm = LLM(model=c['model'], dtype=c.get('dtype', 'bfloat16'), max_model_len=max(512,"
-        " c['seq_len']), tensor_parallel_size=c.get('tp', 1), load_format=c['load'])\n"
+        " c['seq_len']), tensor_parallel_size=c.get('tp', 1), load_format=c['load'],"
+        " enforce_eager=c.get('eager', False))\n"
         "out = []\n"
         "for i in range(0, c['nonces'], c['batch']):\n"
         "    chunk = list(range(i, min(i + c['batch'], c['nonces'])))\n"
-        "    args = (c['block'], c['key'], chunk, c['seq_len'])\n"
-        "    answers = llm.collective_rpc('poc_artifacts', args=args)\n"
+        "    work = {'kind': 'artifacts', 'block_hash': c['block'], 'public_key': c['key'],"
+        " 'nonces': chunk, 'seq_len': c['seq_len']}\n"
+        "    answers = llm.collective_rpc('poc_run', args=(work,))\n"
         "    out += next(a for a in answers if a is not None)\n"
         "print('ARTIFACTS ' + json.dumps(out), flush=True)\n"
     )

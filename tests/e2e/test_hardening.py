@@ -396,7 +396,7 @@ def test_rpc_timeouts_fail_rounds_cleanly(timeout_server: LocalServer) -> None:
             post_ok(c, "/init/generate", round_body(block_height=height))
             failed = _wait_state(c, "STOPPED")
             error = failed["error"]
-            assert error and "poc_distances took over VLLM_POC_RPC_TIMEOUT" in error, error
+            assert error and "poc_run(distances) took over VLLM_POC_RPC_TIMEOUT" in error, error
             assert failed["total_checked"] == 0 and failed["block_height"] == height
             time.sleep(2.0)  # let the timed-out forward finish in the worker
             assert timeout_server.alive(), f"server died:\n{timeout_server.log_tail()}"
@@ -405,7 +405,7 @@ def test_rpc_timeouts_fail_rounds_cleanly(timeout_server: LocalServer) -> None:
         post_ok(c, "/init/validate", round_body(block_hash=BLOCK))
         r = c.post(POW + "/validate", json=proof())
         assert r.status_code == 503, (r.status_code, r.text[:500])
-        assert "poc_distances took over VLLM_POC_RPC_TIMEOUT" in r.text
+        assert "poc_run(distances) took over VLLM_POC_RPC_TIMEOUT" in r.text
         assert status(c)["state"] == "VALIDATING"
         post_ok(c, "/stop")
         # Inference still works after PoC RPCs timed out.

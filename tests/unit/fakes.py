@@ -7,6 +7,8 @@ from collections.abc import Callable, Sequence
 from types import SimpleNamespace
 from typing import Any
 
+from vllm_poc.work import Work
+
 
 def fake_distance(nonce: int) -> float:
     """A deterministic distance in [0, 2) per nonce."""
@@ -24,8 +26,8 @@ def fake_artifact(nonce: int) -> str:
 
 
 class FakeEngine:
-    """Answers ``poc_distances``, ``poc_max_batch_size`` and ``poc_ready`` like a set of
-    workers would, and records every call."""
+    """Answers ``poc_run``, ``poc_max_batch_size`` and ``poc_ready`` like a set of workers
+    would, and records every call."""
 
     def __init__(self, *, workers: int = 1, delay: float = 0.0, answering: int = 0) -> None:
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
@@ -37,7 +39,7 @@ class FakeEngine:
         self.max_batch_sizes: list[int | None] = [64] * workers
         """Each worker's answer to ``poc_max_batch_size``."""
         self.nonfinite: set[int] = set()
-        """Nonces whose ``poc_artifacts`` batch the workers reject as non-finite."""
+        """Nonces whose artifact batch the workers reject as non-finite."""
         self.unsupported: list[str] = []
         """Every worker's answer to ``poc_unsupported``."""
         self.running = 0
@@ -86,25 +88,27 @@ class FakeEngine:
             return list(self.max_batch_sizes)
         if method == "poc_ready":
             return ["fake"] * self.workers
-        if method == "poc_artifacts":
-            nonces = args[2]
-            if set(nonces) & self.nonfinite:
-                answer: list[str] = []
-            else:
-                answer = [fake_artifact(n) for n in nonces]
-            return [answer if rank == self.answering else None for rank in range(self.workers)]
         if method == "poc_unsupported":
             return [list(self.unsupported) for _ in range(self.workers)]
         if method == "poc_weight_digests":
             return [{"layer.weight": f"digest-of-rank-{rank}"} for rank in range(self.workers)]
-        assert method == "poc_distances"
-        _, _, nonces, _ = args
-        answer = [fake_distance(n) for n in nonces]
+        assert method == "poc_run", method
+        work = Work.from_payload(args[0])
+        if work.kind == "artifacts":
+            rejected = set(work.nonces) & self.nonfinite
+            answer: list[Any] = [] if rejected else [fake_artifact(n) for n in work.nonces]
+        else:
+            answer = [fake_distance(n) for n in work.nonces]
         return [answer if rank == self.answering else None for rank in range(self.workers)]
+
+    def work(self, kind: str | None = None) -> list[Work]:
+        """Every ``poc_run`` unit received (of ``kind``, if given), in order."""
+        units = [Work.from_payload(args[0]) for method, args in self.calls if method == "poc_run"]
+        return [w for w in units if kind is None or w.kind == kind]
 
     @property
     def checked(self) -> list[int]:
-        return [n for _, args in self.calls for n in args[2]]
+        return [n for w in self.work() for n in w.nonces]
 
 
 def _parallel_config(dp_size: int, moe: bool = False) -> SimpleNamespace:

@@ -3,6 +3,7 @@ fake engine): the bodies gonka's MLNode and DAPI send, verbatim, and every statu
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -58,7 +59,7 @@ class Node:
         return self.client.get(POW_PREFIX + path)
 
     def artifact_calls(self) -> list[list[int]]:
-        return [list(args[2]) for m, args in self.engine.calls if m == "poc_artifacts"]
+        return [list(w.nonces) for w in self.engine.work("artifacts")]
 
 
 @pytest.fixture
@@ -289,8 +290,9 @@ def _counter(name: str, **labels: str) -> float:
 
 
 def test_two_engines_compute_distinct_nonces_of_every_step(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Data parallelism: each step of a round is cut over the engines, which compute disjoint
-    chunks at the same time; the per-engine series count each engine's share."""
+    """Data parallelism: each engine takes the round's next chunk of ``batch_size`` nonces as it
+    frees up (one call queued behind the running one, naming the chunk after it), so the engines
+    compute disjoint chunks at the same time; the per-engine series count each engine's share."""
     monkeypatch.setenv("VLLM_POC_PROTOCOL", "artifact")
     engines = [FakeEngine(delay=0.001), FakeEngine(delay=0.001)]
     checked = "vllm_poc_nonces_checked_total"
@@ -311,10 +313,14 @@ def test_two_engines_compute_distinct_nonces_of_every_step(monkeypatch: pytest.M
             json=_generate(wait=True, nonces=[0], validation=validation),
         )
         assert r.status_code == 200 and r.json()["n_mismatch"] == 0
-    calls = [[list(a[2]) for m, a in e.calls if m == "poc_artifacts"] for e in engines]
-    # Step 1 (2 x 32 nonces of node 0 of 3): engine 0 the first half, engine 1 the second.
+    units = [e.work("artifacts") for e in engines]
+    calls = [[list(w.nonces) for w in mine] for mine in units]
+    # Node 0 of 3: chunks of 32 consecutive positions x, nonces 3x; engine 0 starts with the
+    # first, each engine's call names its next chunk.
     assert calls[0][0] == [3 * x for x in range(32)]
-    assert calls[1][0] == [3 * x for x in range(32, 64)]
+    for mine in units:
+        assert all(len(w.nonces) == 32 and w.nonces[1] - w.nonces[0] == 3 for w in mine[:-1])
+        assert all(a.next_nonces == b.nonces for a, b in itertools.pairwise(mine[:-1]))
     assert calls[0][-1] == [0], "one nonce to validate: one chunk, on the first engine"
     nonces = [n for c in calls[0][:-1] + calls[1] for n in c]
     assert len(nonces) == len(set(nonces)), "no nonce computed twice in the round"

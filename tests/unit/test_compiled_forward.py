@@ -30,7 +30,7 @@ class Model(torch.nn.Module):
 def test_only_inside_active_does_the_poc_graph_run(monkeypatch):
     compiled_calls = []
 
-    def fake_compile(fn):
+    def fake_compile(fn, backend=None):
         def graph(*args, **kwargs):
             compiled_calls.append(args)
             return fn(*args, **kwargs)
@@ -52,7 +52,7 @@ def test_only_inside_active_does_the_poc_graph_run(monkeypatch):
 
 
 def test_restored_when_the_forward_fails(monkeypatch):
-    monkeypatch.setattr(torch, "compile", lambda fn: fn)
+    monkeypatch.setattr(torch, "compile", lambda fn, backend=None: fn)
     model = Model()
     graph = compiled.EmbedsGraph(model)
     try:

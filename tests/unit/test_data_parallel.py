@@ -16,6 +16,7 @@ from vllm_poc.server.engines import Engines
 from vllm_poc.server.errors import EngineFailure
 from vllm_poc.server.manager import PoCManager
 from vllm_poc.server.striding import NonceSchedule
+from vllm_poc.work import Work
 
 
 def _config(**overrides: object) -> PoCConfig:
@@ -29,8 +30,13 @@ def _manager(*fakes: FakeEngine, dp_size: int | None = None, ranks: tuple[int, .
     return PoCManager(Engines.of(client), max_model_len=512)
 
 
+def _distances(engines: Engines, nonces: list[int], batch_size: int) -> list[float]:
+    work = Work("distances", "h", "k", nonces, 8)
+    return [d for _, chunk in asyncio.run(engines.run(work, batch_size)) for d in chunk]
+
+
 def _owned(fake: FakeEngine) -> list[int]:
-    return [n for method, args in fake.calls if method == "poc_distances" for n in args[2]]
+    return [n for w in fake.work("distances") for n in w.nonces]
 
 
 # ------------------------------------------------------------------ striding
@@ -69,8 +75,8 @@ class TestDataParallelEngines:
         fakes = [FakeEngine(), FakeEngine()]
         engines = Engines.of(FakeDataParallelClient(fakes, dp_size=4, ranks=[2, 3]))
         assert engines.ranks == [2, 3] and engines.dp_size == 4
-        asyncio.run(engines.rpcs[1].distances("h", "k", [9], 8))
-        assert fakes[1].calls == [("poc_distances", ("h", "k", [9], 8))] and not fakes[0].calls
+        asyncio.run(engines.rpcs[1].run(Work("distances", "h", "k", [9], 8)))
+        assert fakes[1].work() == [Work("distances", "h", "k", [9], 8)] and not fakes[0].calls
 
     def test_moe_models_with_data_parallelism_refuse_to_start(self) -> None:
         # Their expert layers join every data-parallel engine in each forward: engines running
@@ -96,7 +102,7 @@ class TestSplitRequests:
         fakes = [FakeEngine(), FakeEngine()]
         engines = Engines([EngineRPC(f, rank) for rank, f in enumerate(fakes)])
         nonces = list(range(100, 111))
-        distances = asyncio.run(engines.distances("h", "k", nonces, 8, batch_size=4))
+        distances = _distances(engines, nonces, batch_size=4)
         assert distances == [fake_distance(n) for n in nonces]
         # chunks of at most 4, alternating: engine 0 gets chunks 0 and 2, engine 1 chunk 1
         assert _owned(fakes[0]) == nonces[0:4] + nonces[8:11]
@@ -105,7 +111,7 @@ class TestSplitRequests:
     def test_small_requests_use_every_engine(self) -> None:
         fakes = [FakeEngine() for _ in range(3)]
         engines = Engines([EngineRPC(f, rank) for rank, f in enumerate(fakes)])
-        assert asyncio.run(engines.distances("h", "k", [5, 6], 8, batch_size=64)) == [
+        assert _distances(engines, [5, 6], batch_size=64) == [
             fake_distance(5),
             fake_distance(6),
         ]
@@ -116,7 +122,7 @@ class TestSplitRequests:
         broken.error = RuntimeError("GPU fell off the bus")
         engines = Engines([EngineRPC(slow, 0), EngineRPC(broken, 1)])
         with pytest.raises(EngineFailure, match="GPU fell off the bus"):
-            asyncio.run(engines.distances("h", "k", list(range(8)), 8, batch_size=4))
+            _distances(engines, list(range(8)), batch_size=4)
         assert slow.running == 0
 
     def test_auto_batch_size_is_the_smallest_engines(self) -> None:
@@ -196,7 +202,7 @@ class TestDataParallelRounds:
         status = manager.get_status()
         assert status["state"] == PoCState.STOPPED.value
         assert status["error"] == (
-            "generation failed on dp_rank 1: poc_distances failed in the engine: "
+            "generation failed on dp_rank 1: poc_run(distances) failed in the engine: "
             "RuntimeError: CUDA error: an illegal memory access"
         )
         assert [e["error"] is None for e in status["engines"]] == [True, False]

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from vllm_poc import compat
-from vllm_poc.worker.forward import PoCForward
+from vllm_poc.worker.batch_shape import BatchShapes
 from vllm_poc.worker.scratch import Scratch, block_bytes, layout_key
 
 ENGINE_BLOCKS = 40
@@ -79,14 +79,9 @@ def runner(
     )
 
 
-def forward_of(model_runner: Any) -> PoCForward:
-    """A PoC forward over a fake runner: only what the attention set-up reads."""
-    forward = PoCForward.__new__(PoCForward)
-    forward.runner = model_runner
-    forward.vllm_config = model_runner.vllm_config
-    forward.device = torch.device("cpu")
-    forward._scratch = Scratch()
-    return forward
+def forward_of(model_runner: Any) -> BatchShapes:
+    """The batch shapes of a fake runner: only what the attention set-up reads."""
+    return BatchShapes(model_runner)
 
 
 def test_a_kernel_block_size_below_the_cache_block_size_is_addressed_in_kernel_blocks():
@@ -97,7 +92,7 @@ def test_a_kernel_block_size_below_the_cache_block_size_is_addressed_in_kernel_b
     group = Group(["l0"], kernel_block_size=kernel)
     fwd = forward_of(runner({"l0": Layer(kv)}, [(spec("FullAttentionSpec", manager), [group])]))
     batch, seq_len = 2, 40
-    metadata, slots, scratch = fwd._attention(batch, seq_len, torch.arange(seq_len).repeat(batch))
+    metadata, slots, scratch = fwd.attention(batch, seq_len, torch.arange(seq_len).repeat(batch))
 
     common = group.builder.built[0]
     per_seq = 3  # ceil(40 / 16) kernel blocks, where 64-token blocks would give 1
@@ -151,9 +146,9 @@ def test_k_and_v_ahead_of_the_blocks_get_scratch_blocks_in_their_dimension():
     kv = torch.zeros(2, ENGINE_BLOCKS, 16, 1, 8)
     group = Group(["l0"], 16)
     fwd = forward_of(runner({"l0": Layer(kv)}, [(spec("FullAttentionSpec", 16), [group])]))
-    _, _, scratch = fwd._attention(3, 20, torch.arange(20).repeat(3))
+    _, _, scratch = fwd.attention(3, 20, torch.arange(20).repeat(3))
     assert scratch["l0"].shape == (2, 1 + 3 * 2, 16, 1, 8)
-    assert fwd._scratch_bytes_per_nonce(20) == 2 * block_bytes(kv, 1)
+    assert fwd.scratch_bytes_per_nonce(20) == 2 * block_bytes(kv, 1)
     assert block_bytes(kv, 1) == 2 * 16 * 8 * 4
 
 

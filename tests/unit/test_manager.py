@@ -9,10 +9,11 @@ import pytest
 from tests.unit.fakes import FakeEngine, fake_distance
 from vllm_poc.protocol.round import PoCConfig, PoCState
 from vllm_poc.server.engine_rpc import EngineRPC
-from vllm_poc.server.engines import Engines
+from vllm_poc.server.engines import PIPELINE_DEPTH, Engines
 from vllm_poc.server.errors import EngineFailure
-from vllm_poc.server.generation import PIPELINE_DEPTH, PoCStats
+from vllm_poc.server.generation import PoCStats
 from vllm_poc.server.manager import PoCManager
+from vllm_poc.work import Work
 
 
 def _config(**overrides):
@@ -198,9 +199,16 @@ class TestGenerationLoop:
 
     def test_rpc_carries_round_parameters(self, engine, manager):
         run(_generate_for(manager, _config(batch_size=2, seq_len=16)))
-        method, args = engine.calls[0]
-        assert method == "poc_distances"
-        assert args == ("hash1", "node1", [0, 1], 16)
+        method, (payload,) = engine.calls[0]
+        assert method == "poc_run"
+        assert payload == {
+            "kind": "distances",
+            "block_hash": "hash1",
+            "public_key": "node1",
+            "nonces": [0, 1],
+            "seq_len": 16,
+            "next_nonces": [2, 3],
+        }
 
     def test_stop_freezes_counters(self, engine, manager):
         async def scenario():
@@ -295,7 +303,7 @@ class TestGenerationLoop:
 
         run(scenario())
         assert manager.state == PoCState.STOPPED
-        assert "poc_distances took over VLLM_POC_RPC_TIMEOUT=0.01 s" in manager.error
+        assert "poc_run(distances) took over VLLM_POC_RPC_TIMEOUT=0.01 s" in manager.error
 
     def test_tensor_parallel_ranks_use_one_answer(self):
         engine = FakeEngine(workers=4, answering=3)
@@ -328,8 +336,9 @@ class TestValidation:
         distances, valid = run(manager.validate(list(range(7)), "other"))
         assert distances == [fake_distance(n) for n in range(7)]
         assert valid == [d < 0.5 for d in distances]
-        assert [len(args[2]) for _, args in engine.calls] == [3, 3, 1]
-        assert {args[1] for _, args in engine.calls} == {"other"}
+        assert [len(w.nonces) for w in engine.work()] == [3, 3, 1]
+        assert {w.public_key for w in engine.work()} == {"other"}
+        assert [w.next_nonces for w in engine.work()] == [(3, 4, 5), (6,), ()]
 
     def test_validate_requires_round(self, manager):
         with pytest.raises(RuntimeError, match="No round configured"):
@@ -387,11 +396,11 @@ class TestStatus:
 class TestRandomProjectionOption:
     def test_off_by_default_keeps_the_plain_rpc(self, engine, manager):
         run(_generate_for(manager, _config(batch_size=2)))
-        assert engine.kwargs[0] is None
+        assert "random_projection" not in engine.calls[0][1][0]
 
     def test_on_is_passed_to_the_workers(self, engine, manager):
         run(_generate_for(manager, _config(batch_size=2, random_projection=True)))
-        assert engine.kwargs[0] == {"random_projection": True}
+        assert engine.calls[0][1][0]["random_projection"] is True
 
 
 class TestCalibration:
@@ -424,7 +433,10 @@ class TestNonFiniteDistances:
             async def collective_rpc(self, method, timeout=None, args=(), kwargs=None):
                 results = await super().collective_rpc(method, timeout, args, kwargs)
                 return [
-                    [float("nan") if n % 2 else d for n, d in zip(args[2], results[0], strict=True)]
+                    [
+                        float("nan") if n % 2 else d
+                        for n, d in zip(self.work()[-1].nonces, results[0], strict=True)
+                    ]
                 ]
 
         manager = PoCManager(Engines([EngineRPC(NanEngine())]), max_model_len=512)
@@ -440,10 +452,9 @@ class TestNonFiniteDistances:
         class BrokenEngine(FakeEngine):
             async def collective_rpc(self, method, timeout=None, args=(), kwargs=None):
                 results = await super().collective_rpc(method, timeout, args, kwargs)
-                batches = sum(1 for name, _ in self.calls if name == "poc_distances")
-                if method != "poc_distances" or batches <= good_batches:
+                if method != "poc_run" or len(self.work()) <= good_batches:
                     return results
-                return [[bad] * len(args[2])]
+                return [[bad] * len(self.work()[-1].nonces)]
 
         return BrokenEngine()
 
@@ -474,10 +485,11 @@ class TestNonFiniteDistances:
 
             async def collective_rpc(self, method, timeout=None, args=(), kwargs=None):
                 results = await super().collective_rpc(method, timeout, args, kwargs)
-                if method != "poc_distances":
+                if method != "poc_run":
                     return results
                 self.answered += 1
-                return [[float("nan")] * len(args[2])] if self.answered % 2 else results
+                nonces = Work.from_payload(args[0]).nonces
+                return [[float("nan")] * len(nonces)] if self.answered % 2 else results
 
         engine = Alternating()
         manager = PoCManager(Engines([EngineRPC(engine)]), max_model_len=512)

@@ -247,7 +247,7 @@ class TestValidateEndpoint:
         node.engine.answering = 99  # every rank answers None
         response = node.post("/validate", json=BATCH)
         assert response.status_code == 503
-        assert "no worker answered poc_distances" in response.json()["detail"]
+        assert "no worker answered poc_run(distances)" in response.json()["detail"]
 
 
 class TestBadInput:
@@ -422,7 +422,7 @@ class TestCalibrateAndVersion:
         assert (data["block_hash"], data["n_samples"], data["valid_rate"]) == ("b", 64, 0.5)
         expected = sorted(fake_distance(n) for n in range(64))
         assert data["min"] == expected[0] and data["max"] == expected[-1]
-        nonces = [n for args in _rpcs(node, "poc_distances") for n in args[2]]
+        nonces = [n for w in node.engine.work("distances") for n in w.nonces]
         assert nonces == list(range(64))
         assert node.manager.state == PoCState.IDLE and node.manager.config is None
 

@@ -196,18 +196,18 @@ class TestStrongSeeds:
     def test_the_rounds_derivation_reaches_the_workers(self, node):
         validating(node, seed_derivation="strong")
         assert node.post("/validate", json=batch([1], [0.37])).status_code == 200
-        assert node.engine.kwargs[-1] == {"seed_derivation": "strong"}
+        assert node.engine.work()[-1].seed_derivation == "strong"
         assert node.get("/status").json()["config"]["seed_derivation"] == "strong"
 
     def test_v1_sends_no_option(self, node):
         validating(node)
         node.post("/validate", json=batch([1], [0.37]))
-        assert node.engine.kwargs[-1] is None
+        assert "seed_derivation" not in node.engine.calls[-1][1][0]
 
     def test_calibration_follows_the_derivation(self, node):
         body = {"block_hash": "b", "valid_rate": 0.5, "n_samples": 4, "batch_size": 4}
         assert node.post("/calibrate", json={**body, "seed_derivation": "strong"}).is_success
-        assert node.engine.kwargs[-1] == {"seed_derivation": "strong"}
+        assert node.engine.work()[-1].seed_derivation == "strong"
 
 
 class TestWeightsFingerprint:

@@ -37,7 +37,7 @@ def test_operator_extension_is_combined_with_ours():
     assert issubclass(combined, OperatorExtension)
     instance = combined()
     assert instance.operator_ping() == "pong"
-    assert callable(instance.poc_distances)
+    assert callable(instance.poc_run)
 
 
 def test_combined_class_is_resolved_once():

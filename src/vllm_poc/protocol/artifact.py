@@ -105,6 +105,34 @@ def rotate(x: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
     return q
 
 
+def pick(
+    block_hash: str,
+    public_key: str,
+    nonces: Sequence[int],
+    dim: int,
+    k: int = K_DIM,
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What of the artifacts depends on the nonces alone: the coordinates ``[B, k]`` and the
+    rotation vectors ``[B, k - 1, k]``."""
+    return (
+        coordinates(block_hash, public_key, nonces, dim, k, device),
+        rotation_vectors(block_hash, public_key, nonces, k, device),
+    )
+
+
+def artifacts_from(
+    hidden: torch.Tensor, coordinates: torch.Tensor, rotations: torch.Tensor
+) -> torch.Tensor:
+    """``[B, k]`` float16 artifacts of the final hidden rows ``[B, d]`` (any float dtype) with
+    the nonces' ``pick``."""
+    y = hidden.to(torch.float32)
+    x = y / (torch.linalg.vector_norm(y, dim=1, keepdim=True) + 1e-8)
+    q = rotate(x.gather(1, coordinates), rotations)
+    a = q / (torch.linalg.vector_norm(q, dim=1, keepdim=True) + 1e-8)
+    return a.to(torch.float16)
+
+
 def artifacts(
     hidden: torch.Tensor,
     block_hash: str,
@@ -113,12 +141,8 @@ def artifacts(
     k: int = K_DIM,
 ) -> torch.Tensor:
     """``[B, k]`` float16 artifacts of the final hidden rows ``[B, d]`` (any float dtype)."""
-    y = hidden.to(torch.float32)
-    x = y / (torch.linalg.vector_norm(y, dim=1, keepdim=True) + 1e-8)
-    picked = x.gather(1, coordinates(block_hash, public_key, nonces, y.shape[1], k, y.device))
-    q = rotate(picked, rotation_vectors(block_hash, public_key, nonces, k, y.device))
-    a = q / (torch.linalg.vector_norm(q, dim=1, keepdim=True) + 1e-8)
-    return a.to(torch.float16)
+    chosen = pick(block_hash, public_key, nonces, hidden.shape[1], k, hidden.device)
+    return artifacts_from(hidden, *chosen)
 
 
 def finite_rows(values: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from vllm_poc.protocol import artifact
+from vllm_poc.work import Work
 
 
 class Params(BaseModel):
@@ -53,6 +54,18 @@ class Round(BaseModel):
     batch_size: int = Field(default=32, ge=1)
     url: str | None = None
     poc_stronger_rng: bool = False
+
+    def work(self) -> Work:
+        """This round's artifact work (nonces named later)."""
+        return Work(
+            "artifacts",
+            self.block_hash,
+            self.public_key,
+            (),
+            self.params.seq_len,
+            seed_derivation="strong" if self.poc_stronger_rng else "v1",
+            k_dim=self.params.k_dim,
+        )
 
 
 class InitGenerate(Round):

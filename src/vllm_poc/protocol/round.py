@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from vllm_poc.protocol import validation
+from vllm_poc.work import Work
 
 NODE_UNSET = -1
 """The round body's sentinel for "node id / node count not given"."""
@@ -66,6 +67,19 @@ class PoCConfig(BaseModel):
     random_projection: bool = False
     """Apply the round's random residual projections around the forward."""
     seed_derivation: SeedDerivation = "v1"
+
+    def work(self, public_key: str | None = None) -> Work:
+        """This round's distance work (nonces named later) for ``public_key`` (default: the
+        round's own)."""
+        return Work(
+            "distances",
+            self.block_hash,
+            public_key or self.public_key,
+            (),
+            self.seq_len,
+            seed_derivation=self.seed_derivation,
+            random_projection=self.random_projection,
+        )
 
     @field_validator("callback_url")
     @classmethod

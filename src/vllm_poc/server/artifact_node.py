@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Callable
 from typing import Any
 
 from vllm_poc import envs
@@ -26,13 +25,10 @@ from vllm_poc.server import metrics
 from vllm_poc.server.artifact_jobs import Jobs
 from vllm_poc.server.artifact_stream import ArtifactStream
 from vllm_poc.server.callbacks import PoCCallbackSender
-from vllm_poc.server.engines import Engines
+from vllm_poc.server.engines import Engines, endless, every
 from vllm_poc.server.errors import EngineFailure, PoCRequestError, Unsupported
 
 logger = get_logger(__name__)
-
-ChunkDone = Callable[[int, list[int], list[str], float], None]
-"""Called with ``(dp_rank, nonces, vectors, seconds)`` as each engine finishes a chunk."""
 
 
 class ParamsMismatch(PoCRequestError):
@@ -152,22 +148,9 @@ class ArtifactNode:
         def done(dp_rank: int, chunk: list[int], vectors: list[str], seconds: float) -> None:
             self._count(body, dp_rank, chunk, vectors, seconds, validating=validating)
 
-        chunks = await self._artifacts(body, nonces, done)
+        work = body.work().with_nonces(nonces)
+        chunks = await self.engines.run(work, body.batch_size, done)
         return [item for chunk, vectors in chunks for item in _items(chunk, vectors)]
-
-    async def _artifacts(
-        self, body: Round, nonces: list[int], done: ChunkDone
-    ) -> list[tuple[list[int], list[str]]]:
-        return await self.engines.artifacts(
-            body.block_hash,
-            body.public_key,
-            nonces,
-            body.params.seq_len,
-            body.batch_size,
-            body.poc_stronger_rng,
-            body.params.k_dim,
-            on_chunk=done,
-        )
 
     def _count(
         self,
@@ -212,9 +195,10 @@ class ArtifactNode:
         raise BadBatches(f"{self.bad_streak} consecutive batches rejected as non-finite")
 
     async def _generate(self, config: InitGenerate) -> None:
-        """The round: steps of ``batch_size`` nonces per engine, split between the engines.
-        Each engine's chunk is counted and buffered for the stream as soon as it is done, so a
-        ``/stop`` mid-step abandons only chunks still in flight."""
+        """The round: every engine takes the next ``batch_size`` nonces as it frees up, with a
+        call queued behind the running one (``engines.endless``), so a faster engine does more.
+        Each chunk is counted and buffered for the stream as soon as it is done, so a ``/stop``
+        abandons only chunks still in flight."""
 
         def done(dp_rank: int, chunk: list[int], vectors: list[str], seconds: float) -> None:
             self.total_processed += len(chunk)
@@ -222,12 +206,16 @@ class ArtifactNode:
             if self._stream is not None:
                 self._stream.add(_items(chunk, vectors))
 
-        step = config.batch_size * len(self.engines.rpcs)
-        x = 0
+        taken = 0
+
+        def take() -> list[int]:
+            nonlocal taken
+            first, taken = taken, taken + config.batch_size
+            return [config.nonce(x) for x in range(first, taken)]
+
+        work = config.work()
         try:
-            while True:
-                await self._artifacts(config, [config.nonce(x + i) for i in range(step)], done)
-                x += step
+            await every(endless(rpc, work, take, done) for rpc in self.engines.rpcs)
         except asyncio.CancelledError:
             raise
         except EngineFailure as e:

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from vllm_poc import envs
 from vllm_poc.server.errors import EngineFailure
+from vllm_poc.work import Work
 
 READY_TIMEOUT_S = 120.0
 """How long the start-up check waits for the workers (they are idle then)."""
@@ -46,9 +47,11 @@ class EngineRPC:
         args: tuple[Any, ...],
         kwargs: dict[str, Any] | None = None,
         timeout: float | None = None,
+        what: str | None = None,
     ) -> list[Any]:
         """The workers' non-None answers (at least one), within ``timeout`` (default
-        ``VLLM_POC_RPC_TIMEOUT``)."""
+        ``VLLM_POC_RPC_TIMEOUT``); errors name the call as ``what`` (default ``method``)."""
+        what = what or method
         limit = timeout or envs.get("VLLM_POC_RPC_TIMEOUT")
         deadline = asyncio.timeout(limit)
         try:
@@ -57,52 +60,25 @@ class EngineRPC:
         except Exception as e:
             if deadline.expired():
                 setting = "" if timeout else "VLLM_POC_RPC_TIMEOUT="
-                raise EngineFailure(f"{method} took over {setting}{limit} s") from e
-            raise EngineFailure(f"{method} failed in the engine: {type(e).__name__}: {e}") from e
+                raise EngineFailure(f"{what} took over {setting}{limit} s") from e
+            raise EngineFailure(f"{what} failed in the engine: {type(e).__name__}: {e}") from e
         answers = [r for r in results if r is not None]
         if not answers:
-            raise EngineFailure(f"no worker answered {method}")
+            raise EngineFailure(f"no worker answered {what}")
         return answers
 
-    async def distances(
-        self,
-        block_hash: str,
-        public_key: str,
-        nonces: list[int],
-        seq_len: int,
-        random_projection: bool = False,
-        seed_derivation: str = "v1",
-    ) -> list[float]:
-        """One forward's distances, in the order of ``nonces``. Options at their defaults are
-        left out of the call."""
-        options: dict[str, Any] = {}
-        if random_projection:
-            options["random_projection"] = True
-        if seed_derivation != "v1":
-            options["seed_derivation"] = seed_derivation
-        answers = await self.answers(
-            "poc_distances", (block_hash, public_key, nonces, seq_len), options or None
-        )
-        if len(answers[0]) != len(nonces):
-            raise EngineFailure(f"worker returned no distances for {len(nonces)} nonces")
-        return [float(d) for d in answers[0]]
-
-    async def artifacts(
-        self,
-        block_hash: str,
-        public_key: str,
-        nonces: list[int],
-        seq_len: int,
-        stronger_rng: bool = False,
-        k_dim: int = 12,
-    ) -> list[str]:
-        """One forward's artifacts in the order of ``nonces``; ``[]`` for a batch the worker
-        rejected as non-finite (artifact protocol)."""
-        args = (block_hash, public_key, nonces, seq_len, stronger_rng, k_dim)
-        answers = await self.answers("poc_artifacts", args)
-        if answers[0] and len(answers[0]) != len(nonces):
-            raise EngineFailure(f"worker returned no artifacts for {len(nonces)} nonces")
-        return [str(a) for a in answers[0]]
+    async def run(self, work: Work) -> list[Any]:
+        """One forward's answer in the order of ``work.nonces``: distances (floats), or
+        artifacts (base64 strings; ``[]`` for a batch the worker rejected as non-finite)."""
+        answers = await self.answers("poc_run", (work.payload(),), what=f"poc_run({work.kind})")
+        answer = answers[0]
+        if work.kind == "artifacts":
+            if answer and len(answer) != len(work.nonces):
+                raise EngineFailure(f"worker returned no artifacts for {len(work.nonces)} nonces")
+            return [str(a) for a in answer]
+        if len(answer) != len(work.nonces):
+            raise EngineFailure(f"worker returned no distances for {len(work.nonces)} nonces")
+        return [float(d) for d in answer]
 
     async def max_batch_size(self, seq_len: int, max_tokens: int) -> int:
         """The smallest of the workers' ``auto`` batch sizes: the batch must fit every rank."""

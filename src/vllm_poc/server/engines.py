@@ -1,13 +1,14 @@
 """The data-parallel engines behind this API server, and how one request's work is split.
 
-Distance generation gives every engine its own loop (``generation``); validation, calibration
-and the artifact protocol's steps are cut into equal chunks that the engines compute at the same
-time, answered in nonce order.
+Generation gives every engine its own loop (``generation``, ``artifact_node``); validation,
+calibration and ``/generate`` jobs are cut into equal chunks that the engines compute at the
+same time, answered in nonce order.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -16,11 +17,18 @@ from typing import Any, TypeVar
 from vllm_poc import compat
 from vllm_poc.server.engine_rpc import EngineRPC
 from vllm_poc.server.errors import EngineFailure
+from vllm_poc.work import Work
 
 T = TypeVar("T")
 
+PIPELINE_DEPTH = 2
+"""Calls in flight per engine: one running in the engine, one queued behind it."""
 
-async def _all(calls: Iterable[Awaitable[T]]) -> list[T]:
+ChunkDone = Callable[[int, list[int], list[Any], float], None]
+"""Called with ``(dp_rank, nonces, answer, seconds)`` as an engine finishes a chunk."""
+
+
+async def every(calls: Iterable[Awaitable[T]]) -> list[T]:
     """Every result, in order; when one call fails, the others are cancelled."""
     tasks = [asyncio.ensure_future(call) for call in calls]
     try:
@@ -51,7 +59,7 @@ class Engines:
 
     async def ready(self) -> str:
         """The plugin version every worker of every engine runs."""
-        versions = set(await _all(rpc.ready() for rpc in self.rpcs))
+        versions = set(await every(rpc.ready() for rpc in self.rpcs))
         if len(versions) != 1:
             raise EngineFailure(f"engines run different vllm-poc versions: {sorted(versions)}")
         return versions.pop()
@@ -59,78 +67,98 @@ class Engines:
     async def unsupported(self) -> list[str]:
         """What any worker of any engine cannot compute; empty when PoC can run."""
         return sorted(
-            {r for reasons in await _all(rpc.unsupported() for rpc in self.rpcs) for r in reasons}
+            {r for reasons in await every(rpc.unsupported() for rpc in self.rpcs) for r in reasons}
         )
 
     async def max_batch_size(self, seq_len: int, max_tokens: int) -> int:
         """The smallest engine's ``auto`` batch size: one round runs one shape everywhere."""
-        return min(await _all(rpc.max_batch_size(seq_len, max_tokens) for rpc in self.rpcs))
+        return min(await every(rpc.max_batch_size(seq_len, max_tokens) for rpc in self.rpcs))
 
     async def weight_digests(self) -> list[list[dict[str, str]]]:
         """Every engine's per-worker parameter digests (``fingerprint``), in rank order."""
-        return await _all(rpc.weight_digests() for rpc in self.rpcs)
+        return await every(rpc.weight_digests() for rpc in self.rpcs)
 
-    async def distances(
-        self,
-        block_hash: str,
-        public_key: str,
-        nonces: list[int],
-        seq_len: int,
-        batch_size: int,
-        random_projection: bool = False,
-        seed_derivation: str = "v1",
-    ) -> list[float]:
-        """Distances of ``nonces`` in order, in forwards of at most ``batch_size``, spread over
-        the engines (``spread``)."""
-
-        def call(rpc: EngineRPC, chunk: list[int]) -> Awaitable[list[float]]:
-            return rpc.distances(
-                block_hash, public_key, chunk, seq_len, random_projection, seed_derivation
-            )
-
-        return [d for _, chunk in await self.spread(nonces, batch_size, call) for d in chunk]
-
-    async def artifacts(
-        self,
-        block_hash: str,
-        public_key: str,
-        nonces: list[int],
-        seq_len: int,
-        batch_size: int,
-        stronger_rng: bool = False,
-        k_dim: int = 12,
-        on_chunk: Callable[[int, list[int], list[str], float], None] | None = None,
-    ) -> list[tuple[list[int], list[str]]]:
-        """Artifact-protocol vectors per chunk of ``nonces``, in order (``spread``); a chunk
-        that the worker rejected as non-finite has ``[]``. ``on_chunk(dp_rank, chunk, vectors,
-        seconds)`` hears of each chunk as soon as its engine is done with it."""
-
-        async def call(rpc: EngineRPC, chunk: list[int]) -> list[str]:
-            start = time.monotonic()
-            vectors = await rpc.artifacts(
-                block_hash, public_key, chunk, seq_len, stronger_rng, k_dim
-            )
-            if on_chunk is not None:
-                on_chunk(rpc.dp_rank, chunk, vectors, time.monotonic() - start)
-            return vectors
-
-        return await self.spread(nonces, batch_size, call)
-
-    async def spread(
-        self,
-        nonces: list[int],
-        batch_size: int,
-        call: Callable[[EngineRPC, list[int]], Awaitable[list[T]]],
-    ) -> list[tuple[list[int], list[T]]]:
-        """``call`` on chunks of at most ``batch_size`` nonces spread over the engines (chunk
-        ``i`` on engine ``i mod n``; each engine runs its chunks in turn): each chunk with its
-        result, in order."""
+    async def run(
+        self, work: Work, batch_size: int, on_chunk: ChunkDone | None = None
+    ) -> list[tuple[list[int], list[Any]]]:
+        """``work`` on chunks of at most ``batch_size`` of its nonces spread over the engines
+        (chunk ``i`` on engine ``i mod n``): each chunk with its answer (``EngineRPC.run``), in
+        order. Each engine keeps ``PIPELINE_DEPTH`` of its chunks in flight, each naming the
+        next, so its worker prepares a chunk's inputs during the forward before it.
+        ``on_chunk(dp_rank, chunk, answer, seconds)`` hears of each chunk as soon as its engine
+        is done with it."""
+        nonces = list(work.nonces)
         per_chunk = max(1, min(batch_size, math.ceil(len(nonces) / len(self.rpcs))))
         chunks = [nonces[i : i + per_chunk] for i in range(0, len(nonces), per_chunk)]
-
-        async def run(engine: int) -> list[list[T]]:
-            return [await call(self.rpcs[engine], c) for c in chunks[engine :: len(self.rpcs)]]
-
-        per_engine = await _all(run(e) for e in range(min(len(chunks), len(self.rpcs))))
         n = len(self.rpcs)
+
+        async def engine(e: int) -> list[list[Any]]:
+            rpc, mine = self.rpcs[e], chunks[e::n]
+            last_done = time.monotonic()
+
+            async def one(unit: Work) -> list[Any]:
+                nonlocal last_done
+                start = time.monotonic()
+                answer = await rpc.run(unit)
+                now = time.monotonic()  # the engine's time for it: not the wait behind another
+                seconds, last_done = now - max(start, last_done), now
+                if on_chunk is not None:
+                    on_chunk(rpc.dp_rank, list(unit.nonces), answer, seconds)
+                return answer
+
+            nexts = [*mine[1:], []]
+            units = (work.with_nonces(c, m) for c, m in zip(mine, nexts, strict=True))
+            return await pipelined(one(unit) for unit in units)
+
+        per_engine = await every(engine(e) for e in range(min(len(chunks), n)))
         return [(chunk, per_engine[i % n][i // n]) for i, chunk in enumerate(chunks)]
+
+
+async def pipelined(calls: Iterable[Awaitable[T]], depth: int = 0) -> list[T]:
+    """``calls`` in order, at most ``depth`` (default ``PIPELINE_DEPTH``) running at once: the
+    engine runs one RPC at a time, the next one queued behind it starts as soon as it ends.
+    When one fails, the others are cancelled."""
+    depth = depth or PIPELINE_DEPTH
+    pending: collections.deque[asyncio.Future[T]] = collections.deque()
+    results: list[T] = []
+    try:
+        for call in calls:
+            pending.append(asyncio.ensure_future(call))
+            if len(pending) >= depth:
+                results.append(await pending.popleft())
+        while pending:
+            results.append(await pending.popleft())
+    finally:
+        for future in pending:
+            future.cancel()
+    return results
+
+
+async def endless(
+    rpc: EngineRPC,
+    work: Work,
+    take: Callable[[], list[int]],
+    done: ChunkDone,
+    running: Callable[[], bool] = lambda: True,
+) -> None:
+    """A generation loop on one engine: ``work`` on the next ``take()`` nonces, with
+    ``PIPELINE_DEPTH`` calls in flight, each naming the nonces of the one behind it; ``done``
+    hears of each call in order, with the engine's seconds for it. Runs while ``running()``
+    (until cancelled); a failure ends it, the calls in flight cancelled."""
+    in_flight: collections.deque[tuple[list[int], asyncio.Future[list[Any]]]] = collections.deque()
+    upcoming = take()
+    last_done = time.monotonic()
+    try:
+        while running():
+            while len(in_flight) < PIPELINE_DEPTH:
+                nonces, upcoming = upcoming, take()
+                call = asyncio.ensure_future(rpc.run(work.with_nonces(nonces, upcoming)))
+                in_flight.append((nonces, call))
+            nonces, call = in_flight.popleft()
+            answer = await call
+            now = time.monotonic()
+            done(rpc.dp_rank, nonces, answer, now - last_done)
+            last_done = now
+    finally:
+        for _, call in in_flight:
+            call.cancel()

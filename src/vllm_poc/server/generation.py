@@ -7,7 +7,6 @@ and records what they found.
 from __future__ import annotations
 
 import asyncio
-import collections
 import dataclasses
 import math
 import time
@@ -20,6 +19,7 @@ from vllm_poc.protocol.batches import ProofBatch
 from vllm_poc.protocol.round import PoCConfig, PoCState
 from vllm_poc.server import metrics, proofs
 from vllm_poc.server.engine_rpc import EngineRPC
+from vllm_poc.server.engines import endless
 from vllm_poc.server.errors import EngineFailure
 from vllm_poc.server.striding import NonceSchedule
 
@@ -27,9 +27,6 @@ if TYPE_CHECKING:
     from vllm_poc.server.manager import PoCManager
 
 logger = get_logger(__name__)
-
-PIPELINE_DEPTH = 2
-"""Generation batches in flight at once (one running in the engine, one queued behind it)."""
 
 
 @dataclass
@@ -201,7 +198,7 @@ class Generation:
             pass  # reported by the failing loop
 
     async def _loop(self, round_id: int, rpc: EngineRPC, engine: EngineStats) -> None:
-        """Keep ``PIPELINE_DEPTH`` batches in flight on one engine, record them in order.
+        """One engine's share of the round (``engines.endless``): batches recorded in order.
 
         The engine runs one RPC at a time; with the next one already queued it starts at once
         when the previous one ends, so the RPC and Python time of the API process is hidden.
@@ -209,30 +206,15 @@ class Generation:
         manager = self.manager
         config = manager.config
         assert config is not None
-        in_flight: collections.deque[tuple[list[int], asyncio.Task[list[float]]]] = (
-            collections.deque()
-        )
-        last_done = time.monotonic()
+
+        def record(dp_rank: int, nonces: list[int], dist: list[Any], seconds: float) -> None:
+            self.record(config, round_id, nonces, dist, seconds, engine)
+
+        def running() -> bool:
+            return manager.state == PoCState.GENERATING and round_id == manager.round_id
+
         try:
-            while manager.state == PoCState.GENERATING and round_id == manager.round_id:
-                while len(in_flight) < PIPELINE_DEPTH:
-                    nonces = self.next_nonces()
-                    task = asyncio.ensure_future(
-                        rpc.distances(
-                            config.block_hash,
-                            config.public_key,
-                            nonces,
-                            config.seq_len,
-                            config.random_projection,
-                            config.seed_derivation,
-                        )
-                    )
-                    in_flight.append((nonces, task))
-                nonces, task = in_flight.popleft()
-                dist = await task
-                now = time.monotonic()
-                self.record(config, round_id, nonces, dist, now - last_done, engine)
-                last_done = now
+            await endless(rpc, config.work(), self.next_nonces, record, running)
         except asyncio.CancelledError:
             raise
         except Exception as e:
@@ -246,9 +228,6 @@ class Generation:
             where = f" on dp_rank {engine.dp_rank}" if len(self.engine_stats) > 1 else ""
             manager.fail_round(round_id, f"generation failed{where}: {reason}")
             raise EngineLoopFailed from e
-        finally:
-            for _, task in in_flight:
-                task.cancel()
 
 
 class EngineLoopFailed(Exception):

@@ -215,15 +215,8 @@ class PoCManager:
     ) -> list[float]:
         """Distances of ``nonces`` under ``config``'s block, in forwards of at most
         ``batch_size`` spread over the engines."""
-        return await self.engines.distances(
-            config.block_hash,
-            public_key,
-            nonces,
-            config.seq_len,
-            config.batch_size,
-            config.random_projection,
-            config.seed_derivation,
-        )
+        work = config.work(public_key).with_nonces(nonces)
+        return [d for _, chunk in await self.engines.run(work, config.batch_size) for d in chunk]
 
     # ------------------------------------------------------------------ validation
 

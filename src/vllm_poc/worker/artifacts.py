@@ -1,8 +1,10 @@
 """Artifact-protocol batches in one worker: the PoC forward with the round's reflection after
 every decoder layer, then the artifact math of ``protocol.artifact`` on the device.
 
-The reflections are module hooks, so this forward runs the modules' plain forward (eager):
-vLLM's graph and the PoC forward's own compiled graph would skip or bake in the hooks.
+Where vLLM compiles the model, the forward is a graph of its own (``compiled``) traced with the
+reflections inside and their vectors read as data, and, with ``VLLM_POC_CUDA_GRAPHS``, captured
+as a CUDA graph; the modules' plain forward with the same reflections (eager) is the reference
+it is tested against, and what ``--enforce-eager`` or ``VLLM_POC_COMPILED_FORWARD=0`` run.
 """
 
 from __future__ import annotations
@@ -11,8 +13,13 @@ import torch
 
 from vllm_poc import compat
 from vllm_poc.protocol import artifact
+from vllm_poc.work import Work
+from vllm_poc.worker.batch_shape import BatchShape
+from vllm_poc.worker.compiled import EmbedsGraph
+from vllm_poc.worker.cuda_graphs import PoCGraphs
 from vllm_poc.worker.forward import PoCForward
-from vllm_poc.worker.reflections import reflected
+from vllm_poc.worker.prefetch import Tensors
+from vllm_poc.worker.reflections import Reflections
 
 
 class NoDecoderLayers(RuntimeError):
@@ -25,44 +32,61 @@ class ArtifactForward:
     def __init__(self, forward: PoCForward) -> None:
         self.forward = forward
         config = forward.vllm_config.model_config.hf_text_config
-        self.layers = compat.decoder_layers(forward.runner.get_model(), config.num_hidden_layers)
-        self._vectors: tuple[str, torch.Tensor] | None = None
+        model = forward.runner.get_model()
+        self.layers = compat.decoder_layers(model, config.num_hidden_layers)
+        self.reflections: Reflections | None = None
+        self.graph: EmbedsGraph | None = None
+        self.cuda_graphs: PoCGraphs | None = None
+        if self.layers:
+            self.reflections = Reflections(self.layers, forward.hidden_size, forward.device)
+            self.graph = EmbedsGraph(model, "artifact") if forward.compiles else None
+            if self.graph is not None and PoCGraphs.wanted(forward):
+                self.cuda_graphs = PoCGraphs(forward, self.run)
 
-    def vectors(self, block_hash: str) -> torch.Tensor:
-        """This rank's layers' reflection vectors, cached for the round's block hash."""
-        if self._vectors is None or self._vectors[0] != block_hash:
-            indices = [i for i, _ in self.layers]
-            w = artifact.layer_vectors(
-                block_hash, indices, self.forward.hidden_size, self.forward.device
-            )
-            self._vectors = (block_hash, w)
-        return self._vectors[1]
+    def run(
+        self, shape: BatchShape, inputs: torch.Tensor, compiled: bool = True
+    ) -> torch.Tensor | None:
+        """The reflected forward's last hidden states (None off the last pipeline stage)."""
+        assert self.reflections is not None
+        with self.reflections.installed():
+            return self.forward.run(shape, inputs, self.graph if compiled else None)
 
     @torch.inference_mode()
-    def artifacts(
-        self,
-        block_hash: str,
-        public_key: str,
-        nonces: list[int],
-        seq_len: int,
-        stronger_rng: bool = False,
-        k: int = artifact.K_DIM,
-    ) -> list[str] | None:
-        """base64 artifacts of ``nonces`` in order; ``[]`` when the batch holds a non-finite
-        value (rejected whole); None on ranks without the final hidden states."""
-        if not self.layers:
+    def artifacts(self, work: Work) -> list[str] | None:
+        """base64 artifacts of ``work.nonces`` in order; ``[]`` when the batch holds a
+        non-finite value (rejected whole); None on ranks without the final hidden states."""
+        if self.reflections is None:
             raise NoDecoderLayers(
                 "vllm-poc: no decoder-layer list of the model was found; artifacts need a "
                 "reflection after every decoder layer"
             )
         fwd = self.forward
-        derivation = "strong" if stronger_rng else "v1"
-        inputs = fwd.inputs(block_hash, public_key, nonces, seq_len, False, derivation)
-        with reflected(self.layers, self.vectors(block_hash)):
-            last = fwd.run(fwd.prepare(len(nonces), seq_len), inputs, eager=True)
+        self.reflections.load(work.block_hash)
+        made = fwd.prefetch.take(work) or self.nonce_tensors(work)
+        with fwd.prefetch.behind(work.following(), self.nonce_tensors):
+            last = self.last_hidden(made["inputs"], work)
         if last is None:
             return None
-        rows = artifact.artifacts(last, block_hash, public_key, nonces, k)
+        rows = artifact.artifacts_from(last, made["coordinates"], made["rotations"])
         if not bool(artifact.finite_rows(last).all() and artifact.finite_rows(rows).all()):
             return []
         return artifact.encode_all(rows)
+
+    def nonce_tensors(self, work: Work) -> Tensors:
+        """What an artifact batch needs of its nonces alone: inputs and the pick."""
+        fwd = self.forward
+        coordinates, rotations = artifact.pick(
+            work.block_hash, work.public_key, work.nonces, fwd.hidden_size, work.k_dim, fwd.device
+        )
+        return {"inputs": fwd.inputs(work), "coordinates": coordinates, "rotations": rotations}
+
+    def last_hidden(self, inputs: torch.Tensor, work: Work) -> torch.Tensor | None:
+        batch, seq_len = len(work.nonces), work.seq_len
+        if self.cuda_graphs is not None and not work.eager:
+            return self.cuda_graphs.last_hidden(inputs, batch, seq_len)
+        return self.run(self.forward.prepare(batch, seq_len), inputs, compiled=not work.eager)
+
+    def compilations(self) -> dict[str, int]:
+        """Graphs compiled so far by each PoC forward (none where nothing compiles)."""
+        graphs = [g for g in (self.forward.embeds_graph, self.graph) if g is not None]
+        return {g.name: g.compilations for g in graphs}

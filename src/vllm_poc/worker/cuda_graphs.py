@@ -15,6 +15,7 @@ exchange tensors through calls a graph cannot hold. Capture runs inside vLLM's
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -40,8 +41,16 @@ class _Captured:
     output: torch.Tensor
 
 
+Run = Callable[["BatchShape", torch.Tensor], "torch.Tensor | None"]
+"""A forward to capture: the last hidden states of a batch's inputs (``PoCForward.run_*``)."""
+
+
 class PoCGraphs:
-    """The captured forward of the current round shape (one at a time: graphs hold memory)."""
+    """The captured ``run`` of the current round shape (one at a time: graphs hold memory).
+
+    Whatever ``run`` reads besides its inputs (the artifact protocol's reflection vectors) must
+    stay at one address, updated in place: a replay reads it where the capture found it.
+    """
 
     @staticmethod
     def wanted(forward: PoCForward) -> bool:
@@ -52,17 +61,21 @@ class PoCGraphs:
             return False
         return True
 
-    def __init__(self, forward: PoCForward) -> None:
+    def __init__(self, forward: PoCForward, run: Run) -> None:
         self.forward = forward
+        self.run = run
         self._captured: _Captured | None = None
 
     def last_hidden(self, inputs: torch.Tensor, batch: int, seq_len: int) -> torch.Tensor:
+        """The captured forward replayed on ``inputs``. A smaller batch of the captured
+        ``seq_len`` (a round's last chunk) fills the first sequences of the captured one:
+        sequences never see each other, so the rest cost time but change nothing."""
         captured = self._captured
-        if captured is None or (captured.shape.batch, captured.shape.seq_len) != (batch, seq_len):
+        if captured is None or captured.shape.seq_len != seq_len or captured.shape.batch < batch:
             captured = self._capture(inputs, batch, seq_len)
-        captured.inputs.copy_(inputs)
+        captured.inputs[: inputs.shape[0]].copy_(inputs)
         captured.graph.replay()
-        return captured.output
+        return captured.output[:batch]
 
     def _capture(self, inputs: torch.Tensor, batch: int, seq_len: int) -> _Captured:
         self._captured = None  # the previous shape's graph and buffers go first
@@ -72,14 +85,14 @@ class PoCGraphs:
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(WARMUP_RUNS):
-                self.forward.run(shape, static)
+                self.run(shape, static)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with (
             compat.graph_capture(self.forward.device) as stream,
             torch.cuda.graph(graph, stream=stream),
         ):
-            output = self.forward.run(shape, static)
+            output = self.run(shape, static)
         if output is None:
             raise RuntimeError("the PoC forward gave no hidden states to capture")
         self._captured = _Captured(shape, graph, static, output)

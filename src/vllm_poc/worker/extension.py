@@ -13,6 +13,7 @@ import importlib
 from functools import cache
 from typing import Any
 
+from vllm_poc.work import Work
 from vllm_poc.worker.artifacts import ArtifactForward
 from vllm_poc.worker.forward import PoCForward
 
@@ -22,34 +23,17 @@ _COMBINED_PREFIX = "PoCWorkerExtensionWith_"
 class PoCWorkerExtension:
     """Methods run inside every worker (all TP and PP ranks)."""
 
-    def poc_distances(
-        self,
-        block_hash: str,
-        public_key: str,
-        nonces: list[int],
-        seq_len: int,
-        random_projection: bool = False,
-        seed_derivation: str = "v1",
-    ) -> list[float] | None:
-        """Distances of ``nonces``; None on ranks that do not hold the final logits."""
-        return self._poc_forward().distances(
-            block_hash, public_key, nonces, seq_len, random_projection, seed_derivation
-        )
+    def poc_run(self, work: dict[str, Any]) -> list[float] | list[str] | None:
+        """One ``Work`` unit (its ``payload``): distances, or artifacts (base64; ``[]`` for a
+        batch rejected as non-finite); None on ranks that do not hold the answer."""
+        unit = Work.from_payload(work)
+        if unit.kind == "artifacts":
+            return self._poc_artifacts().artifacts(unit)
+        return self._poc_forward().distances(unit)
 
-    def poc_artifacts(
-        self,
-        block_hash: str,
-        public_key: str,
-        nonces: list[int],
-        seq_len: int,
-        stronger_rng: bool = False,
-        k_dim: int = 12,
-    ) -> list[str] | None:
-        """Artifact-protocol vectors of ``nonces`` (base64); ``[]`` for a batch rejected as
-        non-finite; None on ranks without the final hidden states."""
-        return self._poc_artifacts().artifacts(
-            block_hash, public_key, nonces, seq_len, stronger_rng, k_dim
-        )
+    def poc_compilations(self) -> dict[str, int]:
+        """Graphs compiled so far by each PoC forward: one per round shape, never per round."""
+        return self._poc_artifacts().compilations()
 
     def poc_profile_artifacts(self, batch: int, seq_len: int, reps: int = 5) -> dict[str, float]:
         """Median ms of an artifact batch, a distance batch and bare forwards; for benchmarks."""

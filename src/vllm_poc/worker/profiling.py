@@ -8,17 +8,24 @@ distance, and compare it with a bare forward of the same shape (random inputs, n
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 
-from vllm_poc.protocol import distance
+from vllm_poc.log import get_logger
+from vllm_poc.protocol import artifact, distance
+from vllm_poc.work import Work
 from vllm_poc.worker.artifacts import ArtifactForward
+from vllm_poc.worker.cuda_graphs import PoCGraphs
 from vllm_poc.worker.forward import PoCForward
+
+logger = get_logger(__name__)
 
 
 def _synchronizer(device: torch.device) -> Callable[[], None]:
@@ -71,7 +78,7 @@ def profile_stages(
         if rep % 2:
             bare(stage)
         with stage("inputs"):
-            inputs = forward.inputs("profile", "pk", nonces, seq_len)
+            inputs = forward.inputs(Work("distances", "profile", "pk", nonces, seq_len))
         if random_projection:
             with stage("projection"):
                 inputs = distance.apply_projection(inputs, forward.projection("profile", "pre"))
@@ -118,27 +125,59 @@ def peak_matmul_tflops(device: torch.device, dtype: torch.dtype, size: int, reps
 def profile_artifacts(
     forward: PoCForward, artifacts: ArtifactForward, batch: int, seq_len: int, reps: int
 ) -> dict[str, float]:
-    """Median milliseconds of one batch of: artifacts (reflections, eager), the distance
-    protocol (its forward as configured, compiled where it compiles), and bare forwards of the
-    same shape, eager and as configured; alternating the order repetition by repetition."""
+    """Median milliseconds of one batch of: artifacts (inputs, reflected forward and the pick)
+    as configured, eager, and (on CUDA, where the forward compiles) replayed from a CUDA graph;
+    the distance protocol's batch; and bare forwards of the same shape (the distance protocol's
+    forward of prepared inputs and metadata: compiled where it compiles) as configured and
+    eager; alternating the order repetition by repetition. Also the largest L2 between the
+    compiled and the eager artifacts of the profiled nonces (``compiled_vs_eager_l2``)."""
     sync = _synchronizer(forward.device)
-    nonces = list(range(batch))
-    inputs = forward.inputs("profile", "pk", nonces, seq_len)
+    work = Work("artifacts", "profile", "pk", tuple(range(batch)), seq_len)
+    inputs = forward.inputs(work)
     shape = forward.prepare(batch, seq_len)
+    out: dict[str, object] = {}
     runs: dict[str, Callable[[], object]] = {
-        "artifacts": lambda: artifacts.artifacts("profile", "pk", nonces, seq_len),
-        "distances": lambda: forward.distances("profile", "pk", nonces, seq_len),
-        "bare_forward_eager": lambda: forward.run(shape, inputs, eager=True),
-        "bare_forward": lambda: forward.run(shape, inputs),
+        "artifacts": lambda: artifacts.artifacts(work),
+        "artifacts_eager": lambda: artifacts.artifacts(dataclasses.replace(work, eager=True)),
+        "distances": lambda: forward.distances(dataclasses.replace(work, kind="distances")),
+        "bare_forward_eager": lambda: forward.run(shape, inputs),
+        "bare_forward": lambda: forward.run_distance(shape, inputs),
     }
+    if forward.device.type == "cuda" and artifacts.graph is not None:
+        captured = artifacts.cuda_graphs or PoCGraphs(forward, artifacts.run)
+        try:
+            _with_graphs(artifacts, captured, work)  # captures: a failure drops only this row
+            runs["artifacts_cuda_graph"] = lambda: _with_graphs(artifacts, captured, work)
+        except Exception:
+            logger.exception("vllm-poc: profiling without the CUDA graph of the artifact batch")
     samples: dict[str, list[float]] = defaultdict(list)
     for rep in range(reps + 1):  # the first repetition warms up (and compiles)
         order = list(runs) if rep % 2 else list(reversed(runs))
         stage = _Stopwatch(sync)
         for name in order:
             with stage(name):
-                runs[name]()
+                out[name] = runs[name]()
         if rep > 0:
             for name, ms in stage.ms.items():
                 samples[name].append(ms)
-    return {name: statistics.median(values) for name, values in samples.items()}
+    medians = {name: statistics.median(values) for name, values in samples.items()}
+    compiled, eager = out["artifacts"], out["artifacts_eager"]
+    assert isinstance(compiled, list) and isinstance(eager, list)
+    medians["compiled_vs_eager_l2"] = _largest_l2(compiled, eager)
+    return medians
+
+
+def _with_graphs(artifacts: ArtifactForward, graphs: PoCGraphs, work: Work) -> object:
+    saved, artifacts.cuda_graphs = artifacts.cuda_graphs, graphs
+    try:
+        return artifacts.artifacts(work)
+    finally:
+        artifacts.cuda_graphs = saved
+
+
+def _largest_l2(a: list[str], b: list[str]) -> float:
+    """Largest L2 between two lists of base64 artifacts (0 for rejected batches)."""
+    if not a or not b:
+        return 0.0
+    rows = [artifact.decode(x) for x in a], [artifact.decode(y) for y in b]
+    return max(float(np.linalg.norm(x - y)) for x, y in zip(*rows, strict=True))
