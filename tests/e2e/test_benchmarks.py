@@ -116,14 +116,37 @@ def _table(stdout: str, names: list[str]) -> dict[str, list[float]]:
     return rows
 
 
-def test_bench_artifacts_reports_every_stage() -> None:
-    """The artifact protocol's GPU benchmark, on the tiny model: four stages, one run."""
-    stages = ["bare_forward", "bare_forward_eager", "distances", "artifacts"]
-    out = _run_benchmark("bench_artifacts.py", "--batch", "2", "--seq-len", "16", "--reps", "1")
-    rows = _table(out, stages)
-    assert sorted(rows) == sorted(stages), out[-2000:]
-    for ms, rate, ratio in rows.values():
-        assert ms > 0 and rate == pytest.approx(2 / ms * 1e3, rel=0.01) and ratio > 0
+def test_bench_artifacts_reports_every_path_and_the_ratio() -> None:
+    """The artifact protocol's GPU benchmark, on the tiny model: the worker's paths, a served
+    round at a real receiver and vLLM's prefill, in one run; the last line is the ratio."""
+    profiled = [
+        "bare forward, compiled",
+        "bare forward, eager",
+        "artifact batch, compiled",
+        "artifact batch, eager",
+        "distance batch",
+    ]
+    served = ["served artifact round", "vLLM prefill"]
+    out = _run_benchmark(
+        "bench_artifacts.py",
+        *("--batch", "2", "--seq-len", "16", "--reps", "1", "--rounds", "1"),
+        *("--warmup", "1", "--seconds", "2"),
+    )
+    rows = _table(out, profiled + served)
+    assert sorted(rows) == sorted(profiled + served), out[-2000:]
+    for name in profiled:
+        ms, rate, per_minute, ratio = rows[name]
+        assert ms > 0 and rate == pytest.approx(2 / ms * 1e3, rel=0.01)
+        assert per_minute == pytest.approx(rate * 60, rel=0.01) and ratio > 0
+    bare = rows["bare forward, compiled"][1]
+    for name in served:
+        rate, per_minute, ratio = rows[name]
+        assert rate > 0 and ratio == pytest.approx(rate / bare, abs=0.002), name
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("artifact round vs bare forward: "), last
+    assert float(last.split(": ")[1]) == pytest.approx(rows["served artifact round"][2], abs=2e-3)
+    (l2,) = [float(line.split()[-1]) for line in out.splitlines() if "largest L2" in line]
+    assert 0 <= l2 <= 0.02
 
 
 def test_artifact_noise_reports_the_l2_between_configurations() -> None:
