@@ -3,7 +3,8 @@ the benchmarks.
 
 The server runs in its own session (process group): vLLM forks an EngineCore and workers, and
 signalling only the API server can leave them running and holding memory, so ``stop`` signals
-the whole group, first politely, then with SIGKILL.
+the whole group, first politely, then with SIGKILL. The group is led by ``leash``, which ends it
+when the process that started the server exits, however it exits.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from types import FrameType
 
 import httpx
 
+CPU_STARTUP = Path(__file__).parent / "cpu_startup"
+"""Put on the ``PYTHONPATH`` of servers on CPU: its ``sitecustomize`` lets AMX kernels run."""
 HEALTH_TIMEOUT_S = float(os.environ.get("E2E_SERVER_START_TIMEOUT", "300"))
 """Seconds a server may take to answer /health: ~40 s on an idle 2-core machine, 150 s+ when
 other servers share the CPU. A server that dies is reported at once, whatever this says."""
@@ -117,6 +120,10 @@ class LocalServer:
         if self.poc_enabled:
             env["VLLM_POC_ENABLED"] = "1"
         env.update(self.extra_env)
+        if self.device == "cpu":
+            paths = [str(CPU_STARTUP), *filter(None, [env.get("PYTHONPATH")])]
+            env["PYTHONPATH"] = os.pathsep.join(paths)
+        env["VLLM_POC_LEASH_PARENT"] = str(os.getpid())  # read (and dropped) by the leash
         return env
 
     def start(
@@ -132,7 +139,7 @@ class LocalServer:
         t0 = time.monotonic()
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                self.command(),
+                [sys.executable, "-m", "vllm_poc.testing.leash", *self.command()],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -1,0 +1,166 @@
+"""The session's vLLM test servers, shared by configuration.
+
+A test module asks for a server of a ``Config`` (model, PoC on or off, environment, arguments,
+eager or compiled): every module that asks for the same one shares one process, started on
+first use (``Servers.shared``). A test that needs a process of its own (a restart, a crash, a
+refused start, a setting no other test may see) asks for a fresh one, stopped when it ends
+(``Servers.fresh``). A module leaves a shared server as it found it: no round running.
+
+Servers stop when the session ends, and die with the test process however it ends (they run on
+``vllm_poc.testing.leash``). Servers no module holds stay up for a later module of the same
+configuration, at most ``IDLE_CAPACITY`` of them (the least recently used stops first), so the
+memory of a 24 GiB machine is never exhausted.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from vllm_poc.testing.server import LocalServer
+
+from .helpers import status, stop_round
+
+IDLE_CAPACITY = 2
+"""Started servers kept running while no module holds them (about 3 GiB each)."""
+STARTS_FILE_ENV = "E2E_SERVER_STARTS_FILE"
+"""Where the session appends one JSON line per server start (``.ci/run`` counts them)."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """What makes two test servers interchangeable."""
+
+    model: str = "qwen3"
+    """A tiny model architecture (``testing.tiny_model``)."""
+    poc: bool = True
+    env: frozenset[tuple[str, str]] = frozenset()
+    args: tuple[str, ...] = ()
+    eager: bool = True
+    headers: frozenset[tuple[str, str]] = field(default=frozenset(), compare=False)
+    """What a client must send to call the PoC routes (auth), for the registry's own calls."""
+
+    @classmethod
+    def of(
+        cls,
+        model: str = "qwen3",
+        *,
+        poc: bool = True,
+        env: Mapping[str, str] | None = None,
+        args: Sequence[str] = (),
+        eager: bool = True,
+        headers: Mapping[str, str] | None = None,
+    ) -> Config:
+        return cls(
+            model,
+            poc,
+            frozenset((env or {}).items()),
+            tuple(args),
+            eager,
+            frozenset((headers or {}).items()),
+        )
+
+
+class Servers:
+    """The registry (one per session)."""
+
+    def __init__(self, models: Path, logs: Path) -> None:
+        self.models = models
+        self.logs = logs
+        self.starts = 0
+        self._running: collections.OrderedDict[Config, LocalServer] = collections.OrderedDict()
+        """Shared servers, least recently used first."""
+        self._holders: collections.Counter[Config] = collections.Counter()
+        self._fresh: list[LocalServer] = []
+
+    @contextlib.contextmanager
+    def shared(self, name: str, config: Config) -> Iterator[LocalServer]:
+        """The running server of ``config`` (started if none is), held for the block; any round
+        left running is stopped when the block ends."""
+        server = self._running.get(config)
+        if server is not None and not server.alive():
+            self._running.pop(config)
+            server = None
+        if server is None:
+            server = self._start(name, config)
+            self._running[config] = server
+        self._running.move_to_end(config)
+        self._holders[config] += 1
+        try:
+            yield server
+        finally:
+            self._holders[config] -= 1
+            if server.alive():
+                stop_round(server, dict(config.headers))
+            self._evict()
+
+    @contextlib.contextmanager
+    def fresh(self, name: str, config: Config, start: bool = True) -> Iterator[LocalServer]:
+        """A server of its own for the block (``start=False``: the caller starts it, for a
+        start that is meant to fail), stopped when the block ends."""
+        server = self._server(name, config)
+        self._fresh.append(server)
+        try:
+            if start:
+                self._launch(server, config)
+            yield server
+        finally:
+            server.stop()
+            self._fresh.remove(server)
+
+    def stop_all(self) -> None:
+        for server in [*self._running.values(), *self._fresh]:
+            server.stop()
+        self._running.clear()
+
+    def _evict(self) -> None:
+        idle = [c for c in self._running if not self._holders[c]]
+        for config in idle[: max(0, len(idle) - IDLE_CAPACITY)]:
+            self._running.pop(config).stop()
+
+    def _start(self, name: str, config: Config) -> LocalServer:
+        self._evict()
+        server = self._server(name, config)
+        self._launch(server, config)
+        return server
+
+    def _server(self, name: str, config: Config) -> LocalServer:
+        from vllm_poc.testing.tiny_model import make_tiny_model
+
+        folder = "tiny-qwen3" if config.model == "qwen3" else f"tiny-{config.model}"
+        model = make_tiny_model(self.models / folder, architecture=config.model)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        return LocalServer(
+            model,
+            self.logs / f"{name}-{self.starts}.log",
+            poc_enabled=config.poc,
+            extra_env=dict(config.env),
+            extra_args=config.args,
+            enforce_eager=config.eager,
+        )
+
+    def _launch(self, server: LocalServer, config: Config) -> None:
+        """Start ``server`` after stopping any round left generating on the others: on two cores
+        a generating engine starves every start (see ``helpers.stop_round``)."""
+        for other_config, other in self._running.items():
+            if other.alive() and other.poc_enabled:
+                headers = dict(other_config.headers)
+                with httpx.Client(base_url=other.base_url, timeout=60.0, headers=headers) as c:
+                    if status(c).get("state", status(c).get("status")) == "GENERATING":
+                        print(f"\n[e2e] a round was left generating on {other.base_url}; stopped")
+                        stop_round(other, headers)
+        self.starts += 1
+        server.start()
+        print(f"\n[e2e] {server.log_path.stem} healthy after {server.startup_seconds:.1f} s")
+        record = os.environ.get(STARTS_FILE_ENV)
+        if record:
+            with open(record, "a") as f:
+                f.write(json.dumps({"log": str(server.log_path), "s": server.startup_seconds}))
+                f.write("\n")

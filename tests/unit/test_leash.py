@@ -1,0 +1,88 @@
+"""``testing.leash``: a command and everything it starts die with the process that started it,
+whether that process exits, is stopped with SIGTERM, or is killed with SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+GRANDCHILD = "import subprocess, time; subprocess.Popen(['sleep', '300']); time.sleep(300)"
+"""What the leash runs: a process that starts another and keeps running, as vLLM's API server
+starts its EngineCore and workers."""
+
+
+def _parent_script(pids: Path) -> str:
+    """A parent that starts the leash as ``LocalServer`` does and then waits forever."""
+    return textwrap.dedent(
+        f"""
+        import os, subprocess, sys, time
+        env = dict(os.environ, VLLM_POC_LEASH_PARENT=str(os.getpid()))
+        leash = subprocess.Popen(
+            [sys.executable, "-m", "vllm_poc.testing.leash", sys.executable, "-c", {GRANDCHILD!r}],
+            start_new_session=True, env=env,
+        )
+        open({str(pids)!r}, "w").write(str(leash.pid))
+        time.sleep(300)
+        """
+    )
+
+
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry))
+    return members
+
+
+def _until(condition, seconds: float) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return condition()
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_the_group_dies_with_the_parent(tmp_path: Path, how: signal.Signals) -> None:
+    pids = tmp_path / "leash.pid"
+    parent = subprocess.Popen([sys.executable, "-c", _parent_script(pids)])
+    try:
+        assert _until(pids.exists, 30), "the parent never started the leash"
+        group = int(pids.read_text())
+        assert _until(lambda: len(_group_members(group)) >= 3, 30), _group_members(group)
+        parent.send_signal(how)
+        parent.wait(timeout=10)
+        assert _until(lambda: not _group_members(group), 20), _group_members(group)
+    finally:
+        parent.kill()
+
+
+def test_stopping_the_group_ends_every_member(tmp_path: Path) -> None:
+    """``LocalServer.stop`` signals the group: the leash passes it on, then kills the rest."""
+    leash = subprocess.Popen(
+        [sys.executable, "-m", "vllm_poc.testing.leash", sys.executable, "-c", GRANDCHILD],
+        start_new_session=True,
+    )
+    try:
+        assert _until(lambda: len(_group_members(leash.pid)) >= 3, 30)
+        os.killpg(leash.pid, signal.SIGTERM)
+        assert _until(lambda: not _group_members(leash.pid), 20), _group_members(leash.pid)
+    finally:
+        if _group_members(leash.pid):
+            os.killpg(leash.pid, signal.SIGKILL)
