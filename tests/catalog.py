@@ -28,6 +28,7 @@ def pow_routes(block_hash: str, block_height: int) -> list[tuple[str, str, Any]]
     return [
         ("GET", "/status", None),
         ("GET", "/version", None),
+        ("GET", "/versions", None),
         ("POST", "/init", round_body(block_hash="auth-other", block_height=901)),
         ("POST", "/init/generate", round_body(block_hash="auth-other", block_height=902)),
         ("POST", "/init/validate", round_body(block_hash="auth-other", block_height=903)),

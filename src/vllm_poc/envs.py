@@ -6,6 +6,7 @@ without re-importing anything. The README's settings table is checked against ``
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +25,25 @@ def _batch_size(value: str) -> int | str:
     if size < 1:
         raise ValueError(f"VLLM_POC_BATCH_SIZE must be 'auto' or >= 1, got {value!r}")
     return size
+
+
+def _auto_bool(value: str) -> bool | str:
+    """``auto`` or a boolean."""
+    return "auto" if value.strip().lower() == "auto" else _bool(value)
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def networks(value: str) -> tuple[Network, ...]:
+    """Comma-separated addresses or CIDR networks (an address is a network of one)."""
+    parts = [part.strip() for part in value.split(",")]
+    return tuple(ipaddress.ip_network(part, strict=False) for part in parts if part)
+
+
+def _networks(value: str) -> str:
+    """``networks``, checked, written back as text (``10.0.0.0/8,127.0.0.1/32``)."""
+    return ",".join(str(network) for network in networks(value))
 
 
 def _protocol(value: str) -> str:
@@ -86,15 +106,25 @@ SETTINGS: dict[str, Setting] = _by_name(
         ),
         Setting(
             "VLLM_POC_INFERENCE_DURING_VALIDATION",
-            False,
-            _bool,
-            "Let inference run while VALIDATING (it is always paused while GENERATING).",
+            "auto",
+            _auto_bool,
+            "Serve inference while the node validates (it is always paused while generating): "
+            "`auto` is on for the artifact protocol (as the network's nodes do; `/versions` "
+            "says `poc_validation_inference`), off for the distance protocol.",
         ),
         Setting(
             "VLLM_POC_API_KEY",
             "",
             str,
-            "Bearer key for /api/v1/pow/* (if empty: vLLM's --api-key / VLLM_API_KEY, if any).",
+            "Bearer key for /api/v1/pow/* (empty: none). vLLM's --api-key guards only vLLM's "
+            "own routes, as gonka's MLNode expects.",
+        ),
+        Setting(
+            "VLLM_POC_ALLOWED_CLIENTS",
+            "",
+            _networks,
+            "Comma-separated addresses or CIDR networks that may call /api/v1/pow/* (empty: "
+            "any; others get 403).",
         ),
         Setting(
             "VLLM_POC_MAX_BODY_BYTES", 1048576, int, "Largest request body to /api/v1/pow/* (413)."
@@ -202,6 +232,12 @@ def get(name: str) -> Any:
 
 def enabled() -> bool:
     return bool(get("VLLM_POC_ENABLED"))
+
+
+def inference_during_validation() -> bool:
+    """``VLLM_POC_INFERENCE_DURING_VALIDATION``, ``auto`` resolved for the protocol served."""
+    value = get("VLLM_POC_INFERENCE_DURING_VALIDATION")
+    return get("VLLM_POC_PROTOCOL") == "artifact" if value == "auto" else bool(value)
 
 
 def markdown_table() -> str:

@@ -1,7 +1,8 @@
 """Fixtures for the end-to-end suite: a tiny local model and real vLLM server processes.
 
-Server starts are the expensive part (~40 s each on a 2-core machine), so the PoC-enabled
-server is shared by the whole session and the plugin-disabled one by its module only.
+Server starts are the expensive part (~30-60 s each on a 2-core machine): every server comes
+from the session's registry (``servers``), which starts one process per configuration and
+shares it with every module that asks for the same one.
 """
 
 from __future__ import annotations
@@ -16,15 +17,13 @@ import pytest
 
 from vllm_poc.testing.server import LocalServer
 
-from .helpers import LIMITS, start_server, stop_round
+from .helpers import LIMITS, STARTS, STARTS_FILE_ENV, stop_round
+from .servers import Config, Servers
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "e2e: end-to-end test against a real vLLM API server process (slow)"
-    )
     config.addinivalue_line(
         "markers",
         "runs_last: e2e test that leaves callback retries behind on the shared server; "
@@ -38,17 +37,33 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     # A SIGTERM (a `timeout`, a CI limit) must still run fixture teardown, which stops the vLLM
-    # servers: they live in their own process groups and would outlive pytest otherwise.
+    # servers (and they die with this process anyway: ``testing.leash``).
     signal.signal(signal.SIGTERM, _interrupt)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    here = Path(__file__).parent
-    for item in items:
-        if here in Path(str(item.fspath)).parents:
-            item.add_marker(pytest.mark.e2e)
     # Stable sort: order is kept otherwise.
     items.sort(key=lambda item: item.get_closest_marker("runs_last") is not None)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if STARTS:
+        seconds = sum(s for _, s in STARTS)
+        terminalreporter.write_line(
+            f"[e2e] {len(STARTS)} vLLM starts ({seconds:.0f} s until healthy); "
+            f"{STARTS_FILE_ENV}={os.environ.get(STARTS_FILE_ENV, '')}"
+        )
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    """The session's server registry; every server it started is stopped at the end."""
+    _require_installed_plugin()
+    registry = Servers(REPO_ROOT / ".models", tmp_path_factory.mktemp("vllm-logs"))
+    try:
+        yield registry
+    finally:
+        registry.stop_all()
 
 
 @pytest.fixture(scope="session")
@@ -80,31 +95,6 @@ limits. One server for all tests of non-default settings; ``poc_server`` runs th
 default (``VLLM_POC_ENABLED=1`` alone, the fallback patch)."""
 
 
-def _start(
-    model: Path,
-    factory: pytest.TempPathFactory,
-    name: str,
-    *,
-    poc_enabled: bool,
-    extra_env: dict[str, str] | None = None,
-    extra_args: list[str] | None = None,
-    headers: dict[str, str] | None = None,
-    enforce_eager: bool = True,
-) -> LocalServer:
-    log = factory.mktemp("vllm-logs") / f"{name}.log"
-    server = LocalServer(
-        model,
-        log,
-        poc_enabled=poc_enabled,
-        extra_env=extra_env,
-        extra_args=extra_args or (),
-        enforce_eager=enforce_eager,
-    )
-    start_server(server, headers)
-    print(f"\n[e2e] {name} healthy after {server.startup_seconds:.1f} s (log: {log})")
-    return server
-
-
 def _require_installed_plugin() -> None:
     from importlib.metadata import entry_points
 
@@ -116,32 +106,30 @@ def _require_installed_plugin() -> None:
         )
 
 
+POC = Config.of()
+"""The operator's default: ``VLLM_POC_ENABLED=1`` alone (the fallback patch)."""
+TUNED = Config.of(env=TUNED_ENV, headers=TUNED_HEADERS)
+PLAIN = Config.of(poc=False, eager=False)
+"""The plugin installed but off, vLLM compiled as operators run it."""
+
+
 @pytest.fixture(scope="session")
-def poc_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
+def poc_server(servers: Servers) -> Iterator[LocalServer]:
     """One vLLM server with ``VLLM_POC_ENABLED=1`` for the whole session."""
-    _require_installed_plugin()
-    server = _start(tiny_model, tmp_path_factory, "poc-server", poc_enabled=True)
-    try:
+    with servers.shared("poc-server", POC) as server:
         r = httpx.get(f"{server.base_url}/api/v1/pow/status", timeout=30.0)
         assert r.status_code == 200, (
             f"VLLM_POC_ENABLED=1 but GET /api/v1/pow/status answered {r.status_code}: "
             f"{r.text[:500]}; log tail:\n{server.log_tail()}"
         )
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
-def plain_server(
-    tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[LocalServer]:
+def plain_server(servers: Servers) -> Iterator[LocalServer]:
     """A vLLM server with the plugin installed but ``VLLM_POC_ENABLED`` unset."""
-    server = _start(tiny_model, tmp_path_factory, "plain-server", poc_enabled=False)
-    try:
+    with servers.shared("plain-server", PLAIN) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -156,23 +144,10 @@ def client(poc_server: LocalServer) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture(scope="session")
-def tuned_server(
-    tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[LocalServer]:
+def tuned_server(servers: Servers) -> Iterator[LocalServer]:
     """A PoC server with ``TUNED_ENV``, shared by the session (started on first use)."""
-    _require_installed_plugin()
-    server = _start(
-        tiny_model,
-        tmp_path_factory,
-        "tuned-server",
-        poc_enabled=True,
-        extra_env=TUNED_ENV,
-        headers=TUNED_HEADERS,
-    )
-    try:
+    with servers.shared("tuned-server", TUNED) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -41,18 +43,39 @@ _STARTED: list[tuple[LocalServer, dict[str, str]]] = []
 
 def start_server(server: LocalServer, headers: dict[str, str] | None = None) -> LocalServer:
     """Start ``server`` after stopping any round still generating on the session's other servers
-    (see ``stop_round``), so that a failed teardown cannot starve every later start."""
+    (see ``stop_round``), so that a failed teardown cannot starve every later start. Every
+    start is counted (``record_start``), a refused one too."""
     for other, other_headers in _STARTED:
-        if not other.alive() or other.headless:
+        if not other.alive() or other.headless or not other.poc_enabled:
             continue
         with httpx.Client(base_url=other.base_url, timeout=60.0, headers=other_headers) as c:
-            state = status(c)["state"]
-        if state == "GENERATING":
+            now = status(c)
+        if "GENERATING" in (now.get("state"), now.get("status")):
             print(f"\n[e2e] a round was left generating on {other.base_url}; stopping it")
             stop_round(other, other_headers)
-    server.start()
+    try:
+        server.start()
+    finally:
+        record_start(server.log_path.stem, server.startup_seconds or 0.0)
     _STARTED.append((server, dict(headers or {})))
+    if not server.headless:
+        print(f"\n[e2e] {server.log_path.stem} healthy after {server.startup_seconds:.1f} s")
     return server
+
+
+STARTS_FILE_ENV = "E2E_SERVER_STARTS_FILE"
+"""Where the session appends one JSON line per vLLM start (``.ci/run`` counts them)."""
+STARTS: list[tuple[str, float]] = []
+"""Every vLLM start of the session (servers and engines the tests start), with its seconds."""
+
+
+def record_start(what: str, seconds: float = 0.0) -> None:
+    """Count a vLLM start: in ``STARTS``, and in ``$E2E_SERVER_STARTS_FILE`` if set."""
+    STARTS.append((what, seconds))
+    path = os.environ.get(STARTS_FILE_ENV)
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps({"what": what, "seconds": round(seconds, 1)}) + "\n")
 
 
 def round_body(**overrides: Any) -> dict[str, Any]:

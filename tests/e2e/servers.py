@@ -16,22 +16,16 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import json
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-
 from vllm_poc.testing.server import LocalServer
 
-from .helpers import status, stop_round
+from .helpers import STARTS, start_server, stop_round
 
 IDLE_CAPACITY = 2
 """Started servers kept running while no module holds them (about 3 GiB each)."""
-STARTS_FILE_ENV = "E2E_SERVER_STARTS_FILE"
-"""Where the session appends one JSON line per server start (``.ci/run`` counts them)."""
 
 
 @dataclass(frozen=True)
@@ -74,7 +68,6 @@ class Servers:
     def __init__(self, models: Path, logs: Path) -> None:
         self.models = models
         self.logs = logs
-        self.starts = 0
         self._running: collections.OrderedDict[Config, LocalServer] = collections.OrderedDict()
         """Shared servers, least recently used first."""
         self._holders: collections.Counter[Config] = collections.Counter()
@@ -139,7 +132,7 @@ class Servers:
         self.logs.mkdir(parents=True, exist_ok=True)
         return LocalServer(
             model,
-            self.logs / f"{name}-{self.starts}.log",
+            self.logs / f"{name}-{len(STARTS)}.log",
             poc_enabled=config.poc,
             extra_env=dict(config.env),
             extra_args=config.args,
@@ -147,20 +140,4 @@ class Servers:
         )
 
     def _launch(self, server: LocalServer, config: Config) -> None:
-        """Start ``server`` after stopping any round left generating on the others: on two cores
-        a generating engine starves every start (see ``helpers.stop_round``)."""
-        for other_config, other in self._running.items():
-            if other.alive() and other.poc_enabled:
-                headers = dict(other_config.headers)
-                with httpx.Client(base_url=other.base_url, timeout=60.0, headers=headers) as c:
-                    if status(c).get("state", status(c).get("status")) == "GENERATING":
-                        print(f"\n[e2e] a round was left generating on {other.base_url}; stopped")
-                        stop_round(other, headers)
-        self.starts += 1
-        server.start()
-        print(f"\n[e2e] {server.log_path.stem} healthy after {server.startup_seconds:.1f} s")
-        record = os.environ.get(STARTS_FILE_ENV)
-        if record:
-            with open(record, "a") as f:
-                f.write(json.dumps({"log": str(server.log_path), "s": server.startup_seconds}))
-                f.write("\n")
+        start_server(server, dict(config.headers))

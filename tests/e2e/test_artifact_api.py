@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,9 +17,9 @@ from vllm_poc.protocol import artifact
 from vllm_poc.testing.receiver import CallbackReceiver
 from vllm_poc.testing.server import LocalServer
 
-from .conftest import _require_installed_plugin, _start
-from .helpers import LIMITS, POW, ok, stop_round, wait_until
+from .helpers import LIMITS, POW, ok, wait_until
 from .reference import reference_artifacts
+from .servers import Config, Servers
 from .test_artifact_forward import L2_TOL
 
 pytestmark = pytest.mark.e2e
@@ -32,18 +31,14 @@ NONCES = list(range(8))
 PROMPT = "the quick brown fox jumps over the lazy dog kato rimuse lano vide po " * 12
 
 
+ARTIFACT = Config.of(env={"VLLM_POC_PROTOCOL": "artifact", "VLLM_POC_CALLBACK_INTERVAL": "0.5"})
+"""The network's protocol on the tiny Qwen3, posts every half second."""
+
+
 @pytest.fixture(scope="module")
-def server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
-    _require_installed_plugin()
-    env = {"VLLM_POC_PROTOCOL": "artifact", "VLLM_POC_CALLBACK_INTERVAL": "0.5"}
-    started = _start(
-        tiny_model, tmp_path_factory, "artifact-server", poc_enabled=True, extra_env=env
-    )
-    try:
+def server(servers: Servers) -> Iterator[LocalServer]:
+    with servers.shared("artifact-server", ARTIFACT) as started:
         yield started
-    finally:
-        stop_round(started)
-        started.stop()
 
 
 @pytest.fixture(scope="module")

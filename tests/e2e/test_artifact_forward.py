@@ -20,6 +20,7 @@ from vllm_poc.protocol import artifact
 from vllm_poc.testing.tiny_model import make_tiny_model
 
 from .conftest import REPO_ROOT, _require_installed_plugin
+from .helpers import record_start
 from .reference import reference_artifacts
 
 pytestmark = pytest.mark.e2e
@@ -44,6 +45,7 @@ def _engine_artifacts(model: Path, job: dict[str, list[Any]], log: Path) -> dict
     done = subprocess.run(
         command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600
     )
+    record_start(f"artifact-engine {model.name}")
     log.write_text(done.stdout + done.stderr)
     lines = [line for line in done.stdout.splitlines() if line.startswith("ARTIFACTS ")]
     assert done.returncode == 0 and lines, f"engine failed (log: {log}):\n{done.stderr[-3000:]}"

@@ -15,13 +15,13 @@ import pytest
 import torch
 
 from vllm_poc.protocol import artifact
+from vllm_poc.server.engines import PIPELINE_DEPTH
 from vllm_poc.testing.receiver import CallbackReceiver
 from vllm_poc.testing.server import LocalServer
-from vllm_poc.testing.tiny_model import make_tiny_model
 
-from .conftest import REPO_ROOT, _require_installed_plugin, _start
-from .helpers import POW, live_client, metric_total, ok, stop_round, wait_until
+from .helpers import POW, live_client, metric_total, ok, wait_until
 from .reference import reference_artifacts
+from .servers import Config, Servers
 from .test_artifact_forward import L2_TOL
 
 pytestmark = pytest.mark.e2e
@@ -44,31 +44,20 @@ def layout(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-@pytest.fixture(scope="module")
-def server(layout: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
-    _require_installed_plugin()
+def layout_config(layout: str) -> Config:
     architecture, args = LAYOUTS[layout]
-    model = make_tiny_model(
-        REPO_ROOT / ".models" / f"tiny-{architecture}", architecture=architecture
-    )
     env = {
         "VLLM_POC_PROTOCOL": "artifact",
         "VLLM_POC_CALLBACK_INTERVAL": "0.5",
         "VLLM_CPU_OMP_THREADS_BIND": "0|1",
     }
-    started = _start(
-        model,
-        tmp_path_factory,
-        f"artifact-{layout}",
-        poc_enabled=True,
-        extra_env=env,
-        extra_args=args,
-    )
-    try:
+    return Config.of(architecture, env=env, args=args)
+
+
+@pytest.fixture(scope="module")
+def server(layout: str, servers: Servers) -> Iterator[LocalServer]:
+    with servers.shared(f"artifact-{layout}", layout_config(layout)) as started:
         yield started
-    finally:
-        stop_round(started)
-        started.stop()
 
 
 @pytest.fixture
@@ -130,10 +119,12 @@ def test_a_round_delivers_every_artifact_once_from_every_engine(
     print(f"\n[e2e] {layout} round: {len(nonces)} artifacts, per engine {shares}")
     assert len(nonces) == len(set(nonces)) == sum(shares) >= 32, "each artifact exactly once"
     assert all(n % 2 == 1 for n in nonces), "node 1 of 2 owns the odd nonces"
-    # At most the one chunk still in flight at /stop is missing (its engine's step abandoned).
+    # Missing are only whole chunks that an engine had in flight, queued or named as its next
+    # at /stop: at most PIPELINE_DEPTH + 1 of its chunks of 4.
     missing = sorted(set(range(1, max(nonces), 2)) - set(nonces))
-    assert len(missing) in (0, 4), missing
+    engines = 2 if layout.startswith("dp2") else 1
+    assert len(missing) % 4 == 0 and len(missing) <= engines * (PIPELINE_DEPTH + 1) * 4, missing
     if layout.startswith("dp2"):
-        assert min(shares) > 0 and abs(shares[0] - shares[1]) <= 4, "each step split in two"
+        assert min(shares) > 0, "each engine takes chunks as it frees up"
     else:
         assert shares[1] == 0 and shares[0] > 0

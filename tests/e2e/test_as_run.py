@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,9 +20,9 @@ from vllm_poc.client import batch_from_status
 from vllm_poc.protocol.batches import to_json_dict
 from vllm_poc.testing.server import LocalServer
 
-from .conftest import _require_installed_plugin, _start
 from .helpers import LIMITS, POW, generate, ok, post_ok, round_body, stop_round
 from .reference import reference_distances
+from .servers import Config, Servers
 from .test_correctness import DIST_TOL
 
 pytestmark = pytest.mark.e2e
@@ -33,29 +32,20 @@ BLOCK = "as-run-block"
 PROMPT = "the quick brown fox jumps over the lazy dog kato rimuse lano vide po " * 8
 
 
-@pytest.fixture(scope="module")
-def as_run(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
-    _require_installed_plugin()
-    server = _start(
-        tiny_model, tmp_path_factory, "as-run-server", poc_enabled=True, enforce_eager=False
-    )
-    try:
-        yield server
-    finally:
-        server.stop()
+AS_RUN = Config.of(eager=False)
+"""``VLLM_POC_ENABLED=1 vllm serve MODEL``: compiled, as operators run it."""
 
 
 @pytest.fixture(scope="module")
-def as_run_plain(
-    tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[LocalServer]:
-    server = _start(
-        tiny_model, tmp_path_factory, "as-run-plain-server", poc_enabled=False, enforce_eager=False
-    )
-    try:
+def as_run(servers: Servers) -> Iterator[LocalServer]:
+    with servers.shared("as-run-server", AS_RUN) as server:
         yield server
-    finally:
-        server.stop()
+
+
+@pytest.fixture(scope="module")
+def as_run_plain(plain_server: LocalServer) -> LocalServer:
+    """The same command without the switch (compiled as well)."""
+    return plain_server
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import pytest
 
 from vllm_poc.testing.server import LocalServer
 
-from .conftest import _require_installed_plugin, _start
 from .helpers import (
     POW,
     live_client,
@@ -25,6 +24,7 @@ from .helpers import (
     wait_every_engine,
 )
 from .reference import reference_distances
+from .servers import Config, Servers
 from .test_correctness import DIST_TOL
 
 pytestmark = pytest.mark.e2e
@@ -34,21 +34,13 @@ NODE_ID, NODE_COUNT = 1, 2
 SEQ_LEN = 16
 
 
+DP2 = Config.of(args=["--data-parallel-size", "2"], env={"VLLM_CPU_OMP_THREADS_BIND": "0|1"})
+
+
 @pytest.fixture(scope="module")
-def dp_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
-    _require_installed_plugin()
-    server = _start(
-        tiny_model,
-        tmp_path_factory,
-        "dp2-server",
-        poc_enabled=True,
-        extra_args=["--data-parallel-size", "2"],
-        extra_env={"VLLM_CPU_OMP_THREADS_BIND": "0|1"},
-    )
-    try:
+def dp_server(servers: Servers) -> Iterator[LocalServer]:
+    with servers.shared("dp2-server", DP2) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -11,6 +11,8 @@ from vllm_poc import compat
 from vllm_poc.compat.releases import release_of
 from vllm_poc.testing.server import LocalServer
 
+from .helpers import start_server
+
 pytestmark = pytest.mark.e2e
 
 
@@ -54,7 +56,7 @@ def test_a_hidden_seam_stops_the_server_at_start(tiny_model: Path, tmp_path: Pat
         tiny_model, tmp_path / "server.log", extra_env={"PYTHONPATH": str(tmp_path)}
     )
     with pytest.raises(RuntimeError, match="exited with code") as e:
-        server.start()
+        start_server(server)
     assert "build_app and init_app_state was not found in vLLM" in str(e.value)
     assert compat.vllm_version() in str(e.value)
     assert "vllm.entrypoints.moved.entry" in str(e.value)

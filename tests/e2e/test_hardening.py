@@ -20,7 +20,6 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -30,18 +29,18 @@ from tests.catalog import pow_routes, wrong_auth
 from tests.catalog import proof as catalog_proof
 from vllm_poc.testing.server import LocalServer
 
-from .conftest import TUNED_API_KEY, TUNED_ENV, TUNED_HEADERS
+from .conftest import TUNED, TUNED_API_KEY, TUNED_ENV
 from .helpers import (
     POW,
     is_4xx,
     ok,
     post_ok,
     round_body,
-    start_server,
     status,
     wait_checked,
     wait_until,
 )
+from .servers import Config, Servers
 
 pytestmark = pytest.mark.e2e
 
@@ -374,20 +373,10 @@ def generate(c: httpx.Client, at_least: int, **overrides: Any) -> dict[str, Any]
 
 
 @pytest.fixture(scope="module")
-def timeout_server(
-    tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[LocalServer]:
+def timeout_server(servers: Servers) -> Iterator[LocalServer]:
     """A PoC server on which every PoC RPC times out (``VLLM_POC_RPC_TIMEOUT=0.001``)."""
-    log = tmp_path_factory.mktemp("vllm-logs") / "timeout-server.log"
-    server = LocalServer(
-        tiny_model, log, poc_enabled=True, extra_env={"VLLM_POC_RPC_TIMEOUT": "0.001"}
-    )
-    start_server(server)
-    print(f"\n[e2e] timeout-server healthy after {server.startup_seconds:.1f} s (log: {log})")
-    try:
-        yield server
-    finally:
-        server.stop()
+    with servers.shared("timeout-server", Config.of(env={"VLLM_POC_RPC_TIMEOUT": "0.001"})) as s:
+        yield s
 
 
 def test_rpc_timeouts_fail_rounds_cleanly(timeout_server: LocalServer) -> None:
@@ -455,17 +444,11 @@ def test_init_during_validation_moves_to_idle_with_the_new_round(
 
 
 @pytest.fixture
-def fresh_server(
-    tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[LocalServer]:
+def fresh_server(servers: Servers) -> Iterator[LocalServer]:
     """A new server with the tuned settings: the shared one, after the rest of the suite, was
     measured answering this test's requests 10-20x slower (see the closing notes)."""
-    log = tmp_path_factory.mktemp("vllm-logs") / "fresh-server.log"
-    server = start_server(LocalServer(tiny_model, log, extra_env=TUNED_ENV), TUNED_HEADERS)
-    try:
+    with servers.fresh("fresh-server", TUNED) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def test_concurrent_status_and_validate_while_generating(fresh_server: LocalServer) -> None:

@@ -16,7 +16,7 @@ import pytest
 from vllm_poc.testing.server import LocalServer
 from vllm_poc.testing.tiny_model import make_tiny_model
 
-from .conftest import REPO_ROOT, _require_installed_plugin, _start
+from .conftest import REPO_ROOT
 from .helpers import (
     LIMITS,
     POW,
@@ -25,10 +25,10 @@ from .helpers import (
     post_ok,
     proof_body,
     round_body,
-    stop_round,
     wait_until,
 )
 from .reference import reference_distances
+from .servers import Config, Servers
 from .test_correctness import DIST_TOL
 
 pytestmark = pytest.mark.e2e
@@ -50,20 +50,10 @@ def _model(architecture: str) -> Path:
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
-def family(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Path, LocalServer]]:
+def family(request: pytest.FixtureRequest, servers: Servers) -> Iterator[tuple[Path, LocalServer]]:
     """A tiny model of the family and a PoC server on it (one at a time)."""
-    _require_installed_plugin()
-    model = make_tiny_model(
-        REPO_ROOT / ".models" / f"tiny-{request.param}", architecture=request.param
-    )
-    server = _start(model, tmp_path_factory, f"{request.param}-server", poc_enabled=True)
-    try:
-        yield model, server
-    finally:
-        stop_round(server)
-        server.stop()
+    with servers.shared(f"{request.param}-server", Config.of(request.param)) as server:
+        yield server.model_dir, server
 
 
 @pytest.fixture(scope="module")
@@ -147,12 +137,11 @@ def test_an_honest_batch_validates_and_a_forged_one_does_not(
 
 
 def test_a_hybrid_model_serves_inference_and_refuses_poc_with_the_reason(
-    tmp_path_factory: pytest.TempPathFactory,
+    servers: Servers,
 ) -> None:
     """A Mamba-2 + attention model: vLLM serves it, every PoC start answers 422 naming the
     Mamba layers before any work, and inference goes on."""
-    server = _start(_model("granite-hybrid"), tmp_path_factory, "hybrid-server", poc_enabled=True)
-    try:
+    with servers.shared("hybrid-server", Config.of("granite-hybrid")) as server:
         with httpx.Client(base_url=server.base_url, timeout=120.0, limits=LIMITS) as c:
             for path, body in (
                 ("/init/generate", round_body()),
@@ -169,8 +158,6 @@ def test_a_hybrid_model_serves_inference_and_refuses_poc_with_the_reason(
             body = {"model": str(server.model_dir), "prompt": "Hello world", "max_tokens": 8}
             assert ok(c.post("/v1/completions", json=body))["choices"]
         assert "this model cannot run PoC (MambaMixer2" in server.log_tail(200000)
-    finally:
-        server.stop()
 
 
 CRASH_EVERY_POC_BATCH = """\
@@ -186,19 +173,13 @@ forward.PoCForward.run = crash
 
 
 def test_a_worker_crashing_on_a_poc_batch_is_reported_never_silent(
-    tiny_model: Path, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+    tmp_path: Path, servers: Servers
 ) -> None:
     """What a backend that fails on the first nonce looks like: the round stops with the
     worker's error in /status and in the log, and the server keeps serving inference."""
     (tmp_path / "sitecustomize.py").write_text(CRASH_EVERY_POC_BATCH)
-    server = _start(
-        tiny_model,
-        tmp_path_factory,
-        "crashing-server",
-        poc_enabled=True,
-        extra_env={"PYTHONPATH": str(tmp_path)},
-    )
-    try:
+    crashing = Config.of(env={"PYTHONPATH": str(tmp_path)})
+    with servers.fresh("crashing-server", crashing) as server:
         with httpx.Client(base_url=server.base_url, timeout=120.0, limits=LIMITS) as c:
             post_ok(c, "/init/generate", round_body())
             final = wait_until(
@@ -213,5 +194,3 @@ def test_a_worker_crashing_on_a_poc_batch_is_reported_never_silent(
             assert ok(c.post("/v1/completions", json=body))["choices"]
         log = server.log_tail(400000)
         assert "generation failed" in log and "simulated kernel crash" in log
-    finally:
-        server.stop()

@@ -17,9 +17,9 @@ import pytest
 
 from vllm_poc.testing.server import LocalServer
 
-from .conftest import _require_installed_plugin, _start
 from .helpers import POW, generate, generated, ok, post_ok, round_body
 from .reference import reference_distances
+from .servers import Config, Servers
 from .test_correctness import DIST_TOL
 
 BLOCK = "tp-block"
@@ -28,26 +28,22 @@ SEQ_LEN = 32
 NONCES = list(range(12))
 
 
+TP2 = Config.of(
+    args=[
+        "--tensor-parallel-size",
+        "2",
+        "--worker-extension-cls",
+        "tests.unit.operator_extension.OperatorExtension",
+    ],
+    env={"VLLM_CPU_OMP_THREADS_BIND": "0|1", "VLLM_SERVER_DEV_MODE": "1"},
+)
+PP2 = Config.of(args=["--pipeline-parallel-size", "2"], env={"VLLM_CPU_OMP_THREADS_BIND": "0|1"})
+
+
 @pytest.fixture(scope="module")
-def tp_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
-    _require_installed_plugin()
-    server = _start(
-        tiny_model,
-        tmp_path_factory,
-        "tp2-server",
-        poc_enabled=True,
-        extra_args=[
-            "--tensor-parallel-size",
-            "2",
-            "--worker-extension-cls",
-            "tests.unit.operator_extension.OperatorExtension",
-        ],
-        extra_env={"VLLM_CPU_OMP_THREADS_BIND": "0|1", "VLLM_SERVER_DEV_MODE": "1"},
-    )
-    try:
+def tp_server(servers: Servers) -> Iterator[LocalServer]:
+    with servers.shared("tp2-server", TP2) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -92,25 +88,12 @@ def test_tensor_parallel_round_generates(tp_client: httpx.Client) -> None:
     assert final["valid_nonces"] == list(range(len(final["valid_nonces"])))
 
 
-def test_pipeline_parallel_distances_match_reference(
-    tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
-) -> None:
+def test_pipeline_parallel_distances_match_reference(tiny_model: Path, servers: Servers) -> None:
     """PP=2: the last stage answers; the first sends its hidden states on."""
-    _require_installed_plugin()
-    server = _start(
-        tiny_model,
-        tmp_path_factory,
-        "pp2-server",
-        poc_enabled=True,
-        extra_args=["--pipeline-parallel-size", "2"],
-        extra_env={"VLLM_CPU_OMP_THREADS_BIND": "0|1"},
-    )
-    try:
+    with servers.shared("pp2-server", PP2) as server:
         with httpx.Client(base_url=server.base_url, timeout=120.0) as c:
             found = generated(c, len(NONCES), block_hash=BLOCK, seq_len=SEQ_LEN)
         assert server.alive(), f"server died; log tail:\n{server.log_tail()}"
-    finally:
-        server.stop()
     ref = reference_distances(tiny_model, BLOCK, "e2e-node", NONCES, SEQ_LEN)
     diffs = [abs(found[n] - r) for n, r in zip(NONCES, ref, strict=True)]
     print(f"\n[e2e] PP=2: max |distance - reference| over {len(NONCES)} nonces: {max(diffs):.3e}")

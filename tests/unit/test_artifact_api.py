@@ -3,7 +3,6 @@ fake engine): the bodies gonka's MLNode and DAPI send, verbatim, and every statu
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -223,15 +222,54 @@ def test_generate_bad_input(node: Node, monkeypatch: pytest.MonkeyPatch) -> None
     assert wrong.status_code == 409
 
 
-def test_malformed_received_artifacts_are_mismatches(node: Node) -> None:
+@pytest.mark.parametrize(
+    ("nonce", "vector"),
+    [(5, "not base64"), (1, fake_artifact(1)[:8])],
+    ids=["not base64", "too short"],
+)
+def test_an_undecodable_received_artifact_is_refused_before_any_work(
+    node: Node, nonce: int, vector: str
+) -> None:
+    """The reference node fails such a job and posts no verdict: here it never starts."""
     received = [
-        {"nonce": 5, "vector_b64": "not base64"},
-        {"nonce": 1, "vector_b64": fake_artifact(1)[:8]},
+        {"nonce": nonce, "vector_b64": vector},
+        {"nonce": 2, "vector_b64": fake_artifact(2)},
+    ]
+    body = _generate(wait=True, nonces=[nonce, 2], validation={"artifacts": received})
+    r = node.post("/generate", body)
+    assert r.status_code == 400, r.text
+    assert (
+        f"nonce {nonce}" in r.json()["detail"] and f"nonce {nonce}" in r.json()["error"]["message"]
+    )
+    assert node.artifact_calls() == [] and node.sender.posts == []
+
+
+def test_non_finite_received_halves_mismatch_and_empty_ones_are_skipped(node: Node) -> None:
+    received = [
+        {"nonce": 5, "vector_b64": ""},  # skipped: neither computed nor counted
         {"nonce": 9, "vector_b64": "AP4A/gD+AP4A/gD+AP4A/gD+AP4A/gD+"},  # NaN halves
         {"nonce": 2, "vector_b64": fake_artifact(2)},
     ]
-    r = node.post("/generate", _generate(wait=True, validation={"artifacts": received}))
-    assert r.status_code == 200 and r.json()["mismatch_nonces"] == [5, 1, 9]
+    body = _generate(wait=True, nonces=[5, 9, 2], validation={"artifacts": received})
+    r = node.post("/generate", body)
+    assert r.status_code == 200, r.text
+    assert r.json()["mismatch_nonces"] == [9] and r.json()["n_total"] == 2
+    assert sorted(n for call in node.artifact_calls() for n in call) == [2, 9]
+
+
+@pytest.mark.parametrize("wait", [True, False])
+def test_no_nonces_is_a_200_with_nothing_computed(node: Node, wait: bool) -> None:
+    validation = {"artifacts": []}
+    for extra in ({}, {"validation": validation}):
+        r = node.post("/generate", _generate(wait=wait, nonces=[], **extra))
+        assert r.status_code == 200, r.text
+        if not wait:
+            assert r.json()["queued_count"] == 0
+            r = node.get(f"/generate/{r.json()['request_id']}")
+            assert r.status_code == 200 and r.json()["status"] == "completed"
+        result = r.json()
+        assert result.get("artifacts", []) == [] and result.get("n_total", 0) == 0
+    assert node.artifact_calls() == [] and node.node.jobs.queued_nonces == 0
 
 
 def test_non_finite_batches_are_rejected_whole_then_stop_the_round(node: Node) -> None:
@@ -320,7 +358,9 @@ def test_two_engines_compute_distinct_nonces_of_every_step(monkeypatch: pytest.M
     assert calls[0][0] == [3 * x for x in range(32)]
     for mine in units:
         assert all(len(w.nonces) == 32 and w.nonces[1] - w.nonces[0] == 3 for w in mine[:-1])
-        assert all(a.next_nonces == b.nonces for a, b in itertools.pairwise(mine[:-1]))
+        computed = {w.nonces for w in mine}
+        # A call names the engine's own next chunk (absent only if /stop came first).
+        assert all(w.next_nonces in computed for w in mine[:-3]), mine
     assert calls[0][-1] == [0], "one nonce to validate: one chunk, on the first engine"
     nonces = [n for c in calls[0][:-1] + calls[1] for n in c]
     assert len(nonces) == len(set(nonces)), "no nonce computed twice in the round"

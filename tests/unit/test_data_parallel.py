@@ -4,6 +4,7 @@ happens when one engine fails (fake engines behind vLLM's per-engine utility sea
 from __future__ import annotations
 
 import asyncio
+import itertools
 from types import SimpleNamespace
 
 import pytest
@@ -12,7 +13,7 @@ from tests.unit.fakes import FakeDataParallelClient, FakeEngine, fake_distance
 from vllm_poc import compat
 from vllm_poc.protocol.round import PoCConfig, PoCState
 from vllm_poc.server.engine_rpc import EngineRPC
-from vllm_poc.server.engines import Engines
+from vllm_poc.server.engines import PIPELINE_DEPTH, Engines, endless
 from vllm_poc.server.errors import EngineFailure
 from vllm_poc.server.manager import PoCManager
 from vllm_poc.server.striding import NonceSchedule
@@ -230,3 +231,38 @@ class TestDataParallelRounds:
         distances, _ = asyncio.run(manager.validate([4, 5, 6, 7, 8], "other"))
         assert distances == [fake_distance(n) for n in (4, 5, 6, 7, 8)]
         assert _owned(fakes[0]) and _owned(fakes[1])
+
+
+class TestEndlessLoop:
+    """``engines.endless``: one engine's generation loop, two calls in flight, each naming the
+    nonces of the call behind it (which its worker prepares during the forward before)."""
+
+    def test_each_call_names_the_next_and_results_arrive_in_order(self) -> None:
+        fake = FakeEngine(delay=0.001)
+        rpc = EngineRPC(fake)
+        taken = iter(range(0, 10_000, 4))
+        done: list[list[int]] = []
+
+        def take() -> list[int]:
+            first = next(taken)
+            return list(range(first, first + 4))
+
+        async def scenario() -> None:
+            work = Work("distances", "h", "k", [], 8)
+            loop = asyncio.ensure_future(
+                endless(rpc, work, take, lambda rank, n, answer, s: done.append(n))
+            )
+            await fake.until(lambda f: len(done) >= 6)
+            loop.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await loop
+
+        asyncio.run(scenario())
+        units = fake.work()
+        assert [list(w.nonces) for w in units[: len(done)]] == done
+        assert [list(w.nonces) for w in units] == [
+            list(range(i, i + 4)) for i in range(0, 4 * len(units), 4)
+        ]
+        assert all(a.next_nonces == b.nonces for a, b in itertools.pairwise(units))
+        assert fake.most_running <= PIPELINE_DEPTH
+        assert fake.running == 0, "calls in flight are cancelled with the loop"

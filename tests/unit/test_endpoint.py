@@ -39,7 +39,7 @@ def test_attach_router_adds_routes_and_pauses_inference(monkeypatch):
     app = vllm_like_app()
     PoCEndpointPlugin().attach_router(app)
     assert f"{POW_PREFIX}/status" in _pow_paths(app)
-    assert len(_pow_paths(app)) == 10
+    assert len(_pow_paths(app)) == 11
     completions = next(r for r in app.router.routes if r.path == "/v1/completions")
     assert hasattr(completions.app, "__wrapped__")
 

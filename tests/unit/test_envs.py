@@ -18,6 +18,8 @@ SAMPLE_OF = {
     "VLLM_POC_WEIGHTS_FINGERPRINT": ("0", False),
     "VLLM_POC_COMPILED_FORWARD": ("0", False),
     "VLLM_POC_PROTOCOL": (" Artifact", "artifact"),
+    "VLLM_POC_INFERENCE_DURING_VALIDATION": ("yes", True),
+    "VLLM_POC_ALLOWED_CLIENTS": ("10.0.0.0/8, 127.0.0.1", "10.0.0.0/8,127.0.0.1/32"),
 }
 """Settings whose values are not of their default's type (``auto`` or a number), or whose
 sample must differ from a true default."""

@@ -5,6 +5,7 @@ release outside it."""
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,15 @@ def test_the_workflow_runs_every_installed_release() -> None:
     matrix = [v.strip().strip('"') for v in match.group(1).split(",")]
     installed = [r.version for r in releases.RELEASES if r.tested in ("suite", "smoke")]
     assert sorted(matrix) == sorted(installed)
+
+
+def test_the_vllm_extra_admits_exactly_the_listed_minors() -> None:
+    """``pip install vllm-poc[vllm]`` must never pick a release outside the list."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    (requirement,) = project["optional-dependencies"]["vllm"]
+    minors = [tuple(int(p) for p in r.minor.split(".")) for r in releases.RELEASES]
+    (major, oldest), (_, newest) = minors[0], minors[-1]
+    assert requirement == f"vllm>={major}.{oldest},<{major}.{newest + 1}", requirement
 
 
 def test_every_minor_from_the_oldest_to_the_newest_is_listed_once() -> None:

@@ -364,10 +364,13 @@ class TestAuthentication:
     def test_right_key_passes(self, keyed):
         assert keyed.get("/status", headers={"Authorization": "Bearer s3cret"}).status_code == 200
 
-    def test_falls_back_to_vllm_api_key(self, node):
+    def test_vllm_api_key_guards_only_vllms_routes(self, node, monkeypatch):
+        """gonka's MLNode calls the PoC routes without a key: vLLM's --api-key must not close
+        them (VLLM_POC_API_KEY does)."""
         node.app.state.args = SimpleNamespace(api_key=["k1", "k2"])
-        assert node.get("/status").status_code == 401
-        assert node.get("/status", headers={"Authorization": "Bearer k2"}).status_code == 200
+        monkeypatch.setenv("VLLM_API_KEY", "k3")
+        assert node.get("/status").status_code == 200
+        assert node.get("/versions").json()["auth"] == {"api_key": False, "allowed_clients": []}
 
     def test_no_key_configured_means_open(self, node, monkeypatch):
         monkeypatch.delenv("VLLM_API_KEY", raising=False)

@@ -83,7 +83,7 @@ class InitGenerate(Round):
 class Generate(Round):
     """``POST /generate``: compute the given nonces (validating received artifacts if given)."""
 
-    nonces: list[int] = Field(min_length=1)
+    nonces: list[int]
     wait: bool = False
     validation: Validation | None = None
     stat_test: StatTest | None = None

@@ -16,7 +16,7 @@ from vllm_poc import envs
 from vllm_poc.log import get_logger
 from vllm_poc.protocol import artifact
 from vllm_poc.protocol.artifact_wire import Generate, StatTest, encoding
-from vllm_poc.server.errors import BadValue, PoCRequestError
+from vllm_poc.server.errors import BadValue, Busy, NotFound
 
 if TYPE_CHECKING:
     from vllm_poc.server.artifact_node import ArtifactNode
@@ -25,14 +25,6 @@ logger = get_logger(__name__)
 
 WAIT_TICK_S = 0.1
 """How often a job waiting for a generation round to end looks again."""
-
-
-class QueueFull(PoCRequestError):
-    status_code = 429
-
-
-class UnknownJob(PoCRequestError):
-    status_code = 404
 
 
 @dataclass
@@ -66,10 +58,18 @@ class Jobs:
 
     @staticmethod
     def check(body: Generate) -> None:
-        if body.validation is not None and {a.nonce for a in body.validation.artifacts} != set(
-            body.nonces
-        ):
+        """Refused before any work: received artifacts for other nonces than ``nonces``, or one
+        that does not decode (the reference node fails the job and posts no verdict)."""
+        if body.validation is None:
+            return
+        if {a.nonce for a in body.validation.artifacts} != set(body.nonces):
             raise BadValue("validation.artifacts nonces must match nonces field")
+        for item in body.validation.artifacts:
+            if item.vector_b64 and artifact.decode(item.vector_b64, body.params.k_dim) is None:
+                raise BadValue(
+                    f"validation.artifacts: the vector_b64 of nonce {item.nonce} is not "
+                    f"{body.params.k_dim} float16 values in base64"
+                )
 
     async def run_inline(self, body: Generate) -> dict[str, Any]:
         """``wait=true``: after any generation round, computed now and answered."""
@@ -78,10 +78,16 @@ class Jobs:
         return await self.result(body, str(uuid.uuid4()))
 
     def submit(self, body: Generate) -> dict[str, Any]:
-        """``wait=false``: queued (429 above ``VLLM_POC_MAX_QUEUED_NONCES``, nothing changed)."""
+        """``wait=false``: queued (429 above ``VLLM_POC_MAX_QUEUED_NONCES``, nothing changed);
+        no nonces: nothing to queue, the empty result is readable at once."""
+        if not body.nonces:
+            job = Job(body, status="completed", finished=time.monotonic())
+            job.result = self.empty(body, job.id)
+            self.records[job.id] = job
+            return {"status": "queued", "request_id": job.id, "queued_count": 0}
         limit = envs.get("VLLM_POC_MAX_QUEUED_NONCES")
         if self.queued_nonces + len(body.nonces) > limit:
-            raise QueueFull(
+            raise Busy(
                 f"Queue full: {self.queued_nonces} nonces queued, {len(body.nonces)} more would "
                 f"exceed VLLM_POC_MAX_QUEUED_NONCES={limit}"
             )
@@ -96,7 +102,7 @@ class Jobs:
         self._expire()
         job = self.records.get(request_id)
         if job is None:
-            raise UnknownJob(f"Request {request_id} not found")
+            raise NotFound(f"Request {request_id} not found")
         return job.record()
 
     async def cancel_all(self) -> None:
@@ -143,15 +149,40 @@ class Jobs:
         payload |= {k: v for k, v in job.result.items() if k not in ("status", "request_id")}
         self.node.sender.submit(f"{str(body.url).rstrip('/')}/{kind}", payload)
 
-    async def result(self, body: Generate, request_id: str) -> dict[str, Any]:
-        """A job's result: its artifacts, or the verdict on the received ones (§A.4)."""
-        validating = body.validation is not None
-        items = await self.node.compute(body, body.nonces, validating=validating)
+    @staticmethod
+    def empty(body: Generate, request_id: str) -> dict[str, Any]:
+        """The result of a request without nonces: nothing computed, nothing judged."""
         done = {"status": "completed", "request_id": request_id}
         if body.validation is None:
+            return done | {"artifacts": [], "encoding": encoding(body.params.k_dim)}
+        test = artifact.binomial_test(0, 0)
+        return done | {
+            "n_total": 0,
+            "n_mismatch": 0,
+            "mismatch_nonces": [],
+            "p_value": test.p_value,
+            "fraud_detected": test.fraud_detected,
+        }
+
+    async def result(self, body: Generate, request_id: str) -> dict[str, Any]:
+        """A job's result: its artifacts, or the verdict on the received ones (§A.4). A
+        received artifact that is empty is skipped, as the reference node does: neither
+        computed nor counted in ``n_total``."""
+        if body.validation is None:
+            items = await self.node.compute(body, body.nonces)
+            done = {"status": "completed", "request_id": request_id}
             return done | {"artifacts": items, "encoding": encoding(body.params.k_dim)}
+        received = {a.nonce: a.vector_b64 for a in body.validation.artifacts if a.vector_b64}
+        judged = [n for n in body.nonces if n in received]
+        if not judged:
+            return self.empty(body, request_id)
+        self.node.validations += 1
+        try:
+            items = await self.node.compute(body, judged, validating=True)
+        finally:
+            self.node.validations -= 1
+        done = {"status": "completed", "request_id": request_id}
         stat = body.stat_test or StatTest()
-        received = {a.nonce: a.vector_b64 for a in body.validation.artifacts}
         mismatches = [
             item["nonce"]
             for item in items
@@ -162,7 +193,7 @@ class Jobs:
             )
         ]
         test = artifact.binomial_test(
-            len(mismatches), len(body.nonces), stat.p_mismatch, stat.fraud_threshold
+            len(mismatches), len(judged), stat.p_mismatch, stat.fraud_threshold
         )
         return done | {
             "n_total": test.n_total,

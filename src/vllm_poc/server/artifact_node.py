@@ -26,28 +26,9 @@ from vllm_poc.server.artifact_jobs import Jobs
 from vllm_poc.server.artifact_stream import ArtifactStream
 from vllm_poc.server.callbacks import PoCCallbackSender
 from vllm_poc.server.engines import Engines, endless, every
-from vllm_poc.server.errors import EngineFailure, PoCRequestError, Unsupported
+from vllm_poc.server.errors import BadBatches, Conflict, EngineFailure, ParamsMismatch, Unsupported
 
 logger = get_logger(__name__)
-
-
-class ParamsMismatch(PoCRequestError):
-    """``params.model`` is not this server's model: 409 with what was asked and what is served."""
-
-    status_code = 409
-
-    def __init__(self, requested: Params, served: list[str]) -> None:
-        super().__init__("params mismatch")
-        self.detail = {
-            "error": "params mismatch",
-            "requested": requested.model_dump(),
-            "deployed": {"model": served, "seq_len": None, "k_dim": None},
-        }
-
-
-class BadBatches(EngineFailure):
-    """Too many consecutive batches rejected as non-finite: the round stops with this error (a
-    ``/generate`` answers 503 with it)."""
 
 
 class ArtifactNode:
@@ -71,6 +52,8 @@ class ArtifactNode:
         self.config: InitGenerate | None = None
         self.error: str | None = None
         self.total_processed = 0
+        self.validations = 0
+        """``/generate`` validations being computed."""
         self.rejected_batches = 0
         self.bad_streak = 0
         self._started = 0.0
@@ -83,16 +66,20 @@ class ArtifactNode:
         if self.unsupported:
             raise Unsupported(self.unsupported)
         if params.model not in self.served_models:
-            raise ParamsMismatch(params, self.served_models)
+            raise ParamsMismatch(params.model_dump(), self.served_models)
 
     @property
     def generating(self) -> bool:
         return self.state == PoCState.GENERATING
 
+    @property
+    def validating(self) -> bool:
+        return self.validations > 0
+
     async def init_generate(self, body: InitGenerate) -> dict[str, Any]:
         self.check_params(body.params)
         if self.generating:
-            raise AlreadyGenerating("Already generating")
+            raise Conflict("Already generating")
         self.state = PoCState.GENERATING  # before the loop starts: inference answers 503 now
         await self._cancel_tasks()  # a stream left by a round that failed
         self.config, self.error, self.total_processed = body, None, 0
@@ -234,10 +221,6 @@ class ArtifactNode:
         if self._stream is not None:
             self._stream.flush()
         self.state = PoCState.IDLE
-
-
-class AlreadyGenerating(PoCRequestError):
-    status_code = 409
 
 
 def _items(chunk: list[int], vectors: list[str]) -> list[dict[str, Any]]:

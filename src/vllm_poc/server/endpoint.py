@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from vllm_poc import compat, envs
 from vllm_poc.compat.releases import RELEASES, release_of
 from vllm_poc.log import get_logger
-from vllm_poc.server import routes
+from vllm_poc.server import guards, routes
 from vllm_poc.server.artifact_node import ArtifactNode
 from vllm_poc.server.engines import Engines
 from vllm_poc.server.errors import EngineFailure
@@ -72,6 +72,7 @@ async def init_manager(engine_client: Any, state: Any) -> None:
             model_name=compat.served_model_name(model_config),
             unsupported=unsupported,
         )
+    warn_if_open(getattr(getattr(state, "args", None), "host", None))
     state.poc_weights = WeightsFingerprint(engines)
     state.poc_weights.start()
     state.poc_forward_compiled = poc_forward_compiled(compat.engine_vllm_config(engine_client))
@@ -82,6 +83,16 @@ async def init_manager(engine_client: Any, state: Any) -> None:
         engines.dp_size,
         "compiled" if state.poc_forward_compiled else "eager",
     )
+
+
+def warn_if_open(host: str | None) -> None:
+    """Say once, at start, when anyone who reaches the server may drive its PoC routes."""
+    if guards.open_on(host):
+        logger.warning(
+            "vllm-poc: /api/v1/pow/* is open to every client that reaches %s (no "
+            "VLLM_POC_API_KEY, no VLLM_POC_ALLOWED_CLIENTS): set either to close it",
+            host or "all interfaces",
+        )
 
 
 def poc_forward_compiled(vllm_config: Any) -> bool:

@@ -1,4 +1,5 @@
-"""What guards the HTTP side: the PoC routes' key and body size, and the inference pause.
+"""What guards the HTTP side: the PoC routes' clients, key and body size, and the inference
+pause.
 
 Applied by wrapping routes' ASGI handlers, not as middleware: vLLM >= 0.32 forbids adding
 middleware once the app is built, and both ways of entering vLLM (the endpoint plugin and the
@@ -8,70 +9,90 @@ fallback patch) run after that.
 from __future__ import annotations
 
 import hmac
-import os
+import ipaddress
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.routing import Route
 
 from vllm_poc import envs
 from vllm_poc.protocol.round import PoCState
 from vllm_poc.protocol.wire import POW_PREFIX
+from vllm_poc.server.errors import (
+    ForbiddenClient,
+    PoCRequestError,
+    TooLarge,
+    Unauthorized,
+    response,
+)
 
 
-def api_keys(request: Request) -> list[str]:
-    """VLLM_POC_API_KEY, else vLLM's own ``--api-key`` / ``VLLM_API_KEY``; empty: no auth."""
-    own = envs.get("VLLM_POC_API_KEY")
-    if own:
-        return [own]
-    args = getattr(request.app.state, "args", None)
-    keys = getattr(args, "api_key", None) or os.environ.get("VLLM_API_KEY") or []
-    return [k for k in ([keys] if isinstance(keys, str) else keys) if k]
+def api_key() -> str:
+    """``VLLM_POC_API_KEY`` (empty: no key). vLLM's ``--api-key`` guards vLLM's own routes only:
+    gonka's MLNode calls the PoC routes without one."""
+    return str(envs.get("VLLM_POC_API_KEY"))
 
 
-def _check_api_key(request: Request) -> None:
-    """Reject requests without the right ``Authorization: Bearer`` key (constant-time check)."""
-    keys = api_keys(request)
-    if not keys:
+def _check_api_key(scope: dict[str, Any]) -> None:
+    """Refuse requests without the right ``Authorization: Bearer`` key (constant-time check)."""
+    key = api_key()
+    if not key:
         return
-    given = request.headers.get("authorization", "")
+    given = Request(scope).headers.get("authorization", "")
     scheme, _, token = given.partition(" ")
-    ok = False
-    for key in keys:
-        ok |= hmac.compare_digest(token.encode(), key.encode())
-    if scheme.lower() != "bearer" or not ok:
-        raise HTTPException(
-            status_code=401,
-            detail="missing or wrong API key (Authorization: Bearer <key>)",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), key.encode()):
+        raise Unauthorized("missing or wrong API key (Authorization: Bearer <key>)")
+
+
+def _check_client(scope: dict[str, Any]) -> None:
+    """Refuse clients outside ``VLLM_POC_ALLOWED_CLIENTS`` (empty: every client)."""
+    allowed = envs.networks(envs.get("VLLM_POC_ALLOWED_CLIENTS"))
+    if not allowed:
+        return
+    host = (scope.get("client") or ("", 0))[0]
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if address is None or not any(address in network for network in allowed):
+        raise ForbiddenClient(f"client {host or '(unknown)'} is not in VLLM_POC_ALLOWED_CLIENTS")
 
 
 def _check_size(size: int) -> None:
     limit = envs.get("VLLM_POC_MAX_BODY_BYTES")
     if size > limit:
-        raise HTTPException(
-            status_code=413, detail=f"body of {size} bytes exceeds VLLM_POC_MAX_BODY_BYTES={limit}"
-        )
+        raise TooLarge(f"body of {size} bytes exceeds VLLM_POC_MAX_BODY_BYTES={limit}")
 
 
-def _check_declared_size(request: Request) -> None:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit():
-        _check_size(int(declared))
+async def _read_body(receive: Any) -> bytes:
+    """The whole body of a request without a declared length, refused once over the limit."""
+    limit = envs.get("VLLM_POC_MAX_BODY_BYTES")
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            _check_size(size)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
 
 
-async def require_api_key(request: Request) -> None:
-    _check_api_key(request)
-
-
-async def limit_body_size(request: Request) -> None:
-    """Refuse bodies above VLLM_POC_MAX_BODY_BYTES (chunked bodies are measured once read)."""
-    _check_declared_size(request)
-    if request.headers.get("content-length") is None and request.method in ("POST", "PUT"):
-        _check_size(len(await request.body()))
+def open_on(host: str | None) -> bool:
+    """Whether the PoC routes answer anyone who can reach ``host`` (no key, no allow-list, a
+    host other than loopback)."""
+    if api_key() or envs.get("VLLM_POC_ALLOWED_CLIENTS"):
+        return False
+    try:
+        return not ipaddress.ip_address(host or "0.0.0.0").is_loopback
+    except ValueError:
+        return host not in ("localhost",)
 
 
 BLOCKED_PREFIXES = ("/v1/", "/v2/", "/inference/")
@@ -85,11 +106,14 @@ def is_inference_route(route: Any) -> bool:
     return route.path.startswith(BLOCKED_PREFIXES) or route.path in BLOCKED_PATHS
 
 
-def blocking_states() -> frozenset[PoCState]:
-    """GENERATING always blocks; VALIDATING unless the operator lets inference run then."""
-    if envs.get("VLLM_POC_INFERENCE_DURING_VALIDATION"):
-        return frozenset({PoCState.GENERATING})
-    return frozenset({PoCState.GENERATING, PoCState.VALIDATING})
+def pausing(node: Any) -> str | None:
+    """What of the node's work pauses inference now (None: nothing): generating always,
+    validating unless ``VLLM_POC_INFERENCE_DURING_VALIDATION`` (``auto``: the protocol's way)."""
+    if node.state == PoCState.GENERATING:
+        return "GENERATING"
+    if node.validating and not envs.inference_during_validation():
+        return "VALIDATING"
+    return None
 
 
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
@@ -98,10 +122,11 @@ ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 def _guarded(inner: ASGIApp, app: FastAPI) -> ASGIApp:
     async def guard(scope: dict[str, Any], receive: Any, send: Any) -> None:
         manager = getattr(app.state, "poc_manager", None)
-        if manager is not None and manager.state in blocking_states():
+        activity = None if manager is None else pausing(manager)
+        if activity is not None:
             body = {
                 "error": {
-                    "message": f"PoC in progress ({manager.state.value}); inference is paused",
+                    "message": f"PoC in progress ({activity}); inference is paused",
                     "type": "ServiceUnavailable",
                     "code": 503,
                 }
@@ -130,29 +155,39 @@ def guard_inference_routes(app: FastAPI) -> list[str]:
 
 
 def _pow_guarded(inner: ASGIApp) -> ASGIApp:
-    """Check the key and the declared body size before the route reads or parses the body.
-
-    vLLM's exception handlers would drop the ``WWW-Authenticate`` header, and FastAPI parses the
-    body before running the router's dependencies; answering here avoids both.
-    """
+    """The client, the key and the body size, checked before the route reads or parses the
+    body; a refusal is answered here (``errors.response``), never by vLLM's handlers."""
 
     async def guard(scope: dict[str, Any], receive: Any, send: Any) -> None:
         try:
-            request = Request(scope)
-            _check_api_key(request)
-            _check_declared_size(request)
-        except HTTPException as e:
-            body = {
-                "error": {"message": e.detail, "type": "PoCRequestRefused", "code": e.status_code}
-            }
-            await JSONResponse(body, status_code=e.status_code, headers=e.headers)(
-                scope, receive, send
-            )
+            _check_client(scope)
+            _check_api_key(scope)
+            declared = Request(scope).headers.get("content-length")
+            if declared is not None and declared.isdigit():
+                _check_size(int(declared))
+            elif scope.get("method") in ("POST", "PUT"):
+                receive = _replay(await _read_body(receive))
+        except PoCRequestError as e:
+            await response(e)(scope, receive, send)
             return
         await inner(scope, receive, send)
 
     guard.__wrapped__ = inner  # type: ignore[attr-defined]
     return guard
+
+
+def _replay(body: bytes) -> Any:
+    """A ``receive`` that hands the route the body read by the guard."""
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
 
 
 def guard_pow_routes(app: FastAPI) -> None:

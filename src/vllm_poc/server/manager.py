@@ -76,6 +76,14 @@ class PoCManager:
         return self.generation.total_nonfinite
 
     @property
+    def validating(self) -> bool:
+        return self.state == PoCState.VALIDATING
+
+    @property
+    def served_models(self) -> list[str]:
+        return [self.model_name]
+
+    @property
     def round_id(self) -> int:
         """Increases with every round, so late answers of an old round can be told apart."""
         return self._round

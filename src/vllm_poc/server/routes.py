@@ -1,8 +1,9 @@
-"""The ``/api/v1/pow`` router: parse the body, call the manager, map its errors to statuses.
+"""The distance protocol's ``/api/v1/pow`` router: parse the body, call the manager, answer.
 
-Bodies are the strict pydantic models of ``protocol``; malformed ones answer 400 through vLLM's
-handler of validation errors. The manager's ``PoCRequestError`` types carry their status code
-(``server.errors``); nothing here decides a state or a limit.
+Bodies and query parameters are parsed here into the strict pydantic models of ``protocol``
+(a malformed one is a 400 with pydantic's errors); the manager's ``PoCRequestError`` types carry
+their status code (``server.errors``) and every refusal is answered by ``errors.response``,
+never by vLLM's exception handlers. Nothing here decides a state or a limit.
 """
 
 from __future__ import annotations
@@ -11,40 +12,39 @@ import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar, get_args
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi import APIRouter, FastAPI, Request, Response
+from pydantic import BaseModel
 
 from vllm_poc import __version__, compat, envs
 from vllm_poc.log import get_logger
 from vllm_poc.protocol.distance import PROTOCOL_VERSION
 from vllm_poc.protocol.round import CalibrationRequest, PoCState, RoundRequest, SeedDerivation
 from vllm_poc.protocol.wire import POW_PREFIX, ProofBatchRequest, StatusResponse, ValidateResponse
-from vllm_poc.server import guards
-from vllm_poc.server.errors import EngineFailure, PoCRequestError
+from vllm_poc.server import guards, versions
+from vllm_poc.server.bodies import openapi_body, parsed
+from vllm_poc.server.errors import EngineFailure, MalformedBody, PoCRequestError, response
 from vllm_poc.server.manager import PoCManager
 
 logger = get_logger(__name__)
 
-router = APIRouter(
-    prefix=POW_PREFIX,
-    tags=["PoC"],
-    dependencies=[Depends(guards.require_api_key), Depends(guards.limit_body_size)],
-)
+router = APIRouter(prefix=POW_PREFIX, tags=["PoC"])
 
 P = ParamSpec("P")
 R = TypeVar("R")
+M = TypeVar("M", bound=BaseModel)
 
 
-def answers_errors(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+def answers_errors(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R | Response]]:
     """Turn the manager's errors into HTTP answers; engine failures are logged with context."""
 
     @functools.wraps(handler)
-    async def route(*args: P.args, **kwargs: P.kwargs) -> R:
+    async def route(*args: P.args, **kwargs: P.kwargs) -> R | Response:
         try:
             return await handler(*args, **kwargs)
         except PoCRequestError as e:
             if isinstance(e, EngineFailure):
                 logger.error("vllm-poc: %s: %s", handler.__name__, e, exc_info=e.__cause__)
-            raise HTTPException(status_code=e.status_code, detail=str(e)) from e
+            return response(e)
 
     return route
 
@@ -52,7 +52,7 @@ def answers_errors(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[
 def get_poc_manager(request: Request) -> PoCManager:
     manager = getattr(request.app.state, "poc_manager", None)
     if manager is None:
-        raise HTTPException(status_code=503, detail="PoC not enabled")
+        raise EngineFailure("PoC not enabled")
     return manager
 
 
@@ -60,30 +60,30 @@ def _ok(manager: PoCManager) -> dict[str, Any]:
     return {"status": "OK", "pow_status": manager.get_status()}
 
 
-@router.post("/init")
+@router.post("/init", openapi_extra=openapi_body(RoundRequest))
 @answers_errors
-async def init_round(request: Request, body: RoundRequest) -> dict[str, Any]:
+async def init_round(request: Request) -> dict[str, Any]:
     """Initialize a round without starting generation."""
     manager = get_poc_manager(request)
-    await manager.open_round(body)
+    await manager.open_round(await parsed(request, RoundRequest, 400))
     return _ok(manager)
 
 
-@router.post("/init/generate")
+@router.post("/init/generate", openapi_extra=openapi_body(RoundRequest))
 @answers_errors
-async def init_generate(request: Request, body: RoundRequest) -> dict[str, Any]:
+async def init_generate(request: Request) -> dict[str, Any]:
     """Initialize a round and start generating."""
     manager = get_poc_manager(request)
-    await manager.open_round(body, PoCState.GENERATING)
+    await manager.open_round(await parsed(request, RoundRequest, 400), PoCState.GENERATING)
     return _ok(manager)
 
 
-@router.post("/init/validate")
+@router.post("/init/validate", openapi_extra=openapi_body(RoundRequest))
 @answers_errors
-async def init_validate(request: Request, body: RoundRequest) -> dict[str, Any]:
+async def init_validate(request: Request) -> dict[str, Any]:
     """Initialize a round and start validating."""
     manager = get_poc_manager(request)
-    await manager.open_round(body, PoCState.VALIDATING)
+    await manager.open_round(await parsed(request, RoundRequest, 400), PoCState.VALIDATING)
     return _ok(manager)
 
 
@@ -106,6 +106,7 @@ async def start_validate(request: Request) -> dict[str, Any]:
 
 
 @router.post("/stop")
+@answers_errors
 async def stop_round(request: Request) -> dict[str, Any]:
     manager = get_poc_manager(request)
     manager.stop_round()
@@ -114,31 +115,49 @@ async def stop_round(request: Request) -> dict[str, Any]:
 
 @router.get("/status", response_model=StatusResponse, response_model_exclude_unset=True)
 @answers_errors
-async def get_status(request: Request, since: int | None = None) -> StatusResponse:
+async def get_status(request: Request) -> StatusResponse:
     """The round's state and results; ``?since=N``: valid nonces from index N on, and ``next``."""
+    raw = request.query_params.get("since")
+    try:
+        since = None if raw is None else int(raw)
+    except ValueError as e:
+        raise MalformedBody(400, f"since must be an integer, got {raw!r}") from e
     return StatusResponse(**get_poc_manager(request).get_status(since))
 
 
-@router.post("/validate", response_model=ValidateResponse)
+@router.post(
+    "/validate", response_model=ValidateResponse, openapi_extra=openapi_body(ProofBatchRequest)
+)
 @answers_errors
-async def validate_nonces(request: Request, body: ProofBatchRequest) -> ValidateResponse:
+async def validate_nonces(request: Request) -> ValidateResponse:
     """Recompute the distances of a submitted ProofBatch and judge it."""
-    verdict = await get_poc_manager(request).validate_request(body)
+    manager = get_poc_manager(request)
+    verdict = await manager.validate_request(await parsed(request, ProofBatchRequest, 400))
     return ValidateResponse.from_verdict(verdict)
 
 
-@router.post("/calibrate")
+@router.post("/calibrate", openapi_extra=openapi_body(CalibrationRequest))
 @answers_errors
-async def calibrate(request: Request, body: CalibrationRequest) -> dict[str, Any]:
+async def calibrate(request: Request) -> dict[str, Any]:
     """Sample a block's distance distribution; the r_target giving ``valid_rate`` valid nonces.
 
     With trained weights the distribution moves from block to block, so a fixed r_target can
     give anything from 1% to 99% valid nonces. Does not change the round's state.
     """
-    return await get_poc_manager(request).calibrate_request(body)
+    manager = get_poc_manager(request)
+    return await manager.calibrate_request(await parsed(request, CalibrationRequest, 400))
+
+
+@router.get("/versions")
+@answers_errors
+async def get_versions(request: Request) -> dict[str, Any]:
+    """What gonka's MLNode reads of a node (``vllm_version``, ``poc_validation_inference``) and
+    what an operator checks (``versions``)."""
+    return versions.of(request, get_poc_manager(request))
 
 
 @router.get("/version")
+@answers_errors
 async def version(request: Request) -> dict[str, Any]:
     """Versions of the plugin, the protocol math and vLLM, the model, a fingerprint of its
     loaded weights (``fingerprint``; null while it is being computed) and enabled options."""
@@ -156,9 +175,9 @@ async def version(request: Request) -> dict[str, Any]:
             "seed_derivations": list(get_args(SeedDerivation)),
             "compiled_poc_forward": bool(getattr(request.app.state, "poc_forward_compiled", False)),
             "validation_rule": ["tolerance", "p_mismatch", "fraud_threshold"],
-            "inference_during_validation": bool(envs.get("VLLM_POC_INFERENCE_DURING_VALIDATION")),
+            "inference_during_validation": envs.inference_during_validation(),
             "callbacks": True,
-            "auth": bool(guards.api_keys(request)),
+            "auth": bool(guards.api_key()),
         },
     }
 
