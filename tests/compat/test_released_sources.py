@@ -9,6 +9,7 @@ release that moves one fails here by name.
 from __future__ import annotations
 
 import ast
+import re
 
 import pytest
 import torch
@@ -177,3 +178,31 @@ def test_cpu_serves_mla_from_0_28(release):
     refuses = "MLA is not supported on CPU" in src.text("vllm.platforms.cpu")
     new = tuple(map(int, r.minor.split("."))) >= (0, 28)
     assert (serves, refuses) == ((True, False) if new else (False, True))
+
+
+def test_vllms_api_key_guards_only_its_own_routes(release):
+    """``--api-key`` must leave ``/api/v1/pow`` to ``VLLM_POC_API_KEY``: gonka's MLNode calls the
+    PoC routes without a key (``guards``). vLLM's middleware checks path prefixes; none of them
+    may start the PoC prefix."""
+    _, src = release
+    entrypoints = src.root / "vllm" / "entrypoints"
+    (path,) = [
+        p for p in entrypoints.rglob("*.py") if "class AuthenticationMiddleware" in p.read_text()
+    ]
+    text = path.read_text()
+    match = re.search(r"GUARDED_PREFIX = (\(.*?\))", text)
+    prefixes = ast.literal_eval(match.group(1)) if match else None
+    if prefixes is None:  # up to 0.25: one literal in the check
+        (prefix,) = re.findall(r'url_path\.startswith\("([^"]+)"\)', text)
+        prefixes = (prefix,)
+    assert prefixes and not any("/api/v1/pow".startswith(p) for p in prefixes), prefixes
+
+
+def test_the_logits_of_the_last_positions(release):
+    """The distance protocol's head (``PoCForward.head``): ``compute_logits(hidden_states)``."""
+    _, src = release
+    for module, cls in (
+        ("vllm.model_executor.models.qwen3", "Qwen3ForCausalLM"),
+        ("vllm.model_executor.models.qwen2", "Qwen2ForCausalLM"),
+    ):
+        assert src.params(module, f"{cls}.compute_logits")[:2] == ["self", "hidden_states"]
