@@ -45,6 +45,7 @@ install: $(VENV)/.installed
 lint: install
 	$(PY) -m ruff check src tests benchmarks examples ci
 	$(PY) -m ruff format --check src tests benchmarks examples ci
+	$(PY) -m mypy
 
 test:
 	@rm -rf $(REPORT); mkdir -p $(REPORT); status=0; \

@@ -393,7 +393,7 @@ def main() -> None:
 
     cuda = current_platform.is_cuda()
     largest = max(args.batches or (GPU_BATCHES if cuda else CPU_BATCHES)) * args.seq_len
-    if largest > envs.get("VLLM_POC_MAX_TOKENS_PER_FORWARD"):
+    if largest > envs.VLLM_POC_MAX_TOKENS_PER_FORWARD:
         os.environ["VLLM_POC_MAX_TOKENS_PER_FORWARD"] = str(largest)
 
     result = asyncio.run(run(args, cuda))

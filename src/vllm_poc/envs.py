@@ -1,93 +1,41 @@
-"""Every ``VLLM_POC_*`` setting in one place: name, default, parser and meaning.
+"""Every ``VLLM_POC_*`` setting in one place: name, default, parser, what it allows and means.
 
-Read lazily (each access reads the environment), so tests and operators can change them
-without re-importing anything. The README's settings table is checked against ``SETTINGS``.
+Read as typed module attributes (``envs.VLLM_POC_RPC_TIMEOUT``), lazily: each access reads the
+environment, so tests and operators can change them without re-importing anything. ``check``
+parses every one that is set when the plugin registers, so a bad value stops the server at start
+with its name, its value and what is allowed. The README's settings table is checked against
+``SETTINGS``.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from vllm_poc.setting import (
+    Setting,
+    auto_bool,
+    batch_size,
+    boolean,
+    by_name,
+    networks_text,
+    protocol,
+)
 
-def _bool(value: str) -> bool:
-    return value.strip().lower() in ("1", "true", "yes", "on")
-
-
-def _batch_size(value: str) -> int | str:
-    """``auto`` or a positive integer."""
-    if value.strip().lower() == "auto":
-        return "auto"
-    size = int(value)
-    if size < 1:
-        raise ValueError(f"VLLM_POC_BATCH_SIZE must be 'auto' or >= 1, got {value!r}")
-    return size
-
-
-def _auto_bool(value: str) -> bool | str:
-    """``auto`` or a boolean."""
-    return "auto" if value.strip().lower() == "auto" else _bool(value)
-
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def networks(value: str) -> tuple[Network, ...]:
-    """Comma-separated addresses or CIDR networks (an address is a network of one)."""
-    parts = [part.strip() for part in value.split(",")]
-    return tuple(ipaddress.ip_network(part, strict=False) for part in parts if part)
-
-
-def _networks(value: str) -> str:
-    """``networks``, checked, written back as text (``10.0.0.0/8,127.0.0.1/32``)."""
-    return ",".join(str(network) for network in networks(value))
-
-
-def _protocol(value: str) -> str:
-    name = value.strip().lower()
-    if name not in ("distance", "artifact"):
-        raise ValueError(f"VLLM_POC_PROTOCOL must be 'distance' or 'artifact', got {value!r}")
-    return name
-
-
-@dataclass(frozen=True)
-class Setting:
-    name: str
-    default: Any
-    parse: Callable[[str], Any]
-    help: str
-
-    def get(self) -> Any:
-        raw = os.environ.get(self.name)
-        return self.default if raw is None or raw.strip() == "" else self.parse(raw)
-
-
-def _by_name(settings: list[Setting]) -> dict[str, Setting]:
-    """The settings by name; a name declared twice is a mistake (one would hide the other)."""
-    names = [s.name for s in settings]
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise ValueError(f"settings declared twice: {twice}")
-    return {s.name: s for s in settings}
-
-
-SETTINGS: dict[str, Setting] = _by_name(
+SETTINGS: dict[str, Setting] = by_name(
     [
-        Setting("VLLM_POC_ENABLED", False, _bool, "Turn the plugin on (1/true/yes/on)."),
+        Setting("VLLM_POC_ENABLED", False, boolean, "Turn the plugin on (1/true/yes/on)."),
         Setting(
             "VLLM_POC_PROTOCOL",
             "distance",
-            _protocol,
+            protocol,
             "`distance` (the API above) or `artifact` (gonka's artifact protocol and the API "
             "its MLNode calls; see docs/protocol.md Part II).",
         ),
         Setting(
             "VLLM_POC_BATCH_SIZE",
             "auto",
-            _batch_size,
+            batch_size,
             "Nonces per forward when a round gives none: a number, or `auto` (largest that "
             "fits the forward's token budget and free memory; see README).",
         ),
@@ -96,18 +44,26 @@ SETTINGS: dict[str, Setting] = _by_name(
             "VLLM_POC_MAX_VALIDATE_NONCES",
             4096,
             int,
-            "Most nonces one /validate request may carry (413 above).",
+            "Most nonces one request answered inline may carry: a /validate, or an artifact "
+            "/generate with `wait` (413 above).",
+        ),
+        Setting(
+            "VLLM_POC_MAX_BATCH_SIZE",
+            4096,
+            int,
+            "Largest batch_size a request may ask for (413 above).",
         ),
         Setting(
             "VLLM_POC_MAX_TOKENS_PER_FORWARD",
             65536,
             int,
-            "Most tokens (batch_size x seq_len) one PoC forward may run (400 above).",
+            "Most tokens one PoC forward runs: a batch of more (batch_size x seq_len, or vLLM's "
+            "max_num_batched_tokens) is computed in several forwards, the same results.",
         ),
         Setting(
             "VLLM_POC_INFERENCE_DURING_VALIDATION",
             "auto",
-            _auto_bool,
+            auto_bool,
             "Serve inference while the node validates (it is always paused while generating): "
             "`auto` is on for the artifact protocol (as the network's nodes do; `/versions` "
             "says `poc_validation_inference`), off for the distance protocol.",
@@ -122,7 +78,7 @@ SETTINGS: dict[str, Setting] = _by_name(
         Setting(
             "VLLM_POC_ALLOWED_CLIENTS",
             "",
-            _networks,
+            networks_text,
             "Comma-separated addresses or CIDR networks that may call /api/v1/pow/* (empty: "
             "any; others get 403).",
         ),
@@ -152,21 +108,21 @@ SETTINGS: dict[str, Setting] = _by_name(
         Setting(
             "VLLM_POC_COMPILED_FORWARD",
             True,
-            _bool,
+            boolean,
             "Compile the PoC forward (its own torch.compile graph, traced with input "
             "embeddings) when vLLM compiles the model; inference keeps vLLM's graph.",
         ),
         Setting(
             "VLLM_POC_CUDA_GRAPHS",
             False,
-            _bool,
+            boolean,
             "Capture the PoC forward of a round's shape as a CUDA graph and replay it for every "
             "batch (CUDA, no pipeline parallelism; not yet measured on a GPU).",
         ),
         Setting(
             "VLLM_POC_WEIGHTS_FINGERPRINT",
             True,
-            _bool,
+            boolean,
             "Hash the loaded weights once after start-up for `/version` (`weights`); 0 skips "
             "it (it reads every weight once).",
         ),
@@ -218,7 +174,7 @@ SETTINGS: dict[str, Setting] = _by_name(
         Setting(
             "VLLM_POC_EXIT_ON_BAD_BATCHES",
             False,
-            _bool,
+            boolean,
             "Artifact protocol: exit the process (status 1) instead, for a supervisor to restart.",
         ),
     ]
@@ -228,6 +184,51 @@ SETTINGS: dict[str, Setting] = _by_name(
 def get(name: str) -> Any:
     """The current value of a registered setting (KeyError for an unknown name)."""
     return SETTINGS[name].get()
+
+
+def check() -> list[str]:
+    """Parse every setting that is set (``BadSetting`` names the first that does not parse);
+    the ``VLLM_POC_*`` variables that name no setting, likely typos, are returned."""
+    for setting in SETTINGS.values():
+        setting.get()
+    return sorted(n for n in os.environ if n.startswith("VLLM_POC_") and n not in SETTINGS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in SETTINGS:
+        return SETTINGS[name].get()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+if TYPE_CHECKING:  # the settings as typed attributes (a test keeps this list equal to SETTINGS)
+    VLLM_POC_ENABLED: bool
+    VLLM_POC_PROTOCOL: str
+    VLLM_POC_BATCH_SIZE: int | str
+    VLLM_POC_SEQ_LEN: int
+    VLLM_POC_MAX_VALIDATE_NONCES: int
+    VLLM_POC_MAX_BATCH_SIZE: int
+    VLLM_POC_MAX_TOKENS_PER_FORWARD: int
+    VLLM_POC_INFERENCE_DURING_VALIDATION: bool | str
+    VLLM_POC_API_KEY: str
+    VLLM_POC_ALLOWED_CLIENTS: str
+    VLLM_POC_MAX_BODY_BYTES: int
+    VLLM_POC_MAX_CALIBRATION_SAMPLES: int
+    VLLM_POC_CALLBACK_ALLOWED_HOSTS: str
+    VLLM_POC_RPC_TIMEOUT: float
+    VLLM_POC_MAX_BAD_BATCHES: int
+    VLLM_POC_COMPILED_FORWARD: bool
+    VLLM_POC_CUDA_GRAPHS: bool
+    VLLM_POC_WEIGHTS_FINGERPRINT: bool
+    VLLM_POC_CALLBACK_TIMEOUT: float
+    VLLM_POC_CALLBACK_MAX_RETRIES: int
+    VLLM_POC_CALLBACK_BACKOFF_BASE: float
+    VLLM_POC_CALLBACK_BACKOFF_MAX: float
+    VLLM_POC_CALLBACK_QUEUE_SIZE: int
+    VLLM_POC_MAX_QUEUED_NONCES: int
+    VLLM_POC_GENERATE_RESULT_TTL: float
+    VLLM_POC_CALLBACK_INTERVAL: float
+    VLLM_POC_CALLBACK_MAX_ARTIFACTS: int
+    VLLM_POC_EXIT_ON_BAD_BATCHES: bool
 
 
 def enabled() -> bool:

@@ -11,9 +11,10 @@ declare its settings unless ``VLLM_POC_ENABLED`` is true. When enabled:
   manager (``server.endpoint.PoCEndpointPlugin``) when ``VLLM_PLUGINS`` names ``vllm_poc``;
   otherwise the ``api-server-app`` patch adds the same from ``build_app``/``init_app_state``.
 
-A node asked to run PoC that cannot fails at start: a missing seam raises
-``compat.SeamNotFound`` (naming the seam and the vLLM version) out of ``register()``, and the
-server checks at start that every worker answers ``poc_ready``.
+A node asked to run PoC that cannot fails at start: a ``VLLM_POC_*`` value that does not parse
+raises ``setting.BadSetting`` (naming the variable, its value and what is allowed), a missing seam
+raises ``compat.SeamNotFound`` (naming the seam and the vLLM version) out of ``register()``, and
+the server checks at start that every worker answers ``poc_ready``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,14 @@ from vllm_poc import envs
 def register() -> None:
     """Entry point of the ``vllm.general_plugins`` group."""
     _declare_settings()
+    unknown = envs.check()
+    if unknown:
+        from vllm_poc.log import get_logger
+
+        get_logger(__name__).warning(
+            "vllm-poc: %s name no setting of vllm-poc (see its README); ignored",
+            ", ".join(unknown),
+        )
     if not envs.enabled():
         return
     from vllm_poc.patches import PATCHES

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+MAX_INT = 2**62
+"""Bound of nonces, heights and striding: they must fit the RPC's 64-bit integers."""
 Kind = Literal["distances", "artifacts"]
 KINDS: tuple[Kind, ...] = ("distances", "artifacts")
 SEED_DERIVATIONS = ("v1", "strong")

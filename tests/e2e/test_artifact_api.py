@@ -31,8 +31,17 @@ NONCES = list(range(8))
 PROMPT = "the quick brown fox jumps over the lazy dog kato rimuse lano vide po " * 12
 
 
-ARTIFACT = Config.of(env={"VLLM_POC_PROTOCOL": "artifact", "VLLM_POC_CALLBACK_INTERVAL": "0.5"})
-"""The network's protocol on the tiny Qwen3, posts every half second."""
+ARTIFACT = Config.of(
+    env={
+        "VLLM_POC_PROTOCOL": "artifact",
+        "VLLM_POC_CALLBACK_INTERVAL": "0.5",
+        "VLLM_POC_CALLBACK_ALLOWED_HOSTS": "127.0.0.1",
+        "VLLM_POC_MAX_TOKENS_PER_FORWARD": "128",
+    }
+)
+"""The network's protocol on the tiny Qwen3: posts every half second, callbacks to this machine
+only, and a token budget that splits every batch of the suite into several forwards (whose
+results the reference comparisons check)."""
 
 
 @pytest.fixture(scope="module")

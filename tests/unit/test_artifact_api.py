@@ -276,7 +276,7 @@ def test_non_finite_batches_are_rejected_whole_then_stop_the_round(node: Node) -
     node.engine.nonfinite = set(range(10_000))
     node.post("/init/generate", INIT)
     final = _wait(lambda: (s := node.get("/status").json())["status"] == "IDLE" and s)
-    assert "3 consecutive batches rejected as non-finite" in final["error"]
+    assert "3 batches in a row rejected as non-finite" in final["error"]
     assert node.sender.posts == []
 
 
@@ -290,7 +290,7 @@ def test_the_operator_can_make_the_process_exit_instead(
         raise Exited(status)
 
     monkeypatch.setenv("VLLM_POC_EXIT_ON_BAD_BATCHES", "1")
-    monkeypatch.setattr("vllm_poc.server.artifact_node.os._exit", exit_)
+    monkeypatch.setattr("vllm_poc.server.bad_batches.os._exit", exit_)
     node.engine.nonfinite = {1}
     for _ in range(2):
         r = node.post("/generate", _generate(wait=True, nonces=[1], batch_size=1))
@@ -305,7 +305,7 @@ def test_without_the_exit_setting_a_generate_answers_503(node: Node) -> None:
         node.post("/generate", _generate(wait=True, nonces=[1], batch_size=1)) for _ in range(3)
     ]
     assert [a.status_code for a in answers] == [200, 200, 503]
-    assert "consecutive batches rejected" in answers[-1].json()["detail"]
+    assert "batches in a row rejected" in answers[-1].json()["detail"]
 
 
 def test_instances_of_a_participant_never_share_a_nonce() -> None:

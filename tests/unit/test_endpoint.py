@@ -90,3 +90,36 @@ def test_a_server_without_an_engine_is_refused(monkeypatch):
     monkeypatch.setenv("VLLM_POC_ENABLED", "1")
     with pytest.raises(RuntimeError, match="no engine"):
         asyncio.run(PoCEndpointPlugin().init_state(None, State(), Namespace()))
+
+
+def test_several_api_servers_are_refused_at_start(monkeypatch):
+    """A node's PoC state lives in one API server process: two would run two rounds."""
+    monkeypatch.setenv("VLLM_POC_ENABLED", "1")
+    state = State()
+    with pytest.raises(RuntimeError, match="--api-server-count 2"):
+        asyncio.run(PoCEndpointPlugin().init_state(_engine(), state, Namespace(api_server_count=2)))
+    assert getattr(state, "poc_manager", None) is None
+
+
+@pytest.mark.parametrize(
+    ("host", "env", "warned"),
+    [
+        (None, {}, True),
+        ("0.0.0.0", {}, True),
+        ("10.1.2.3", {}, True),
+        ("127.0.0.1", {}, False),
+        ("0.0.0.0", {"VLLM_POC_API_KEY": "k"}, False),
+        ("0.0.0.0", {"VLLM_POC_ALLOWED_CLIENTS": "127.0.0.1"}, False),
+    ],
+)
+def test_open_pow_routes_are_said_once_at_start(monkeypatch, caplog, host, env, warned):
+    monkeypatch.setenv("VLLM_POC_ENABLED", "1")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    state = State()
+    asyncio.run(PoCEndpointPlugin().init_state(_engine(), state, Namespace(host=host)))
+    said = [r for r in caplog.records if "open to every client" in r.getMessage()]
+    assert len(said) == (1 if warned else 0)
+    if warned:
+        assert "VLLM_POC_API_KEY" in said[0].getMessage()
+        assert "VLLM_POC_ALLOWED_CLIENTS" in said[0].getMessage()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from vllm_poc import envs
+from vllm_poc import envs, setting
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 NAMES = sorted(envs.SETTINGS)
@@ -33,10 +33,10 @@ def clean_environment(monkeypatch):
 
 def test_every_setting_is_registered_under_its_own_name():
     assert NAMES
-    for name, setting in envs.SETTINGS.items():
-        assert setting.name == name
+    for name, declared in envs.SETTINGS.items():
+        assert declared.name == name
         assert name.startswith("VLLM_POC_")
-        assert setting.help.strip()
+        assert declared.help.strip()
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -90,9 +90,14 @@ def test_booleans_accept_truthy_spellings(monkeypatch, name, raw):
 
 @pytest.mark.parametrize("raw", ["0", "false", "False", "no", "off", "2", "enabled"])
 @pytest.mark.parametrize("name", BOOL_NAMES)
-def test_booleans_reject_everything_else(monkeypatch, name, raw):
+def test_booleans_are_false_words_or_refused(monkeypatch, name, raw):
+    """A typo must not silently turn a switch off: only the false words are false."""
     monkeypatch.setenv(name, raw)
-    assert envs.get(name) is False
+    if raw.lower() in setting.FALSE:
+        assert envs.get(name) is False
+    else:
+        with pytest.raises(setting.BadSetting, match=name):
+            envs.get(name)
 
 
 def test_numbers_that_do_not_parse_raise(monkeypatch):
@@ -170,6 +175,48 @@ def test_an_unknown_protocol_is_refused(monkeypatch):
 
 
 def test_a_setting_declared_twice_is_refused() -> None:
-    one = envs.Setting("VLLM_POC_X", 1, int, "x")
+    one = setting.Setting("VLLM_POC_X", 1, int, "x")
     with pytest.raises(ValueError, match="VLLM_POC_X"):
-        envs._by_name([one, envs.Setting("VLLM_POC_X", 2, int, "again")])
+        setting.by_name([one, setting.Setting("VLLM_POC_X", 2, int, "again")])
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "allowed"),
+    [
+        ("VLLM_POC_RPC_TIMEOUT", "abc", "a number"),
+        ("VLLM_POC_ENABLED", "tru", "1, 0, true"),
+        ("VLLM_POC_BATCH_SIZE", "0", "auto or an integer"),
+        ("VLLM_POC_PROTOCOL", "decode", "distance or artifact"),
+        ("VLLM_POC_ALLOWED_CLIENTS", "10.0.0.0/33", "CIDR"),
+        ("VLLM_POC_INFERENCE_DURING_VALIDATION", "sometimes", "auto or a boolean"),
+    ],
+)
+def test_a_bad_value_refuses_start_naming_the_variable(monkeypatch, name, raw, allowed):
+    """``register()`` parses every setting that is set: the server stops at start."""
+    from vllm_poc import plugin
+
+    monkeypatch.setenv(name, raw)
+    with pytest.raises(setting.BadSetting) as refused:
+        plugin.register()
+    message = str(refused.value)
+    assert name in message and repr(raw) in message and allowed in message
+
+
+def test_unknown_names_are_returned_as_likely_typos(monkeypatch):
+    monkeypatch.setenv("VLLM_POC_RPC_TIMOUT", "5")
+    monkeypatch.setenv("VLLM_POC_RPC_TIMEOUT", "5")
+    unknown = envs.check()
+    assert "VLLM_POC_RPC_TIMOUT" in unknown and "VLLM_POC_RPC_TIMEOUT" not in unknown
+
+
+def test_the_typed_attributes_are_the_settings():
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(envs))
+    (block,) = [
+        n for n in tree.body if isinstance(n, ast.If) and "TYPE_CHECKING" in ast.unparse(n.test)
+    ]
+    declared = [s.target.id for s in block.body if isinstance(s, ast.AnnAssign)]
+    assert declared == list(envs.SETTINGS)
+    assert envs.get("VLLM_POC_SEQ_LEN") == envs.VLLM_POC_SEQ_LEN

@@ -10,7 +10,7 @@ from tests.unit.fakes import FakeEngine, fake_distance
 from vllm_poc.protocol.round import PoCConfig, PoCState
 from vllm_poc.server.engine_rpc import EngineRPC
 from vllm_poc.server.engines import PIPELINE_DEPTH, Engines
-from vllm_poc.server.errors import EngineFailure
+from vllm_poc.server.errors import EngineFailure, TooLarge
 from vllm_poc.server.generation import PoCStats
 from vllm_poc.server.manager import PoCManager
 from vllm_poc.work import Work
@@ -151,10 +151,17 @@ class TestStateTransitions:
             manager.init_round(_config(seq_len=513))
         assert manager.config is None
 
-    def test_rejects_too_many_tokens_per_forward(self, manager, monkeypatch):
+    def test_a_batch_over_the_token_budget_is_run_not_refused(self, manager, monkeypatch):
+        """The workers split it into forwards that fit (``PoCForward.in_forwards``)."""
         monkeypatch.setenv("VLLM_POC_MAX_TOKENS_PER_FORWARD", "1000")
-        with pytest.raises(ValueError, match="VLLM_POC_MAX_TOKENS_PER_FORWARD"):
-            manager.init_round(_config(batch_size=8, seq_len=256))
+        manager.init_round(_config(batch_size=8, seq_len=256))
+        assert manager.config is not None and manager.config.batch_size == 8
+
+    def test_rejects_a_batch_over_the_operators_cap(self, manager, monkeypatch):
+        monkeypatch.setenv("VLLM_POC_MAX_BATCH_SIZE", "64")
+        with pytest.raises(TooLarge, match="VLLM_POC_MAX_BATCH_SIZE=64"):
+            manager.init_round(_config(batch_size=65))
+        assert manager.config is None
 
 
 class TestNonceStriding:

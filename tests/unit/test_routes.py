@@ -117,11 +117,11 @@ class TestInitEndpoint:
         assert response.status_code == 400
         assert "already in progress" in response.json()["detail"]
 
-    def test_server_limit_is_a_400(self, node, monkeypatch):
-        monkeypatch.setenv("VLLM_POC_MAX_TOKENS_PER_FORWARD", "100")
-        response = node.post("/init", json={**INIT, "batch_size": 2, "seq_len": 64})
-        assert response.status_code == 400
-        assert "VLLM_POC_MAX_TOKENS_PER_FORWARD" in response.json()["detail"]
+    def test_server_limit_is_a_413(self, node, monkeypatch):
+        monkeypatch.setenv("VLLM_POC_MAX_BATCH_SIZE", "8")
+        response = node.post("/init", json={**INIT, "batch_size": 9, "seq_len": 64})
+        assert response.status_code == 413
+        assert "VLLM_POC_MAX_BATCH_SIZE=8" in response.json()["detail"]
         assert node.manager.config is None
 
 

@@ -197,6 +197,7 @@ def run_model(
     intermediate = None
     if not pp.is_first_rank:
         received = pp.recv_tensor_dict(all_gather_group=get_tp_group())
+        assert received is not None, "the previous pipeline stage sent nothing"
         intermediate = IntermediateTensors(received)
     out = model(
         input_ids=None,

@@ -19,6 +19,7 @@ import torch
 
 from vllm_poc.protocol import validation
 from vllm_poc.protocol.randomness import murmur_hash, normals_rows, seed_column, seed_from_string
+from vllm_poc.protocol.validation import FRAUD_THRESHOLD
 
 K_DIM = 12
 """Components of an artifact."""
@@ -28,7 +29,6 @@ DIST_THRESHOLD = 0.02
 """L2 above which a recomputed artifact mismatches: the nodes' default (the chain sends 0.2)."""
 P_MISMATCH = 0.001
 """The binomial test's honest mismatch rate: the nodes' default (the chain sends 0.1)."""
-FRAUD_THRESHOLD = 0.01
 
 
 def layer_seed_string(block_hash: str, layer: int) -> str:

@@ -24,7 +24,7 @@ class Params(BaseModel):
 
 
 class ArtifactItem(BaseModel):
-    nonce: int = Field(ge=0)
+    nonce: int
     vector_b64: str
 
 

@@ -61,8 +61,8 @@ def generate_inputs(
     n = seq_len * dim
     out = torch.empty(len(nonces), seq_len, dim, dtype=dtype, device=device)
     rows = out.view(len(nonces), n)
-    for seeds, start, length in _input_streams(block_hash, public_key, nonces, n, seed_derivation):
-        seeds = seed_column(seeds, device)
+    for stream, start, length in _input_streams(block_hash, public_key, nonces, n, seed_derivation):
+        seeds = seed_column(stream, device)
         k = normal_keys(length, device)
         step = _rows_per_chunk(length, device)
         for first in range(0, len(nonces), step):

@@ -16,13 +16,10 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from vllm_poc.protocol import validation
-from vllm_poc.work import Work
+from vllm_poc.work import MAX_INT, Work
 
 NODE_UNSET = -1
 """The round body's sentinel for "node id / node count not given"."""
-
-MAX_INT = 2**62
-"""Bound of nonces, heights and striding: they must fit the RPC's 64-bit integers."""
 
 NonEmpty = Annotated[str, Field(min_length=1)]
 Height = Annotated[int, Field(ge=0, le=MAX_INT)]
@@ -111,9 +108,9 @@ class RoundRequest(PoCConfig):
 
     node_id: NodeField = NODE_UNSET
     node_count: NodeField = NODE_UNSET
-    batch_size: BatchSize | None = None
+    batch_size: BatchSize | None = None  # type: ignore[assignment]  # the node's to choose
     """None: ``VLLM_POC_BATCH_SIZE`` (by default sized by the workers)."""
-    seq_len: SeqLen | None = None
+    seq_len: SeqLen | None = None  # type: ignore[assignment]  # the node's to choose
     """None: ``VLLM_POC_SEQ_LEN``."""
 
     def to_config(self, batch_size: int, seq_len: int) -> PoCConfig:

@@ -56,10 +56,11 @@ class Jobs:
     def queued_nonces(self) -> int:
         return sum(len(job.body.nonces) for job in self._queue)
 
-    @staticmethod
-    def check(body: Generate) -> None:
-        """Refused before any work: received artifacts for other nonces than ``nonces``, or one
-        that does not decode (the reference node fails the job and posts no verdict)."""
+    def check(self, body: Generate) -> None:
+        """Refused before any work: what the admission layer refuses, received artifacts for
+        other nonces than ``nonces``, or one that does not decode (the reference node fails the
+        job and posts no verdict). Negative nonces are computed, as the reference does."""
+        self.node.admit(body, nonces=body.nonces, inline=body.wait)
         if body.validation is None:
             return
         if {a.nonce for a in body.validation.artifacts} != set(body.nonces):
@@ -85,7 +86,7 @@ class Jobs:
             job.result = self.empty(body, job.id)
             self.records[job.id] = job
             return {"status": "queued", "request_id": job.id, "queued_count": 0}
-        limit = envs.get("VLLM_POC_MAX_QUEUED_NONCES")
+        limit = envs.VLLM_POC_MAX_QUEUED_NONCES
         if self.queued_nonces + len(body.nonces) > limit:
             raise Busy(
                 f"Queue full: {self.queued_nonces} nonces queued, {len(body.nonces)} more would "
@@ -118,7 +119,7 @@ class Jobs:
         self.records.clear()
 
     def _expire(self) -> None:
-        ttl = envs.get("VLLM_POC_GENERATE_RESULT_TTL")
+        ttl = envs.VLLM_POC_GENERATE_RESULT_TTL
         now = time.monotonic()
         for key in [k for k, j in self.records.items() if j.finished and now - j.finished > ttl]:
             del self.records[key]

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 from typing import Any
 
-from vllm_poc import envs
 from vllm_poc.log import get_logger
 from vllm_poc.protocol.artifact_wire import (
     InitGenerate,
@@ -21,14 +19,17 @@ from vllm_poc.protocol.artifact_wire import (
     Round,
 )
 from vllm_poc.protocol.round import PoCState
-from vllm_poc.server import metrics
+from vllm_poc.server import limits, metrics
 from vllm_poc.server.artifact_jobs import Jobs
 from vllm_poc.server.artifact_stream import ArtifactStream
+from vllm_poc.server.bad_batches import BadBatchStreaks
 from vllm_poc.server.callbacks import PoCCallbackSender
 from vllm_poc.server.engines import Engines, endless, every
-from vllm_poc.server.errors import BadBatches, Conflict, EngineFailure, ParamsMismatch, Unsupported
+from vllm_poc.server.errors import Conflict, EngineFailure, ParamsMismatch, Unsupported
 
 logger = get_logger(__name__)
+
+REJECTED = "rejected as non-finite"
 
 
 class ArtifactNode:
@@ -43,8 +44,10 @@ class ArtifactNode:
         served_models: list[str],
         sender: PoCCallbackSender | None = None,
         unsupported: list[str] | None = None,
+        max_model_len: int = 2**20,
     ) -> None:
         self.engines = engines
+        self.max_model_len = max_model_len
         self.unsupported = list(unsupported or [])
         self.served_models = served_models
         self.sender = sender or PoCCallbackSender.from_settings()
@@ -54,8 +57,7 @@ class ArtifactNode:
         self.total_processed = 0
         self.validations = 0
         """``/generate`` validations being computed."""
-        self.rejected_batches = 0
-        self.bad_streak = 0
+        self.bad_batches = BadBatchStreaks(REJECTED)
         self._started = 0.0
         self._stream: ArtifactStream | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -76,13 +78,26 @@ class ArtifactNode:
     def validating(self) -> bool:
         return self.validations > 0
 
+    def admit(self, body: Round, **asked: Any) -> None:
+        """The round's request through the one admission layer (``limits``)."""
+        requested = limits.Requested(
+            seq_len=body.params.seq_len,
+            batch_size=body.batch_size,
+            callback_url=body.url,
+            block_height=body.block_height,
+            **asked,
+        )
+        limits.admit(requested, self.max_model_len)
+
     async def init_generate(self, body: InitGenerate) -> dict[str, Any]:
         self.check_params(body.params)
+        self.admit(body, node=(body.node_id, body.node_count), group=(body.group_id, body.n_groups))
         if self.generating:
             raise Conflict("Already generating")
         self.state = PoCState.GENERATING  # before the loop starts: inference answers 503 now
         await self._cancel_tasks()  # a stream left by a round that failed
         self.config, self.error, self.total_processed = body, None, 0
+        self.bad_batches = BadBatchStreaks(REJECTED)
         self._started = time.monotonic()
         self._stream = ArtifactStream(self.sender, body) if body.url else None
         loop = asyncio.get_running_loop()
@@ -105,7 +120,7 @@ class ArtifactNode:
         stats = {
             "total_processed": self.total_processed,
             "nonces_per_second": self.total_processed / elapsed,
-            "rejected_batches": self.rejected_batches,
+            "rejected_batches": self.bad_batches.bad,
         }
         return {"status": "GENERATING", "config": config, "stats": stats}
 
@@ -155,31 +170,8 @@ class ArtifactNode:
         else:
             rejected = len(chunk) - len(vectors)
             metrics.record_batch(dp_rank, len(chunk), len(vectors), rejected, seconds)
-        if vectors:
-            self.bad_streak = 0
-        else:
-            self._rejected(body, chunk)
-
-    def _rejected(self, body: Round, chunk: list[int]) -> None:
-        """The non-finite policy: count, stop after a streak (or exit, if the operator says)."""
-        self.rejected_batches += 1
-        self.bad_streak += 1
-        limit = envs.get("VLLM_POC_MAX_BAD_BATCHES")
-        logger.error(
-            "vllm-poc: rejected a batch with a non-finite value (block_height=%d, nonces %d..%d; "
-            "%d in a row, limit %d)",
-            body.block_height,
-            chunk[0],
-            chunk[-1],
-            self.bad_streak,
-            limit,
-        )
-        if self.bad_streak < limit:
-            return
-        if envs.get("VLLM_POC_EXIT_ON_BAD_BATCHES"):
-            logger.critical("vllm-poc: exiting after %d non-finite batches", self.bad_streak)
-            os._exit(1)
-        raise BadBatches(f"{self.bad_streak} consecutive batches rejected as non-finite")
+        where = f"block_height={body.block_height}, nonces {chunk[0]}..{chunk[-1]}"
+        self.bad_batches.record(dp_rank, not vectors, where)
 
     async def _generate(self, config: InitGenerate) -> None:
         """The round: every engine takes the next ``batch_size`` nonces as it frees up, with a

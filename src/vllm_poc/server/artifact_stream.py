@@ -35,7 +35,7 @@ class ArtifactStream:
         assert config.url, "a stream needs the round's url"
         self.sender, self.config = sender, config
         self.url = f"{config.url.rstrip('/')}/generated"
-        cap = envs.get("VLLM_POC_CALLBACK_MAX_ARTIFACTS")
+        cap = envs.VLLM_POC_CALLBACK_MAX_ARTIFACTS
         self.buffer: collections.deque[dict[str, Any]] = collections.deque(maxlen=cap)
         self.dropped = 0
         self._posting: Delivery | None = None
@@ -63,7 +63,7 @@ class ArtifactStream:
 
     async def run(self) -> None:
         """Post the buffer whenever the interval has passed and the last post is finished."""
-        interval = envs.get("VLLM_POC_CALLBACK_INTERVAL")
+        interval = envs.VLLM_POC_CALLBACK_INTERVAL
         last = -math.inf
         while True:
             await asyncio.sleep(TICK_S)

@@ -30,7 +30,7 @@ async def parsed(request: Request, model: type[M], status: int, listed: bool = F
         return model.model_validate(data)
     except ValidationError as e:
         errors = e.errors(include_url=False, include_context=False, include_input=False)
-        raise MalformedBody(status, errors, listed) from e
+        raise MalformedBody(status, [dict(error) for error in errors], listed) from e
 
 
 def openapi_body(model: type[BaseModel]) -> dict[str, Any]:

@@ -97,11 +97,11 @@ class PoCCallbackSender:
     def from_settings(cls) -> PoCCallbackSender:
         """A sender configured by the ``VLLM_POC_CALLBACK_*`` settings."""
         return cls(
-            timeout=envs.get("VLLM_POC_CALLBACK_TIMEOUT"),
-            max_retries=envs.get("VLLM_POC_CALLBACK_MAX_RETRIES"),
-            backoff_base=envs.get("VLLM_POC_CALLBACK_BACKOFF_BASE"),
-            backoff_max=envs.get("VLLM_POC_CALLBACK_BACKOFF_MAX"),
-            queue_size=envs.get("VLLM_POC_CALLBACK_QUEUE_SIZE"),
+            timeout=envs.VLLM_POC_CALLBACK_TIMEOUT,
+            max_retries=envs.VLLM_POC_CALLBACK_MAX_RETRIES,
+            backoff_base=envs.VLLM_POC_CALLBACK_BACKOFF_BASE,
+            backoff_max=envs.VLLM_POC_CALLBACK_BACKOFF_MAX,
+            queue_size=envs.VLLM_POC_CALLBACK_QUEUE_SIZE,
         )
 
     def figures(self) -> dict[str, int]:

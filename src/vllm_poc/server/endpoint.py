@@ -32,13 +32,20 @@ def attach_http(app: FastAPI) -> None:
     logger.info("vllm-poc: added /api/v1/pow routes; paused during PoC: %s", ", ".join(paused))
 
 
-async def init_manager(engine_client: Any, state: Any) -> None:
+async def init_manager(engine_client: Any, state: Any, args: Any = None) -> None:
     """Create the round manager, after checking that every worker has the PoC extension.
 
     Raises at start when they do not: a server asked to run PoC never serves without it.
     """
     if getattr(state, "poc_manager", None) is not None:
         return
+    args = args or getattr(state, "args", None)
+    servers = getattr(args, "api_server_count", None) or 1
+    if servers > 1:
+        raise RuntimeError(
+            f"vllm-poc: --api-server-count {servers} with VLLM_POC_ENABLED: a node's PoC state "
+            "lives in one API server process; run it with one (the default)"
+        )
     engines = Engines.of(engine_client)
     try:
         await engines.ready()
@@ -62,9 +69,14 @@ async def init_manager(engine_client: Any, state: Any) -> None:
             "served",
             "; ".join(unsupported),
         )
-    if envs.get("VLLM_POC_PROTOCOL") == "artifact":
+    if envs.VLLM_POC_PROTOCOL == "artifact":
         served = sorted({compat.served_model_name(model_config), str(model_config.model)})
-        state.poc_manager = ArtifactNode(engines, served, unsupported=unsupported)
+        state.poc_manager = ArtifactNode(
+            engines,
+            served,
+            unsupported=unsupported,
+            max_model_len=int(model_config.max_model_len),
+        )
     else:
         state.poc_manager = PoCManager(
             engines,
@@ -72,7 +84,7 @@ async def init_manager(engine_client: Any, state: Any) -> None:
             model_name=compat.served_model_name(model_config),
             unsupported=unsupported,
         )
-    warn_if_open(getattr(getattr(state, "args", None), "host", None))
+    warn_if_open(getattr(args, "host", None))
     state.poc_weights = WeightsFingerprint(engines)
     state.poc_weights.start()
     state.poc_forward_compiled = poc_forward_compiled(compat.engine_vllm_config(engine_client))
@@ -99,9 +111,7 @@ def poc_forward_compiled(vllm_config: Any) -> bool:
     """Whether the workers' PoC forward runs a compiled model (``worker.compiled``)."""
     if not compat.compiles_model(vllm_config):
         return False
-    return bool(vllm_config.model_config.enable_prompt_embeds) or envs.get(
-        "VLLM_POC_COMPILED_FORWARD"
-    )
+    return bool(vllm_config.model_config.enable_prompt_embeds) or envs.VLLM_POC_COMPILED_FORWARD
 
 
 class PoCEndpointPlugin:
@@ -122,4 +132,4 @@ class PoCEndpointPlugin:
             return
         if engine_client is None:
             raise RuntimeError("vllm-poc: this server has no engine; PoC cannot run here")
-        await init_manager(engine_client, state)
+        await init_manager(engine_client, state, args)

@@ -52,7 +52,7 @@ class EngineRPC:
         """The workers' non-None answers (at least one), within ``timeout`` (default
         ``VLLM_POC_RPC_TIMEOUT``); errors name the call as ``what`` (default ``method``)."""
         what = what or method
-        limit = timeout or envs.get("VLLM_POC_RPC_TIMEOUT")
+        limit = timeout or envs.VLLM_POC_RPC_TIMEOUT
         deadline = asyncio.timeout(limit)
         try:
             async with deadline:

@@ -154,11 +154,11 @@ async def endless(
                 nonces, upcoming = upcoming, take()
                 call = asyncio.ensure_future(rpc.run(work.with_nonces(nonces, upcoming)))
                 in_flight.append((nonces, call))
-            nonces, call = in_flight.popleft()
-            answer = await call
+            nonces, oldest = in_flight.popleft()
+            answer = await oldest
             now = time.monotonic()
             done(rpc.dp_rank, nonces, answer, now - last_done)
             last_done = now
     finally:
-        for _, call in in_flight:
-            call.cancel()
+        for _, pending in in_flight:
+            pending.cancel()

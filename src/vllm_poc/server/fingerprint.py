@@ -49,7 +49,7 @@ class WeightsFingerprint:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        if envs.get("VLLM_POC_WEIGHTS_FINGERPRINT"):
+        if envs.VLLM_POC_WEIGHTS_FINGERPRINT:
             self._task = asyncio.ensure_future(self._compute())
 
     async def _compute(self) -> None:

@@ -13,11 +13,11 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from vllm_poc import envs
 from vllm_poc.log import get_logger
 from vllm_poc.protocol.batches import ProofBatch
 from vllm_poc.protocol.round import PoCConfig, PoCState
 from vllm_poc.server import metrics, proofs
+from vllm_poc.server.bad_batches import BadBatchStreaks
 from vllm_poc.server.engine_rpc import EngineRPC
 from vllm_poc.server.engines import endless
 from vllm_poc.server.errors import EngineFailure
@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from vllm_poc.server.manager import PoCManager
 
 logger = get_logger(__name__)
+
+NONFINITE = "gave only non-finite distances (NaN or inf)"
 
 
 @dataclass
@@ -70,8 +72,7 @@ class Generation:
         self.valid_distances: list[float] = []
         self.total_nonfinite = 0
         self.schedule: NonceSchedule | None = None
-        self._bad_in_a_row: dict[int, int] = {}
-        """Per engine: how many batches in a row gave only non-finite distances."""
+        self.bad_batches = BadBatchStreaks(NONFINITE)
         self._task: asyncio.Task[None] | None = None
 
     def reset(self, config: PoCConfig) -> None:
@@ -81,7 +82,7 @@ class Generation:
         self.valid_nonces = []
         self.valid_distances = []
         self.total_nonfinite = 0
-        self._bad_in_a_row = {}
+        self.bad_batches = BadBatchStreaks(NONFINITE)
         self.schedule = NonceSchedule(
             config.node_id, config.node_count, engines.ranks, engines.dp_size
         )
@@ -153,7 +154,8 @@ class Generation:
         self.valid_nonces.extend(valid.nonces)
         self.valid_distances.extend(valid.dist)
         metrics.record_batch(engine.dp_rank, len(nonces), len(valid), nonfinite, seconds)
-        self._check_finite(engine, 0 < len(nonces) == nonfinite)
+        where = f"block_height={config.block_height}, nonces {nonces[0]}..{nonces[-1]}"
+        self.bad_batches.record(engine.dp_rank, 0 < len(nonces) == nonfinite, where)
         if nonfinite:
             logger.warning(
                 "vllm-poc: block_height=%d dp_rank=%d: %d of %d distances are not finite "
@@ -174,18 +176,6 @@ class Generation:
         if config.callback_url:
             manager.sender.submit_generated(config.callback_url, valid)
         return batch
-
-    def _check_finite(self, engine: EngineStats, all_bad: bool) -> None:
-        """Stop the round (EngineFailure) after ``VLLM_POC_MAX_BAD_BATCHES`` batches in a row
-        of one engine that gave no finite distance: a model that only yields NaN is broken."""
-        in_a_row = self._bad_in_a_row.get(engine.dp_rank, 0) + 1 if all_bad else 0
-        self._bad_in_a_row[engine.dp_rank] = in_a_row
-        limit = envs.get("VLLM_POC_MAX_BAD_BATCHES")
-        if in_a_row >= limit:
-            raise EngineFailure(
-                f"{in_a_row} batches in a row gave only non-finite distances (NaN or inf; "
-                f"VLLM_POC_MAX_BAD_BATCHES={limit}): likely a GPU fault"
-            )
 
     async def _run(self, round_id: int) -> None:
         """Every engine's loop; when one fails, the others are cancelled with it."""

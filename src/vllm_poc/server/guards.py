@@ -27,12 +27,13 @@ from vllm_poc.server.errors import (
     Unauthorized,
     response,
 )
+from vllm_poc.setting import networks
 
 
 def api_key() -> str:
     """``VLLM_POC_API_KEY`` (empty: no key). vLLM's ``--api-key`` guards vLLM's own routes only:
     gonka's MLNode calls the PoC routes without one."""
-    return str(envs.get("VLLM_POC_API_KEY"))
+    return str(envs.VLLM_POC_API_KEY)
 
 
 def _check_api_key(scope: dict[str, Any]) -> None:
@@ -48,7 +49,7 @@ def _check_api_key(scope: dict[str, Any]) -> None:
 
 def _check_client(scope: dict[str, Any]) -> None:
     """Refuse clients outside ``VLLM_POC_ALLOWED_CLIENTS`` (empty: every client)."""
-    allowed = envs.networks(envs.get("VLLM_POC_ALLOWED_CLIENTS"))
+    allowed = networks(envs.VLLM_POC_ALLOWED_CLIENTS)
     if not allowed:
         return
     host = (scope.get("client") or ("", 0))[0]
@@ -61,14 +62,14 @@ def _check_client(scope: dict[str, Any]) -> None:
 
 
 def _check_size(size: int) -> None:
-    limit = envs.get("VLLM_POC_MAX_BODY_BYTES")
+    limit = envs.VLLM_POC_MAX_BODY_BYTES
     if size > limit:
         raise TooLarge(f"body of {size} bytes exceeds VLLM_POC_MAX_BODY_BYTES={limit}")
 
 
 async def _read_body(receive: Any) -> bytes:
     """The whole body of a request without a declared length, refused once over the limit."""
-    limit = envs.get("VLLM_POC_MAX_BODY_BYTES")
+    limit = envs.VLLM_POC_MAX_BODY_BYTES
     chunks, size = [], 0
     while True:
         message = await receive()
@@ -87,7 +88,7 @@ async def _read_body(receive: Any) -> bytes:
 def open_on(host: str | None) -> bool:
     """Whether the PoC routes answer anyone who can reach ``host`` (no key, no allow-list, a
     host other than loopback)."""
-    if api_key() or envs.get("VLLM_POC_ALLOWED_CLIENTS"):
+    if api_key() or envs.VLLM_POC_ALLOWED_CLIENTS:
         return False
     try:
         return not ipaddress.ip_address(host or "0.0.0.0").is_loopback
@@ -148,8 +149,12 @@ def guard_inference_routes(app: FastAPI) -> list[str]:
     """
     guarded = []
     for route in app.router.routes:
-        if is_inference_route(route) and not hasattr(route.app, "__wrapped__"):
-            route.app = _guarded(route.app, app)
+        if (
+            isinstance(route, Route)
+            and is_inference_route(route)
+            and not hasattr(route.app, "__wrapped__")
+        ):
+            route.app = _guarded(route.app, app)  # type: ignore[assignment]
             guarded.append(route.path)
     return guarded
 
@@ -198,4 +203,4 @@ def guard_pow_routes(app: FastAPI) -> None:
             and route.path.startswith(POW_PREFIX)
             and not hasattr(route.app, "__wrapped__")
         ):
-            route.app = _pow_guarded(route.app)
+            route.app = _pow_guarded(route.app)  # type: ignore[assignment]

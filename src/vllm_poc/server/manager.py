@@ -96,7 +96,7 @@ class PoCManager:
         self._refuse_unsupported()
         if phase == PoCState.GENERATING and not request.has_node:
             raise BadValue("Node ID and node count must be set")
-        seq_len = request.seq_len or envs.get("VLLM_POC_SEQ_LEN")
+        seq_len = request.seq_len or envs.VLLM_POC_SEQ_LEN
         batch_size = request.batch_size or await self.default_batch_size(seq_len)
         try:
             config = request.to_config(batch_size, seq_len)
@@ -136,7 +136,7 @@ class PoCManager:
         limits.check_count(body.n_samples, "samples", "VLLM_POC_MAX_CALIBRATION_SAMPLES")
         self._refuse_while_generating("Cannot calibrate while generating")
         self._refuse_unsupported()
-        seq_len = body.seq_len or envs.get("VLLM_POC_SEQ_LEN")
+        seq_len = body.seq_len or envs.VLLM_POC_SEQ_LEN
         batch_size = body.batch_size or await self.default_batch_size(seq_len)
         config = body.to_config(batch_size, seq_len)
         return await self.calibrate(config, body.n_samples, body.valid_rate)
@@ -153,16 +153,22 @@ class PoCManager:
 
     async def default_batch_size(self, seq_len: int) -> int:
         """``VLLM_POC_BATCH_SIZE``; when ``auto``, the smallest answer of all workers."""
-        setting = envs.get("VLLM_POC_BATCH_SIZE")
-        if setting != "auto":
+        setting = envs.VLLM_POC_BATCH_SIZE
+        if isinstance(setting, int):
             return setting
         limits.check_seq_len(seq_len, self.max_model_len)
-        max_tokens = envs.get("VLLM_POC_MAX_TOKENS_PER_FORWARD")
+        max_tokens = envs.VLLM_POC_MAX_TOKENS_PER_FORWARD
         return await self.engines.max_batch_size(seq_len, max_tokens)
 
     def check_config(self, config: PoCConfig) -> None:
         """Reject a round this server cannot run (BadValue)."""
-        limits.check_round(config, self.max_model_len)
+        requested = limits.Requested(
+            config.seq_len,
+            config.batch_size,
+            callback_url=config.callback_url,
+            block_height=config.block_height,
+        )
+        limits.admit(requested, self.max_model_len)
 
     def init_round(self, config: PoCConfig) -> None:
         """Set the round's config and reset results. Does not start generating."""

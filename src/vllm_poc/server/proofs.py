@@ -8,12 +8,14 @@ of reading an honest node as fraud.
 
 from __future__ import annotations
 
+from typing import Any
+
 from vllm_poc.protocol.batches import ProofBatch, ValidatedBatch
 from vllm_poc.protocol.round import PoCConfig
 from vllm_poc.server.errors import Conflict
 
 
-def stated(config: PoCConfig, model: str) -> dict[str, object]:
+def stated(config: PoCConfig, model: str) -> dict[str, Any]:
     """The parameters of ``config`` that a batch states (``batches.PARAMETERS``)."""
     return {
         "seq_len": config.seq_len,

@@ -191,7 +191,7 @@ def attach(app: FastAPI) -> list[str]:
     if not any(getattr(r, "path", "").startswith(POW_PREFIX) for r in app.router.routes):
         from vllm_poc.server import artifact_routes
 
-        artifact = envs.get("VLLM_POC_PROTOCOL") == "artifact"
+        artifact = envs.VLLM_POC_PROTOCOL == "artifact"
         app.include_router(artifact_routes.router if artifact else router)
     guards.guard_pow_routes(app)
     return guards.guard_inference_routes(app)

@@ -13,17 +13,18 @@ from fastapi import Request
 
 from vllm_poc import __version__, compat, envs
 from vllm_poc.server import guards
+from vllm_poc.setting import networks
 
 
 def of(request: Request, node: Any) -> dict[str, Any]:
     """The versions and what follows from the node's settings."""
     weights = getattr(request.app.state, "poc_weights", None)
-    allowed = envs.networks(envs.get("VLLM_POC_ALLOWED_CLIENTS"))
+    allowed = networks(envs.VLLM_POC_ALLOWED_CLIENTS)
     return {
         "vllm_version": compat.vllm_version(),
         "poc_validation_inference": envs.inference_during_validation(),
         "vllm_poc_version": __version__,
-        "protocol": envs.get("VLLM_POC_PROTOCOL"),
+        "protocol": envs.VLLM_POC_PROTOCOL,
         "models": node.served_models,
         "weights": weights.figures() if weights else None,
         "compiled_poc_forward": bool(getattr(request.app.state, "poc_forward_compiled", False)),

@@ -111,18 +111,18 @@ def _write_tokenizer(out_dir: Path) -> int:
     return eos
 
 
-def _qwen3_config(eos_id: int, **shape: object) -> Any:
+def _qwen3_config(eos_id: int, **shape: Any) -> Any:
     from transformers import Qwen3Config
 
-    config = Qwen3Config(
-        max_position_embeddings=4096,
-        rope_theta=1000000.0,
-        rms_norm_eps=1e-6,
-        hidden_act="silu",
-        bos_token_id=eos_id,
-        eos_token_id=eos_id,
-        **shape,
-    )
+    common: dict[str, Any] = {
+        "max_position_embeddings": 4096,
+        "rope_theta": 1000000.0,  # transformers 5 turns it into rope_parameters
+        "rms_norm_eps": 1e-6,
+        "hidden_act": "silu",
+        "bos_token_id": eos_id,
+        "eos_token_id": eos_id,
+    }
+    config = Qwen3Config(**common, **shape)
     config.architectures = ["Qwen3ForCausalLM"]
     return config
 

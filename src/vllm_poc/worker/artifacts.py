@@ -81,10 +81,15 @@ class ArtifactForward:
         return {"inputs": fwd.inputs(work), "coordinates": coordinates, "rotations": rotations}
 
     def last_hidden(self, inputs: torch.Tensor, work: Work) -> torch.Tensor | None:
-        batch, seq_len = len(work.nonces), work.seq_len
-        if self.cuda_graphs is not None and not work.eager:
-            return self.cuda_graphs.last_hidden(inputs, batch, seq_len)
-        return self.run(self.forward.prepare(batch, seq_len), inputs, compiled=not work.eager)
+        """The reflected forward's last hidden states, in forwards that fit the token budget."""
+        seq_len = work.seq_len
+
+        def forward(part: torch.Tensor, rows: int) -> torch.Tensor | None:
+            if self.cuda_graphs is not None and not work.eager:
+                return self.cuda_graphs.last_hidden(part, rows, seq_len)
+            return self.run(self.forward.prepare(rows, seq_len), part, compiled=not work.eager)
+
+        return self.forward.in_forwards(inputs, len(work.nonces), seq_len, forward)
 
     def compilations(self) -> dict[str, int]:
         """Graphs compiled so far by each PoC forward (none where nothing compiles)."""

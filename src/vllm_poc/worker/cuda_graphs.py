@@ -54,7 +54,7 @@ class PoCGraphs:
 
     @staticmethod
     def wanted(forward: PoCForward) -> bool:
-        if not envs.get("VLLM_POC_CUDA_GRAPHS") or forward.device.type != "cuda":
+        if not envs.VLLM_POC_CUDA_GRAPHS or forward.device.type != "cuda":
             return False
         if forward.vllm_config.parallel_config.pipeline_parallel_size > 1:
             logger.warning("vllm-poc: no PoC CUDA graphs with pipeline parallelism")

@@ -43,7 +43,7 @@ class PoCForward:
         self.skip_compiled = not self.vllm_config.model_config.enable_prompt_embeds
         self.max_compiled_tokens = self.vllm_config.scheduler_config.max_num_batched_tokens
         self.compiles = bool(
-            compat.compiles_model(self.vllm_config) and envs.get("VLLM_POC_COMPILED_FORWARD")
+            compat.compiles_model(self.vllm_config) and envs.VLLM_POC_COMPILED_FORWARD
         )
         self.embeds_graph = EmbedsGraph(model_runner.get_model()) if self.compiles else None
         self.shapes = BatchShapes(model_runner)
@@ -127,11 +127,42 @@ class PoCForward:
         self, inputs: torch.Tensor, batch: int, seq_len: int, eager: bool = False
     ) -> torch.Tensor | None:
         """Hidden states of each sequence's last position (None off the last PP stage)."""
-        if eager:
-            return self.run(self.prepare(batch, seq_len), inputs)
-        if self.graphs is not None:
-            return self.graphs.last_hidden(inputs, batch, seq_len)
-        return self.run_distance(self.prepare(batch, seq_len), inputs)
+
+        def forward(part: torch.Tensor, rows: int) -> torch.Tensor | None:
+            if eager:
+                return self.run(self.prepare(rows, seq_len), part)
+            if self.graphs is not None:
+                return self.graphs.last_hidden(part, rows, seq_len)
+            return self.run_distance(self.prepare(rows, seq_len), part)
+
+        return self.in_forwards(inputs, batch, seq_len, forward)
+
+    def rows_per_forward(self, seq_len: int) -> int:
+        """Sequences of ``seq_len`` that one forward may run: ``VLLM_POC_MAX_TOKENS_PER_FORWARD``
+        and vLLM's ``max_num_batched_tokens``, whichever is less (at least one)."""
+        budget = min(envs.VLLM_POC_MAX_TOKENS_PER_FORWARD, self.max_compiled_tokens)
+        return max(1, budget // seq_len)
+
+    def in_forwards(
+        self,
+        inputs: torch.Tensor,
+        batch: int,
+        seq_len: int,
+        forward: Callable[[torch.Tensor, int], torch.Tensor | None],
+    ) -> torch.Tensor | None:
+        """``forward(inputs, batch)`` in forwards of at most ``rows_per_forward`` sequences,
+        the last hidden states put back together: the same rows as one forward would give
+        (sequences never see each other), without the memory of one too large."""
+        rows = self.rows_per_forward(seq_len)
+        if batch <= rows:
+            return forward(inputs, batch)
+        parts = []
+        for first in range(0, batch, rows):
+            count = min(rows, batch - first)
+            parts.append(forward(inputs[first * seq_len : (first + count) * seq_len], count))
+        if parts[0] is None:
+            return None
+        return torch.cat([p for p in parts if p is not None])
 
     def run_distance(self, shape: BatchShape, inputs: torch.Tensor) -> torch.Tensor | None:
         """The distance protocol's forward: vLLM's own graph where it takes input embeddings

@@ -78,7 +78,7 @@ def profile_stages(
         if rep % 2:
             bare(stage)
         with stage("inputs"):
-            inputs = forward.inputs(Work("distances", "profile", "pk", nonces, seq_len))
+            inputs = forward.inputs(Work("distances", "profile", "pk", tuple(nonces), seq_len))
         if random_projection:
             with stage("projection"):
                 inputs = distance.apply_projection(inputs, forward.projection("profile", "pre"))
@@ -90,6 +90,7 @@ def profile_stages(
                     last = distance.apply_projection(last, forward.projection("profile", "post"))
             with stage("logits"):
                 logits = forward.head(last, "profile")
+            assert logits is not None, "a rank with the last hidden states has the logits"
             with stage("permutation_distance"):
                 vocab = logits.shape[-1]
                 perms = distance.generate_permutations(
@@ -179,5 +180,9 @@ def _largest_l2(a: list[str], b: list[str]) -> float:
     """Largest L2 between two lists of base64 artifacts (0 for rejected batches)."""
     if not a or not b:
         return 0.0
-    rows = [artifact.decode(x) for x in a], [artifact.decode(y) for y in b]
-    return max(float(np.linalg.norm(x - y)) for x, y in zip(*rows, strict=True))
+    distances = []
+    for x, y in zip(a, b, strict=True):
+        left, right = artifact.decode(x), artifact.decode(y)
+        assert left is not None and right is not None, "an artifact this worker made decodes"
+        distances.append(float(np.linalg.norm(left - right)))
+    return max(distances)

@@ -54,7 +54,7 @@ def block_bytes(like: torch.Tensor, block_dim: int) -> int:
 
 
 def _stride_order(t: torch.Tensor) -> tuple[int, ...]:
-    return tuple(sorted(range(t.dim()), key=lambda d: -t.stride(d)))
+    return tuple(sorted(range(t.dim()), key=lambda d: -t.stride()[d]))
 
 
 def _zeros_like_layout(like: torch.Tensor, num_blocks: int, block_dim: int) -> torch.Tensor:
