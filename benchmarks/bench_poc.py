@@ -251,9 +251,9 @@ async def run(args: argparse.Namespace, cuda: bool) -> dict[str, Any]:
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
 
+    from vllm_poc.server.distance.manager import PoCManager
     from vllm_poc.server.engine_rpc import EngineRPC
     from vllm_poc.server.engines import Engines
-    from vllm_poc.server.manager import PoCManager
 
     shape = args.shape or ("0.6b" if cuda else "tiny")
     batches = args.batches or (GPU_BATCHES if cuda else CPU_BATCHES)

@@ -22,10 +22,10 @@ from fastapi.testclient import TestClient
 
 from vllm_poc.protocol.round import PoCConfig
 from vllm_poc.protocol.wire import POW_PREFIX
-from vllm_poc.server import routes
+from vllm_poc.server import protocols
+from vllm_poc.server.distance.manager import PoCManager
 from vllm_poc.server.engine_rpc import EngineRPC
 from vllm_poc.server.engines import Engines
-from vllm_poc.server.manager import PoCManager
 
 
 class NoEngine:
@@ -54,7 +54,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     app = FastAPI()
-    routes.attach(app)
+    protocols.attach(app)
     manager = PoCManager(Engines([EngineRPC(NoEngine())]), max_model_len=256)
     manager.init_round(PoCConfig(block_hash="b", block_height=1, public_key="k", r_target=1.4))
     manager.generation.valid_nonces = list(range(0, 3 * args.valid, 3))

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from tests.e2e.helpers import ok, round_body
 from vllm_poc.protocol.wire import POW_PREFIX
 
-IGNORED = ("elapsed_seconds", "rate_per_second", "callbacks")
+IGNORED = ("elapsed_seconds", "rate_per_second", "callbacks", "stats")
 BLOCK = "fuzz-block"
 # The round every example starts from: no node (so /phase/generate is refused), small forwards.
 FUZZ_ROUND = round_body(
@@ -125,10 +125,13 @@ def _proof() -> dict[str, Any]:
 CALIBRATE = {"block_hash": BLOCK, "valid_rate": 0.5, "n_samples": 4, "batch_size": 4, "seq_len": 8}
 ROUND = round_body(block_hash=BLOCK, block_height=4243, batch_size=4, seq_len=8)
 
-# name -> (method, path, a valid body or None for routes without one)
-ENDPOINTS: dict[str, tuple[str, str, dict[str, Any] | None]] = {
+Endpoints = dict[str, tuple[str, str, dict[str, Any] | None]]
+"""name -> (method, path, a valid body or None for routes without one)."""
+
+ENDPOINTS: Endpoints = {
     "status": ("GET", "/status", None),
     "version": ("GET", "/version", None),
+    "versions": ("GET", "/versions", None),
     "init": ("POST", "/init", ROUND),
     "init-generate": ("POST", "/init/generate", ROUND),
     "init-validate": ("POST", "/init/validate", ROUND),
@@ -138,9 +141,39 @@ ENDPOINTS: dict[str, tuple[str, str, dict[str, Any] | None]] = {
     "stop": ("POST", "/stop", None),
     "calibrate": ("POST", "/calibrate", CALIBRATE),
 }
+"""The distance protocol's routes."""
+
+
+def artifact_endpoints(model: str) -> Endpoints:
+    """The artifact protocol's routes, with bodies as gonka's MLNode sends them for ``model``."""
+    round_fields = {
+        "block_hash": BLOCK,
+        "block_height": 4243,
+        "public_key": "fuzz-node",
+        "node_id": 0,
+        "node_count": 1,
+        "params": {"model": model, "seq_len": 8, "k_dim": 12},
+        "batch_size": 4,
+    }
+    validation = {"artifacts": [{"nonce": 0, "vector_b64": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}]}
+    return {
+        "status": ("GET", "/status", None),
+        "versions": ("GET", "/versions", None),
+        "init-generate": ("POST", "/init/generate", {**round_fields, "group_id": 0, "n_groups": 1}),
+        "generate": ("POST", "/generate", {**round_fields, "nonces": [0, 1], "wait": True}),
+        "generate-validation": (
+            "POST",
+            "/generate",
+            {**round_fields, "nonces": [0], "wait": True, "validation": validation},
+        ),
+        "generate-result": ("GET", "/generate/0", None),
+        "stop": ("POST", "/stop", None),
+    }
+
+
 FIELD_NAMES = sorted(
-    {k for _, _, b in ENDPOINTS.values() if b for k in b}
-    | {"callback_url", "random_projection", "fraud_threshold", "__proto__", ""}
+    {k for _, _, b in [*ENDPOINTS.values(), *artifact_endpoints("m").values()] if b for k in b}
+    | {"callback_url", "random_projection", "fraud_threshold", "url", "__proto__", ""}
 )
 CONTENT_TYPES: list[str | bytes] = [
     "application/json",
@@ -229,8 +262,10 @@ def raw_bodies(draw: st.DrawFn, base: dict[str, Any] | None) -> bytes:
 
 
 @st.composite
-def requests(draw: st.DrawFn, endpoint: str) -> tuple[str, str, bytes, dict[str, Any]]:
-    method, path, base = ENDPOINTS[endpoint]
+def requests(
+    draw: st.DrawFn, endpoint: str, endpoints: Endpoints = ENDPOINTS
+) -> tuple[str, str, bytes, dict[str, Any]]:
+    method, path, base = endpoints[endpoint]
     kind = draw(st.sampled_from(["mutated", "boundary", "json", "raw"]))
     if kind == "mutated":
         content = _encode(draw(mutated(base)), draw(st.booleans()))
@@ -244,34 +279,43 @@ def requests(draw: st.DrawFn, endpoint: str) -> tuple[str, str, bytes, dict[str,
     headers = {"Content-Type": draw(st.just("application/json") | st.sampled_from(CONTENT_TYPES))}
     if draw(st.integers(0, 9)) == 0:  # now and then a wrong method
         method = draw(st.sampled_from(["GET", "PUT", "DELETE", "PATCH", "POST"]))
-    query = draw(st.sampled_from(["", "?x=1", "?batch_size=-1", "?%ff=%00"]))
+    if path.startswith("/generate/"):  # now and then an odd request id
+        path = "/generate/" + draw(st.sampled_from(["0", "x" * 300, "%00", "..%2F..", "🙂"]))
+    query = draw(st.sampled_from(["", "?x=1", "?batch_size=-1", "?%ff=%00", "?since=-5"]))
     return method, path + query, content, headers
 
 
 class Tracker:
-    """The /status a refused request must leave unchanged.
+    """The /status a refused request must leave unchanged, for either protocol.
 
     ``client`` is an ``httpx.Client`` of a real server (one connection per request: a
     keep-alive connection that the server closes while hypothesis pauses would fail the next
-    request) or the ``TestClient`` of an in-process node.
+    request) or the ``TestClient`` of an in-process node. ``protocol`` says how to bring the
+    node back to the example's starting point: the distance protocol's fuzz round (``/init``),
+    the artifact protocol's idle node.
     """
 
-    def __init__(self, client: httpx.Client) -> None:
+    def __init__(self, client: httpx.Client, protocol: str = "distance") -> None:
         self.client = client
+        self.protocol = protocol
         self.clean = False
         self.baseline: dict[str, Any] = {}
+        self.answers: dict[int, int] = {}
+        """How many answers of each status code."""
 
     def start_example(self) -> None:
-        """Back to the fuzz round when the last example did not end cleanly (or at first)."""
+        """Back to the starting point when the last example did not end cleanly (or at first)."""
         if not self.clean:
             _post_ok(self.client, "/stop")
-            _post_ok(self.client, "/init", FUZZ_ROUND)
+            if self.protocol == "distance":
+                _post_ok(self.client, "/init", FUZZ_ROUND)
             self.rebase()
         self.clean = False
 
     def send(self, method: str, path: str, content: bytes, headers: dict[str, Any]) -> Any:
         """One fuzzed request; checks what every answer must be, and what a refusal leaves."""
         r = self.client.request(method, POW_PREFIX + path, content=content, headers=headers)
+        self.answers[r.status_code] = self.answers.get(r.status_code, 0) + 1
         assert r.status_code < 500, (r.status_code, r.text[:800])
         if r.status_code == 200:
             self.rebase()
@@ -285,7 +329,8 @@ class Tracker:
         return {k: v for k, v in _status(self.client).items() if k not in IGNORED}
 
     def rebase(self) -> None:
-        if _status(self.client)["state"] == "GENERATING":
+        now = _status(self.client)
+        if "GENERATING" in (now.get("state"), now.get("status")):
             _post_ok(self.client, "/stop")  # an accepted round would move the counters
         self.baseline = self.snapshot()
 

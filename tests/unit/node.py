@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import pytest
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -14,10 +15,10 @@ from fastapi.testclient import TestClient
 
 from tests.unit.fakes import FakeEngine
 from vllm_poc.protocol.wire import POW_PREFIX
-from vllm_poc.server import routes
+from vllm_poc.server import protocols
+from vllm_poc.server.distance.manager import PoCManager
 from vllm_poc.server.engine_rpc import EngineRPC
 from vllm_poc.server.engines import Engines
-from vllm_poc.server.manager import PoCManager
 
 MAX_MODEL_LEN = 512
 
@@ -71,7 +72,7 @@ def running_node(engine: FakeEngine | None = None) -> Iterator[Node]:
     """The node with its event loop running between requests (generation tasks live on)."""
     engine = engine or FakeEngine(delay=0.001)
     app = vllm_like_app()
-    paused = routes.attach(app)
+    paused = protocols.attach(app)
     manager = PoCManager(
         Engines([EngineRPC(engine)]), max_model_len=MAX_MODEL_LEN, model_name="tiny"
     )
@@ -79,3 +80,24 @@ def running_node(engine: FakeEngine | None = None) -> Iterator[Node]:
     with TestClient(app) as client:
         yield Node(app, client, manager, engine, paused)
         client.post(POW_PREFIX + "/stop")
+
+
+ARTIFACT_MODEL = "tiny-artifact-model"
+
+
+@contextmanager
+def running_artifact_node(engine: FakeEngine | None = None) -> Iterator[Node]:
+    """The same for the artifact protocol (``VLLM_POC_PROTOCOL=artifact``): its routes and an
+    ``ArtifactNode`` serving ``ARTIFACT_MODEL`` (``manager`` holds the node)."""
+    from vllm_poc.server.artifact.node import ArtifactNode
+
+    engine = engine or FakeEngine(delay=0.001)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VLLM_POC_PROTOCOL", "artifact")
+        app = vllm_like_app()
+        paused = protocols.attach(app)
+        node = ArtifactNode(Engines([EngineRPC(engine)]), [ARTIFACT_MODEL], max_model_len=512)
+        app.state.poc_manager = node
+        with TestClient(app) as client:
+            yield Node(app, client, node, engine, paused)  # type: ignore[arg-type]
+            client.post(POW_PREFIX + "/stop")

@@ -13,9 +13,9 @@ from fastapi.testclient import TestClient
 from tests.unit.fakes import FakeEngine, fake_artifact
 from tests.unit.node import vllm_like_app
 from vllm_poc.protocol.wire import POW_PREFIX
-from vllm_poc.server import routes
-from vllm_poc.server.artifact_node import ArtifactNode
-from vllm_poc.server.artifact_stream import ArtifactStream
+from vllm_poc.server import protocols
+from vllm_poc.server.artifact.node import ArtifactNode
+from vllm_poc.server.artifact.stream import ArtifactStream
 from vllm_poc.server.callbacks import Delivery
 from vllm_poc.server.engine_rpc import EngineRPC
 from vllm_poc.server.engines import Engines
@@ -67,7 +67,7 @@ def node(monkeypatch: pytest.MonkeyPatch) -> Iterator[Node]:
     monkeypatch.setenv("VLLM_POC_CALLBACK_INTERVAL", "0")
     engine = FakeEngine(delay=0.001)
     app = vllm_like_app()
-    routes.attach(app)
+    protocols.attach(app)
     state = ArtifactNode(Engines([EngineRPC(engine)]), [MODEL, "/models/qwen"], Sender())  # type: ignore[arg-type]
     app.state.poc_manager = state
     with TestClient(app) as client:
@@ -337,7 +337,7 @@ def test_two_engines_compute_distinct_nonces_of_every_step(monkeypatch: pytest.M
     before = [_counter(checked, dp_rank=str(r)) for r in (0, 1)]
     validated_before = _counter("vllm_poc_validated_nonces_total")
     app = vllm_like_app()
-    routes.attach(app)
+    protocols.attach(app)
     rpcs = [EngineRPC(e, r) for r, e in enumerate(engines)]  # type: ignore[arg-type]
     node = ArtifactNode(Engines(rpcs), [MODEL], Sender())  # type: ignore[arg-type]
     app.state.poc_manager = node

@@ -12,11 +12,11 @@ import pytest
 from tests.unit.fakes import FakeDataParallelClient, FakeEngine, fake_distance
 from vllm_poc import compat
 from vllm_poc.protocol.round import PoCConfig, PoCState
+from vllm_poc.server.distance.manager import PoCManager
+from vllm_poc.server.distance.striding import NonceSchedule
 from vllm_poc.server.engine_rpc import EngineRPC
 from vllm_poc.server.engines import PIPELINE_DEPTH, Engines, endless
 from vllm_poc.server.errors import EngineFailure
-from vllm_poc.server.manager import PoCManager
-from vllm_poc.server.striding import NonceSchedule
 from vllm_poc.work import Work
 
 

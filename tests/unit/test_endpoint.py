@@ -14,8 +14,8 @@ from tests.unit.fakes import FakeEngine
 from tests.unit.node import vllm_like_app
 from vllm_poc import compat
 from vllm_poc.protocol.wire import POW_PREFIX
+from vllm_poc.server.distance.manager import PoCManager
 from vllm_poc.server.endpoint import PoCEndpointPlugin
-from vllm_poc.server.manager import PoCManager
 
 
 def _engine(**kwargs) -> FakeEngine:

@@ -1,5 +1,5 @@
-"""Many fuzzed requests (``tests/fuzzing.py``) on an in-process node: real routes, guards and
-manager, fake engine. ``VLLM_POC_FUZZ_EXAMPLES`` per endpoint (default 200)."""
+"""Many fuzzed requests (``tests/fuzzing.py``) on an in-process node of each protocol: real
+routes, guards and node, fake engine. ``VLLM_POC_FUZZ_EXAMPLES`` per endpoint (default 200)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.fuzzing import ENDPOINTS, Tracker, requests
-from tests.unit.node import Node, running_node
+from tests.fuzzing import ENDPOINTS, Tracker, artifact_endpoints, requests
+from tests.unit.node import ARTIFACT_MODEL, Node, running_artifact_node, running_node
 
 EXAMPLES = int(os.environ.get("VLLM_POC_FUZZ_EXAMPLES", "200"))
+
+
+ARTIFACT_ENDPOINTS = artifact_endpoints(ARTIFACT_MODEL)
+SURFACES = [("distance", e) for e in ENDPOINTS] + [("artifact", e) for e in ARTIFACT_ENDPOINTS]
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +26,13 @@ def node() -> Iterator[Node]:
         yield n
 
 
-@pytest.mark.parametrize("endpoint", list(ENDPOINTS))
+@pytest.fixture(scope="module")
+def artifact_node() -> Iterator[Node]:
+    with running_artifact_node() as n:
+        yield n
+
+
+@pytest.mark.parametrize(("protocol", "endpoint"), SURFACES)
 @settings(
     max_examples=EXAMPLES,
     deadline=None,
@@ -31,9 +41,11 @@ def node() -> Iterator[Node]:
 )
 @given(data=st.data())
 def test_fuzzed_requests_never_break_the_node(
-    node: Node, endpoint: str, data: st.DataObject
+    node: Node, artifact_node: Node, protocol: str, endpoint: str, data: st.DataObject
 ) -> None:
-    method, path, content, headers = data.draw(requests(endpoint), label="request")
-    tracker = Tracker(node.client)
+    endpoints = ENDPOINTS if protocol == "distance" else ARTIFACT_ENDPOINTS
+    target = node if protocol == "distance" else artifact_node
+    method, path, content, headers = data.draw(requests(endpoint, endpoints), label="request")
+    tracker = Tracker(target.client, protocol)
     tracker.start_example()
     tracker.send(method, path, content, headers)

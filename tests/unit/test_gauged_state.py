@@ -7,10 +7,10 @@ from prometheus_client import REGISTRY
 
 from tests.unit.fakes import FakeEngine
 from vllm_poc.protocol.round import PoCState
-from vllm_poc.server.artifact_node import ArtifactNode
+from vllm_poc.server.artifact.node import ArtifactNode
+from vllm_poc.server.distance.manager import PoCManager
 from vllm_poc.server.engine_rpc import EngineRPC
 from vllm_poc.server.engines import Engines
-from vllm_poc.server.manager import PoCManager
 
 
 def _gauge() -> dict[str, float]:

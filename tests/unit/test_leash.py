@@ -86,3 +86,36 @@ def test_stopping_the_group_ends_every_member(tmp_path: Path) -> None:
     finally:
         if _group_members(leash.pid):
             os.killpg(leash.pid, signal.SIGKILL)
+
+
+def test_a_server_started_from_a_thread_lives_as_long_as_the_process(tmp_path: Path) -> None:
+    """Servers of one deployment are started from a thread pool: the thread ending is not the
+    parent ending (Linux's parent-death signal would take it for one)."""
+    pids = tmp_path / "leash.pid"
+    script = textwrap.dedent(
+        f"""
+        import os, subprocess, sys, threading, time
+        env = dict(os.environ, VLLM_POC_LEASH_PARENT=str(os.getpid()))
+        leash = [sys.executable, "-m", "vllm_poc.testing.leash"]
+        command = [*leash, sys.executable, "-c", {GRANDCHILD!r}]
+
+        def spawn():
+            leash = subprocess.Popen(command, start_new_session=True, env=env)
+            open({str(pids)!r}, "w").write(str(leash.pid))
+
+        threading.Thread(target=spawn).start()
+        time.sleep(300)
+        """
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        assert _until(pids.exists, 30), "the parent never started the leash"
+        group = int(pids.read_text())
+        assert _until(lambda: len(_group_members(group)) >= 3, 30), _group_members(group)
+        time.sleep(2)  # the spawning thread is long gone
+        assert len(_group_members(group)) >= 3, "the group died with the thread"
+        parent.kill()
+        parent.wait(timeout=10)
+        assert _until(lambda: not _group_members(group), 20), _group_members(group)
+    finally:
+        parent.kill()

@@ -8,11 +8,11 @@ import pytest
 
 from tests.unit.fakes import FakeEngine, fake_distance
 from vllm_poc.protocol.round import PoCConfig, PoCState
+from vllm_poc.server.distance.generation import PoCStats
+from vllm_poc.server.distance.manager import PoCManager
 from vllm_poc.server.engine_rpc import EngineRPC
 from vllm_poc.server.engines import PIPELINE_DEPTH, Engines
 from vllm_poc.server.errors import EngineFailure, TooLarge
-from vllm_poc.server.generation import PoCStats
-from vllm_poc.server.manager import PoCManager
 from vllm_poc.work import Work
 
 

@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from tests.unit.fakes import fake_distance
 from tests.unit.node import running_node, vllm_like_app
 from vllm_poc.protocol.round import PoCState
-from vllm_poc.server import guards, routes
+from vllm_poc.server import guards, protocols
 
 INIT = {"block_hash": "hash1", "block_height": 100, "public_key": "node1", "r_target": 0.5}
 NODE = {"node_id": 0, "node_count": 1}
@@ -301,7 +301,7 @@ class TestBadInput:
 class TestPoCNotEnabled:
     def test_503_when_manager_not_set(self):
         app = vllm_like_app()
-        routes.attach(app)
+        protocols.attach(app)
         response = TestClient(app).get("/api/v1/pow/status")
         assert response.status_code == 503
         assert "PoC not enabled" in response.json()["detail"]
@@ -313,7 +313,7 @@ class TestInferenceBlocking:
 
     def test_attaching_twice_is_a_no_op(self, node):
         count = len(node.app.router.routes)
-        assert routes.attach(node.app) == []
+        assert protocols.attach(node.app) == []
         assert len(node.app.router.routes) == count
 
     @pytest.mark.parametrize("state", [PoCState.GENERATING, PoCState.VALIDATING])

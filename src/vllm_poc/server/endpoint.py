@@ -16,19 +16,17 @@ from fastapi import FastAPI
 from vllm_poc import compat, envs
 from vllm_poc.compat.releases import RELEASES, release_of
 from vllm_poc.log import get_logger
-from vllm_poc.server import guards, routes
-from vllm_poc.server.artifact_node import ArtifactNode
+from vllm_poc.server import guards, protocols
 from vllm_poc.server.engines import Engines
 from vllm_poc.server.errors import EngineFailure
 from vllm_poc.server.fingerprint import WeightsFingerprint
-from vllm_poc.server.manager import PoCManager
 
 logger = get_logger(__name__)
 
 
 def attach_http(app: FastAPI) -> None:
     """Add the PoC routes and pause inference routes during PoC."""
-    paused = routes.attach(app)
+    paused = protocols.attach(app)
     logger.info("vllm-poc: added /api/v1/pow routes; paused during PoC: %s", ", ".join(paused))
 
 
@@ -69,21 +67,8 @@ async def init_manager(engine_client: Any, state: Any, args: Any = None) -> None
             "served",
             "; ".join(unsupported),
         )
-    if envs.VLLM_POC_PROTOCOL == "artifact":
-        served = sorted({compat.served_model_name(model_config), str(model_config.model)})
-        state.poc_manager = ArtifactNode(
-            engines,
-            served,
-            unsupported=unsupported,
-            max_model_len=int(model_config.max_model_len),
-        )
-    else:
-        state.poc_manager = PoCManager(
-            engines,
-            max_model_len=int(model_config.max_model_len),
-            model_name=compat.served_model_name(model_config),
-            unsupported=unsupported,
-        )
+    served = sorted({compat.served_model_name(model_config), str(model_config.model)})
+    state.poc_manager = protocols.make_node(engines, model_config, served, unsupported)
     warn_if_open(getattr(args, "host", None))
     state.poc_weights = WeightsFingerprint(engines)
     state.poc_weights.start()

@@ -2,33 +2,37 @@
 
 ``python -m vllm_poc.testing.leash COMMAND...`` leads the process group it runs in (the caller
 starts it in a new session) and runs COMMAND in that group. When the caller exits by any means,
-SIGKILL included, the kernel sends the leash SIGTERM (Linux's parent-death signal), and the leash
-ends the whole group: vLLM's API server with its EngineCore and workers. A stopped test run, a
-CI job killed at its limit or a demo interrupted with Ctrl-C leaves no server behind.
+SIGKILL included, the leash sees its parent gone (it looks twice a second) and ends the whole
+group: vLLM's API server with its EngineCore and workers. A stopped test run, a CI job killed at
+its limit or a demo interrupted with Ctrl-C leaves no server behind. (Linux's parent-death
+signal would fire when the caller's *thread* ends, and servers are started from threads.)
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from types import FrameType
 
-PR_SET_PDEATHSIG = 1
 GRACE_S = 10.0
 """How long the group may take to exit after SIGTERM before it is killed."""
+WATCH_S = 0.5
+"""How often the leash looks whether its parent is still there."""
 
 
-def die_with_parent(parent: int) -> None:
-    """Ask the kernel for SIGTERM when the parent exits (and exit now if it already has)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-    if os.getppid() != parent:
-        sys.exit(1)
+def watch(parent: int) -> None:
+    """Signal this process (SIGTERM, handled in the main thread) once ``parent`` is gone."""
+
+    def look() -> None:
+        while os.getppid() == parent:
+            time.sleep(WATCH_S)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=look, daemon=True).start()
 
 
 def end_group(grace: float = GRACE_S) -> None:
@@ -60,13 +64,15 @@ def _others_alive() -> bool:
 
 def main(argv: list[str]) -> int:
     parent = int(os.environ.pop("VLLM_POC_LEASH_PARENT", os.getppid()))
-    die_with_parent(parent)
+    if os.getppid() != parent:
+        return 1  # the parent died before the leash was on
 
     def stop(signum: int, frame: FrameType | None) -> None:
         end_group()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    watch(parent)
     child = subprocess.Popen(argv)
     code = child.wait()
     if code != 0:

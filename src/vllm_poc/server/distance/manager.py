@@ -11,17 +11,17 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from vllm_poc import envs
+from vllm_poc import compat, envs
 from vllm_poc.log import get_logger
 from vllm_poc.protocol import validation
 from vllm_poc.protocol.batches import ProofBatch, ValidatedBatch
-from vllm_poc.protocol.round import CalibrationRequest, PoCConfig, PoCState, RoundRequest
-from vllm_poc.protocol.wire import ProofBatchRequest
-from vllm_poc.server import calibration, limits, metrics, proofs
+from vllm_poc.protocol.round import PoCConfig, PoCState
+from vllm_poc.server import limits, metrics
 from vllm_poc.server.callbacks import PoCCallbackSender
+from vllm_poc.server.distance import calibration, proofs
+from vllm_poc.server.distance.generation import Generation, PoCStats
 from vllm_poc.server.engines import Engines
 from vllm_poc.server.errors import BadValue, ForbiddenInState, Unsupported
-from vllm_poc.server.generation import Generation, PoCStats
 
 logger = get_logger(__name__)
 
@@ -88,25 +88,7 @@ class PoCManager:
         """Increases with every round, so late answers of an old round can be told apart."""
         return self._round
 
-    # ------------------------------------------------------------------ requests
-
-    async def open_round(self, request: RoundRequest, phase: PoCState = PoCState.IDLE) -> None:
-        """``/init`` (IDLE), ``/init/generate`` (GENERATING), ``/init/validate`` (VALIDATING)."""
-        self._refuse_while_generating()
-        self._refuse_unsupported()
-        if phase == PoCState.GENERATING and not request.has_node:
-            raise BadValue("Node ID and node count must be set")
-        seq_len = request.seq_len or envs.VLLM_POC_SEQ_LEN
-        batch_size = request.batch_size or await self.default_batch_size(seq_len)
-        try:
-            config = request.to_config(batch_size, seq_len)
-        except ValueError as e:
-            raise BadValue(str(e)) from e
-        self.init_round(config)
-        if phase == PoCState.GENERATING:
-            self.start_generate()
-        elif phase == PoCState.VALIDATING:
-            self.start_validate()
+    # ------------------------------------------------------------------ state machine
 
     def switch_phase(self, phase: PoCState) -> None:
         """``/phase/generate`` or ``/phase/validate`` in the current round."""
@@ -117,37 +99,11 @@ class PoCManager:
         else:
             self.start_validate()
 
-    async def validate_request(self, body: ProofBatchRequest) -> ValidatedBatch:
-        """``/validate``: a submitted batch under the current round (409 when it states other
-        parameters), judged with the request's statistical parameters where it sets them."""
-        config = self._round_to_validate()
-        if config.block_hash != body.block_hash:
-            raise BadValue("Block hash mismatch")
-        limits.check_count(len(body.nonces), "nonces", "VLLM_POC_MAX_VALIDATE_NONCES")
-        try:
-            batch = body.to_batch()
-        except ValueError as e:
-            raise BadValue(str(e)) from e
-        proofs.check_parameters(batch, config, self.model_name)
-        return await self.validate_batch(batch, body.statistics())
-
-    async def calibrate_request(self, body: CalibrationRequest) -> dict[str, Any]:
-        """``/calibrate``: refused while generating, before any work."""
-        limits.check_count(body.n_samples, "samples", "VLLM_POC_MAX_CALIBRATION_SAMPLES")
-        self._refuse_while_generating("Cannot calibrate while generating")
-        self._refuse_unsupported()
-        seq_len = body.seq_len or envs.VLLM_POC_SEQ_LEN
-        batch_size = body.batch_size or await self.default_batch_size(seq_len)
-        config = body.to_config(batch_size, seq_len)
-        return await self.calibrate(config, body.n_samples, body.valid_rate)
-
-    # ------------------------------------------------------------------ state machine
-
-    def _refuse_while_generating(self, message: str = "Round already in progress") -> None:
+    def refuse_while_generating(self, message: str = "Round already in progress") -> None:
         if self.state == PoCState.GENERATING:
             raise ForbiddenInState(message)
 
-    def _refuse_unsupported(self) -> None:
+    def refuse_unsupported(self) -> None:
         if self.unsupported:
             raise Unsupported(self.unsupported)
 
@@ -172,7 +128,7 @@ class PoCManager:
 
     def init_round(self, config: PoCConfig) -> None:
         """Set the round's config and reset results. Does not start generating."""
-        self._refuse_while_generating()
+        self.refuse_while_generating()
         self.check_config(config)
         self.generation.cancel()
         self._round += 1
@@ -193,7 +149,7 @@ class PoCManager:
         """Switch to GENERATING and start the generation loop."""
         if self.config is None:
             raise ForbiddenInState("Round not initialized")
-        self._refuse_while_generating()
+        self.refuse_while_generating()
         if not self.config.has_node:
             raise ForbiddenInState("Node ID and node count must be set")
         self.state = PoCState.GENERATING
@@ -237,11 +193,11 @@ class PoCManager:
     async def validate(self, nonces: list[int], public_key: str) -> tuple[list[float], list[bool]]:
         """Recompute distances of another node's nonces under the current round, and which are
         valid (the original API; ``/validate`` uses ``validate_batch``)."""
-        config = self._round_to_validate()
+        config = self.round_to_validate()
         distances = await self._recompute(config, nonces, public_key)
         return distances, [validation.is_valid(d, config.r_target) for d in distances]
 
-    def _round_to_validate(self) -> PoCConfig:
+    def round_to_validate(self) -> PoCConfig:
         if self.config is None:
             raise ForbiddenInState("No round configured")
         return self.config
@@ -257,7 +213,7 @@ class PoCManager:
         self, batch: ProofBatch, statistics: dict[str, float] | None = None
     ) -> ValidatedBatch:
         """Recompute ``batch`` and judge it; push the verdict to the callback if configured."""
-        config = self._round_to_validate()
+        config = self.round_to_validate()
         distances = await self._recompute(config, batch.nonces, batch.public_key)
         verdict = proofs.judge(batch, distances, config, self.model_name, statistics or {})
         logger.info(
@@ -301,7 +257,19 @@ class PoCManager:
         Uses nonces ``0 .. n_samples-1`` of ``config.public_key``; refused while generating,
         since it would compete with the round for the engine.
         """
-        self._refuse_while_generating("Cannot calibrate while generating")
+        self.refuse_while_generating("Cannot calibrate while generating")
         self.check_config(config)
         dist = await self.compute_distances(config, config.public_key, list(range(n_samples)))
         return calibration.summary(config.block_hash, dist, valid_rate)
+
+
+def node(
+    engines: Engines, model_config: Any, served: list[str], unsupported: list[str]
+) -> PoCManager:
+    """The distance protocol's node (``protocols``): the round manager of the served model."""
+    return PoCManager(
+        engines,
+        max_model_len=int(model_config.max_model_len),
+        model_name=compat.served_model_name(model_config),
+        unsupported=unsupported,
+    )

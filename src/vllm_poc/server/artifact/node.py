@@ -20,8 +20,8 @@ from vllm_poc.protocol.artifact_wire import (
 )
 from vllm_poc.protocol.round import PoCState
 from vllm_poc.server import limits, metrics
-from vllm_poc.server.artifact_jobs import Jobs
-from vllm_poc.server.artifact_stream import ArtifactStream
+from vllm_poc.server.artifact.jobs import Jobs
+from vllm_poc.server.artifact.stream import ArtifactStream
 from vllm_poc.server.bad_batches import BadBatchStreaks
 from vllm_poc.server.callbacks import PoCCallbackSender
 from vllm_poc.server.engines import Engines, endless, every
@@ -221,4 +221,13 @@ def _items(chunk: list[int], vectors: list[str]) -> list[dict[str, Any]]:
         [{"nonce": n, "vector_b64": v} for n, v in zip(chunk, vectors, strict=True)]
         if vectors
         else []
+    )
+
+
+def node(
+    engines: Engines, model_config: Any, served: list[str], unsupported: list[str]
+) -> ArtifactNode:
+    """The artifact protocol's node (``protocols``), answering for every served model name."""
+    return ArtifactNode(
+        engines, served, unsupported=unsupported, max_model_len=int(model_config.max_model_len)
     )

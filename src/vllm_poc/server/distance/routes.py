@@ -12,7 +12,7 @@ import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar, get_args
 
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel
 
 from vllm_poc import __version__, compat, envs
@@ -22,8 +22,9 @@ from vllm_poc.protocol.round import CalibrationRequest, PoCState, RoundRequest, 
 from vllm_poc.protocol.wire import POW_PREFIX, ProofBatchRequest, StatusResponse, ValidateResponse
 from vllm_poc.server import guards, versions
 from vllm_poc.server.bodies import openapi_body, parsed
+from vllm_poc.server.distance import requests
+from vllm_poc.server.distance.manager import PoCManager
 from vllm_poc.server.errors import EngineFailure, MalformedBody, PoCRequestError, response
-from vllm_poc.server.manager import PoCManager
 
 logger = get_logger(__name__)
 
@@ -65,7 +66,7 @@ def _ok(manager: PoCManager) -> dict[str, Any]:
 async def init_round(request: Request) -> dict[str, Any]:
     """Initialize a round without starting generation."""
     manager = get_poc_manager(request)
-    await manager.open_round(await parsed(request, RoundRequest, 400))
+    await requests.open_round(manager, await parsed(request, RoundRequest, 400))
     return _ok(manager)
 
 
@@ -74,7 +75,9 @@ async def init_round(request: Request) -> dict[str, Any]:
 async def init_generate(request: Request) -> dict[str, Any]:
     """Initialize a round and start generating."""
     manager = get_poc_manager(request)
-    await manager.open_round(await parsed(request, RoundRequest, 400), PoCState.GENERATING)
+    await requests.open_round(
+        manager, await parsed(request, RoundRequest, 400), PoCState.GENERATING
+    )
     return _ok(manager)
 
 
@@ -83,7 +86,9 @@ async def init_generate(request: Request) -> dict[str, Any]:
 async def init_validate(request: Request) -> dict[str, Any]:
     """Initialize a round and start validating."""
     manager = get_poc_manager(request)
-    await manager.open_round(await parsed(request, RoundRequest, 400), PoCState.VALIDATING)
+    await requests.open_round(
+        manager, await parsed(request, RoundRequest, 400), PoCState.VALIDATING
+    )
     return _ok(manager)
 
 
@@ -132,7 +137,7 @@ async def get_status(request: Request) -> StatusResponse:
 async def validate_nonces(request: Request) -> ValidateResponse:
     """Recompute the distances of a submitted ProofBatch and judge it."""
     manager = get_poc_manager(request)
-    verdict = await manager.validate_request(await parsed(request, ProofBatchRequest, 400))
+    verdict = await requests.validate(manager, await parsed(request, ProofBatchRequest, 400))
     return ValidateResponse.from_verdict(verdict)
 
 
@@ -145,7 +150,7 @@ async def calibrate(request: Request) -> dict[str, Any]:
     give anything from 1% to 99% valid nonces. Does not change the round's state.
     """
     manager = get_poc_manager(request)
-    return await manager.calibrate_request(await parsed(request, CalibrationRequest, 400))
+    return await requests.calibrate(manager, await parsed(request, CalibrationRequest, 400))
 
 
 @router.get("/versions")
@@ -180,18 +185,3 @@ async def version(request: Request) -> dict[str, Any]:
             "auth": bool(guards.api_key()),
         },
     }
-
-
-def attach(app: FastAPI) -> list[str]:
-    """Add the PoC router of ``VLLM_POC_PROTOCOL`` with its guards, and pause inference routes
-    during PoC.
-
-    Returns the paused paths. Idempotent: guarded routes are not wrapped twice.
-    """
-    if not any(getattr(r, "path", "").startswith(POW_PREFIX) for r in app.router.routes):
-        from vllm_poc.server import artifact_routes
-
-        artifact = envs.VLLM_POC_PROTOCOL == "artifact"
-        app.include_router(artifact_routes.router if artifact else router)
-    guards.guard_pow_routes(app)
-    return guards.guard_inference_routes(app)

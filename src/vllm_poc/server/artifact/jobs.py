@@ -10,18 +10,33 @@ import contextlib
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from vllm_poc import envs
 from vllm_poc.log import get_logger
 from vllm_poc.protocol import artifact
-from vllm_poc.protocol.artifact_wire import Generate, StatTest, encoding
+from vllm_poc.protocol.artifact_wire import Generate, Round, StatTest, encoding
+from vllm_poc.server.callbacks import PoCCallbackSender
 from vllm_poc.server.errors import BadValue, Busy, NotFound
 
-if TYPE_CHECKING:
-    from vllm_poc.server.artifact_node import ArtifactNode
-
 logger = get_logger(__name__)
+
+
+class Owner(Protocol):
+    """What the jobs use of the node that owns them (``ArtifactNode``)."""
+
+    sender: PoCCallbackSender
+    validations: int
+
+    @property
+    def generating(self) -> bool: ...
+
+    def admit(self, body: Round, **asked: Any) -> None: ...
+
+    async def compute(
+        self, body: Round, nonces: list[int], *, validating: bool = False
+    ) -> list[dict[str, Any]]: ...
+
 
 WAIT_TICK_S = 0.1
 """How often a job waiting for a generation round to end looks again."""
@@ -46,7 +61,7 @@ class Job:
 
 
 class Jobs:
-    def __init__(self, node: ArtifactNode) -> None:
+    def __init__(self, node: Owner) -> None:
         self.node = node
         self.records: dict[str, Job] = {}
         self._queue: collections.deque[Job] = collections.deque()

@@ -11,22 +11,37 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from vllm_poc.log import get_logger
 from vllm_poc.protocol.batches import ProofBatch
 from vllm_poc.protocol.round import PoCConfig, PoCState
-from vllm_poc.server import metrics, proofs
+from vllm_poc.server import metrics
 from vllm_poc.server.bad_batches import BadBatchStreaks
+from vllm_poc.server.callbacks import PoCCallbackSender
+from vllm_poc.server.distance import proofs
+from vllm_poc.server.distance.striding import NonceSchedule
 from vllm_poc.server.engine_rpc import EngineRPC
-from vllm_poc.server.engines import endless
+from vllm_poc.server.engines import Engines, endless
 from vllm_poc.server.errors import EngineFailure
-from vllm_poc.server.striding import NonceSchedule
-
-if TYPE_CHECKING:
-    from vllm_poc.server.manager import PoCManager
 
 logger = get_logger(__name__)
+
+
+class Owner(Protocol):
+    """What the generation loop reads of the round manager that owns it (``PoCManager``)."""
+
+    engines: Engines
+    config: PoCConfig | None
+    state: PoCState
+    model_name: str
+    sender: PoCCallbackSender
+
+    @property
+    def round_id(self) -> int: ...
+
+    def fail_round(self, round_id: int, error: str) -> None: ...
+
 
 NONFINITE = "gave only non-finite distances (NaN or inf)"
 
@@ -64,7 +79,7 @@ class Generation:
     """Results of the current round's generation, and the tasks that produce them: one loop
     per data-parallel engine, all taking nonces from the round's ``NonceSchedule``."""
 
-    def __init__(self, manager: PoCManager) -> None:
+    def __init__(self, manager: Owner) -> None:
         self.manager = manager
         self.stats = PoCStats()
         self.engine_stats = [EngineStats(rank) for rank in manager.engines.ranks]
