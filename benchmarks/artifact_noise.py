@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from vllm_poc.protocol import artifact
+from vllm_poc.protocol.artifact import math as artifact
 from vllm_poc.testing.tiny_model import make_tiny_model
 
 CONFIGS: dict[str, dict[str, object]] = {

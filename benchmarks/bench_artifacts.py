@@ -53,7 +53,7 @@ PROFILE_ROWS = (
 
 async def served_rate(engine: Any, receiver: Any, args: argparse.Namespace, round_no: int) -> float:
     """Artifacts per second that reached ``receiver`` during a served round's window."""
-    from vllm_poc.protocol.artifact_wire import InitGenerate
+    from vllm_poc.protocol.artifact.wire import InitGenerate
     from vllm_poc.server.artifact.node import ArtifactNode
     from vllm_poc.server.callbacks import PoCCallbackSender
     from vllm_poc.server.engine_rpc import EngineRPC

@@ -35,7 +35,7 @@ from typing import Any
 
 import httpx
 
-from vllm_poc.protocol.wire import POW_PREFIX as POW
+from vllm_poc.protocol import POW_PREFIX as POW
 from vllm_poc.testing.server import LocalServer
 from vllm_poc.testing.tiny_model import make_tiny_model
 

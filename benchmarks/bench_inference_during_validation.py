@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 
-from vllm_poc.protocol.wire import POW_PREFIX as POW
+from vllm_poc.protocol import POW_PREFIX as POW
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BLOCK = "bench-validation-block"

@@ -98,7 +98,8 @@ async def poc_rate(
     The generation's ``record`` is wrapped on the instance only to time-stamp each recorded
     batch (no polling, which would take CPU from the worker on a small machine).
     """
-    from vllm_poc.protocol.round import PoCConfig, PoCState
+    from vllm_poc.protocol.distance.round import PoCConfig
+    from vllm_poc.protocol.state import PoCState
 
     config = PoCConfig(
         block_hash=f"bench-{batch}-{seq_len}",

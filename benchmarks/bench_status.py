@@ -20,8 +20,8 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from vllm_poc.protocol.round import PoCConfig
-from vllm_poc.protocol.wire import POW_PREFIX
+from vllm_poc.protocol import POW_PREFIX
+from vllm_poc.protocol.distance.round import PoCConfig
 from vllm_poc.server import protocols
 from vllm_poc.server.distance.manager import PoCManager
 from vllm_poc.server.engine_rpc import EngineRPC

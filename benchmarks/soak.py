@@ -37,7 +37,7 @@ from typing import Any
 import httpx
 import psutil
 
-from vllm_poc.protocol.wire import POW_PREFIX as POW
+from vllm_poc.protocol import POW_PREFIX as POW
 from vllm_poc.testing.receiver import CallbackReceiver
 from vllm_poc.testing.server import LocalServer
 

@@ -26,7 +26,7 @@ import httpx
 from hypothesis import strategies as st
 
 from tests.e2e.helpers import ok, round_body
-from vllm_poc.protocol.wire import POW_PREFIX
+from vllm_poc.protocol import POW_PREFIX
 
 IGNORED = ("elapsed_seconds", "rate_per_second", "callbacks", "stats")
 BLOCK = "fuzz-block"

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from vllm_poc.protocol.distance import generate_inputs, generate_permutations, generate_target
+from vllm_poc.protocol.distance.math import generate_permutations, generate_target
+from vllm_poc.protocol.inputs import generate_inputs
 
 
 @lru_cache(maxsize=2)
@@ -99,7 +100,7 @@ def reference_artifacts(
 ) -> torch.Tensor:
     """``[n, 12]`` float32 artifacts: transformers in float32 with ``x - 2 (w . x) w`` applied to
     every decoder layer's output, then the protocol's artifact math (pinned by its vectors)."""
-    from vllm_poc.protocol import artifact
+    from vllm_poc.protocol.artifact import math as artifact
 
     model = load_model(str(model_dir))
     layers = model.model.layers

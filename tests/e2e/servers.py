@@ -90,7 +90,7 @@ class Servers:
             yield server
         finally:
             self._holders[config] -= 1
-            if server.alive():
+            if config.poc and server.alive():
                 stop_round(server, dict(config.headers))
             self._evict()
 

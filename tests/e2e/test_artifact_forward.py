@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import torch
 
-from vllm_poc.protocol import artifact
+from vllm_poc.protocol.artifact import math as artifact
 from vllm_poc.testing.tiny_model import make_tiny_model
 
 from .conftest import REPO_ROOT, _require_installed_plugin

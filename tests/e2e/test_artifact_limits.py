@@ -11,7 +11,7 @@ import httpx
 import pytest
 import torch
 
-from vllm_poc.protocol import artifact
+from vllm_poc.protocol.artifact import math as artifact
 from vllm_poc.testing.server import LocalServer
 
 from .helpers import LIMITS, POW, ok

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import torch
 
-from vllm_poc.protocol import artifact
+from vllm_poc.protocol.artifact import math as artifact
 from vllm_poc.server.engines import PIPELINE_DEPTH
 from vllm_poc.testing.receiver import CallbackReceiver
 from vllm_poc.testing.server import LocalServer

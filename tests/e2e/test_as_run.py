@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from vllm_poc.client import batch_from_status
-from vllm_poc.protocol.batches import to_json_dict
+from vllm_poc.protocol.distance.batches import to_json_dict
 from vllm_poc.testing.server import LocalServer
 
 from .helpers import LIMITS, POW, generate, ok, post_ok, round_body, stop_round

@@ -29,7 +29,7 @@ from vllm_poc.client import (
     sample_batch,
     save_batch,
 )
-from vllm_poc.protocol.batches import ProofBatch
+from vllm_poc.protocol.distance.batches import ProofBatch
 from vllm_poc.testing.server import LocalServer, free_port
 
 from .helpers import stop_round

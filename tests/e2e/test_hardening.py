@@ -49,6 +49,7 @@ MAX_BODY = int(TUNED_ENV["VLLM_POC_MAX_BODY_BYTES"])
 MAX_VALIDATE = int(TUNED_ENV["VLLM_POC_MAX_VALIDATE_NONCES"])
 MODEL_MAX_LEN = 512  # LocalServer passes --max-model-len 512
 MAX_TOKENS = 65536  # VLLM_POC_MAX_TOKENS_PER_FORWARD's default
+MAX_BATCH = 4096  # VLLM_POC_MAX_BATCH_SIZE's default (more tokens than a forward holds are split)
 BLOCK = "hardening-block"
 HEIGHT = 777
 
@@ -240,12 +241,12 @@ LIMIT_CASES: list[tuple[str, str, Any, int | None]] = [
         None,
     ),
     (
-        "tokens-over-limit",
+        "batch-over-max-batch-size",
         "/init/generate",
-        round_body(batch_size=MAX_TOKENS // MODEL_MAX_LEN + 1, seq_len=MODEL_MAX_LEN),
-        None,
+        round_body(batch_size=MAX_BATCH + 1, seq_len=1),
+        413,
     ),
-    ("tokens-over-limit-seq1", "/init", round_body(batch_size=MAX_TOKENS + 1, seq_len=1), None),
+    ("batch-over-max-batch-size-init", "/init", round_body(batch_size=MAX_BATCH + 1), 413),
     (
         "calibrate-seq-len-over-model",
         "/calibrate",
@@ -253,10 +254,10 @@ LIMIT_CASES: list[tuple[str, str, Any, int | None]] = [
         None,
     ),
     (
-        "calibrate-tokens-over-limit",
+        "calibrate-batch-over-max-batch-size",
         "/calibrate",
-        {"block_hash": BLOCK, "valid_rate": 0.5, "n_samples": 4, "batch_size": 1000},
-        None,
+        {"block_hash": BLOCK, "valid_rate": 0.5, "n_samples": 4, "batch_size": MAX_BATCH + 1},
+        413,
     ),
     (
         "calibrate-too-many-samples",

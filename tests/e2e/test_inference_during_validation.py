@@ -112,26 +112,30 @@ def test_inference_answers_during_validation_with_identical_results(
     overlapped: list[_Timed] = []
     completions: list[_Timed] = []
     validations: list[_Timed] = []
-    for _attempt in range(5):  # one attempt is plenty unless the machine stalls badly
-        holder: list[_Timed] = []
+    # One validating client for every attempt, made before the first: the attempts time the
+    # requests, not the making of a client.
+    with httpx.Client(base_url=tuned_server.base_url, headers=dict(c.headers)) as own:
+        for _attempt in range(5):  # one attempt is plenty unless the machine stalls badly
+            holder: list[_Timed] = []
 
-        def validate_once(out: list[_Timed] = holder) -> None:
-            with httpx.Client(base_url=tuned_server.base_url, headers=dict(c.headers)) as own:
+            def validate_once(out: list[_Timed] = holder) -> None:
                 out.append(_timed_post(own, POW + "/validate", proof))
 
-        worker = threading.Thread(target=validate_once, daemon=True)
-        worker.start()
-        time.sleep(0.05)
-        while worker.is_alive():
-            completions.append(_timed_post(c, "/v1/completions", _completion_body(tuned_server)))
-        worker.join(REQUEST_TIMEOUT)
-        assert holder, "the /validate thread returned nothing"
-        v = holder[0]
-        validations.append(v)
-        assert v.error is None and v.status_code == 200, (v.error, v.status_code, v.json)
-        overlapped += [t for t in completions if v.start < t.start and t.end < v.end]
-        if overlapped:
-            break
+            worker = threading.Thread(target=validate_once, daemon=True)
+            worker.start()
+            time.sleep(0.05)
+            while worker.is_alive():
+                completions.append(
+                    _timed_post(c, "/v1/completions", _completion_body(tuned_server))
+                )
+            worker.join(REQUEST_TIMEOUT)
+            assert holder, "the /validate thread returned nothing"
+            v = holder[0]
+            validations.append(v)
+            assert v.error is None and v.status_code == 200, (v.error, v.status_code, v.json)
+            overlapped += [t for t in completions if v.start < t.start and t.end < v.end]
+            if overlapped:
+                break
 
     assert overlapped, (
         "no completion completed while a /validate was in flight: "

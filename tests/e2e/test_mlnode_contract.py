@@ -16,7 +16,7 @@ import httpx
 import pytest
 import torch
 
-from vllm_poc.protocol import artifact
+from vllm_poc.protocol.artifact import math as artifact
 from vllm_poc.testing.receiver import CallbackReceiver
 from vllm_poc.testing.server import LocalServer
 

@@ -78,6 +78,10 @@ def _greedy(client: httpx.Client, server: LocalServer) -> str:
 def round_on(family: tuple[Path, LocalServer], client: httpx.Client) -> dict[str, Any]:
     """Greedy completions before and after one generation round, and its distances."""
     _, server = family
+    # The first completion fills vLLM's prefix cache: on an AMX host vLLM's MLA backend
+    # (DeepSeek-V2) rounds a prefill from the cache differently from a full one, without PoC
+    # anywhere, so the completions compared are the ones served from the cache.
+    _greedy(client, server)
     before = _greedy(client, server)
     assert _greedy(client, server) == before
     got = generated(
@@ -116,8 +120,9 @@ def test_an_honest_batch_validates_and_a_forged_one_does_not(
     client: httpx.Client, round_on: dict[str, Any]
 ) -> None:
     """r_target at the median: the lower half claimed as computed passes, the upper half
-    claimed valid is caught."""
-    got = round_on["distances"]
+    claimed valid is caught (over the round's first nonces: a fast engine reports thousands
+    before /stop lands)."""
+    got = dict(sorted(round_on["distances"].items())[: 4 * N_NONCES])
     ranked = sorted(got, key=got.__getitem__)
     half = len(ranked) // 2
     r_target = (got[ranked[half - 1]] + got[ranked[half]]) / 2
@@ -164,7 +169,7 @@ CRASH_EVERY_POC_BATCH = """\
 import vllm_poc.worker.forward as forward
 
 
-def crash(self, shape, inputs):
+def crash(self, *args, **kwargs):
     raise RuntimeError("simulated kernel crash on a PoC batch")
 
 

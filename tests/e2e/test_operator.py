@@ -30,7 +30,7 @@ def test_metrics_count_what_status_reports(client: httpx.Client) -> None:
 
 def test_version(client: httpx.Client) -> None:
     from vllm_poc import __version__
-    from vllm_poc.protocol.distance import PROTOCOL_VERSION
+    from vllm_poc.protocol.distance.math import PROTOCOL_VERSION
 
     data = ok(client.get(POW + "/version"))
     assert data["plugin_version"] == __version__

@@ -11,7 +11,8 @@ import httpx
 import pytest
 import torch
 
-from vllm_poc.protocol.distance import generate_inputs, generate_projection
+from vllm_poc.protocol.distance.math import generate_projection
+from vllm_poc.protocol.inputs import generate_inputs
 
 from .helpers import (
     POW,

@@ -22,7 +22,7 @@ import torch
 
 from vllm_poc import compat
 from vllm_poc.compat.releases import release_of
-from vllm_poc.protocol import artifact
+from vllm_poc.protocol.artifact import math as artifact
 from vllm_poc.testing.receiver import CallbackReceiver
 from vllm_poc.testing.server import LocalServer
 

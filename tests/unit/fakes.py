@@ -19,7 +19,7 @@ def fake_artifact(nonce: int) -> str:
     """A deterministic, well-formed artifact per nonce (12 float16 values, base64)."""
     import torch
 
-    from vllm_poc.protocol import artifact
+    from vllm_poc.protocol.artifact import math as artifact
 
     values = torch.sin(torch.arange(12, dtype=torch.float32) + nonce)
     return artifact.encode(values / values.norm())

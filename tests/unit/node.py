@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 
 from tests.unit.fakes import FakeEngine
-from vllm_poc.protocol.wire import POW_PREFIX
+from vllm_poc.protocol import POW_PREFIX
 from vllm_poc.server import protocols
 from vllm_poc.server.distance.manager import PoCManager
 from vllm_poc.server.engine_rpc import EngineRPC

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from tests.unit.fakes import FakeEngine, fake_artifact
 from tests.unit.node import vllm_like_app
-from vllm_poc.protocol.wire import POW_PREFIX
+from vllm_poc.protocol import POW_PREFIX
 from vllm_poc.server import protocols
 from vllm_poc.server.artifact.node import ArtifactNode
 from vllm_poc.server.artifact.stream import ArtifactStream
@@ -309,7 +309,7 @@ def test_without_the_exit_setting_a_generate_answers_503(node: Node) -> None:
 
 
 def test_instances_of_a_participant_never_share_a_nonce() -> None:
-    from vllm_poc.protocol.artifact_wire import InitGenerate
+    from vllm_poc.protocol.artifact.wire import InitGenerate
 
     seen: set[int] = set()
     for node_id in range(3):
@@ -392,7 +392,7 @@ def test_one_stream_post_at_a_time_the_rest_waits_for_the_next(node: Node) -> No
 def test_a_full_stream_buffer_drops_the_oldest_and_counts_them(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from vllm_poc.protocol.artifact_wire import InitGenerate
+    from vllm_poc.protocol.artifact.wire import InitGenerate
 
     monkeypatch.setenv("VLLM_POC_CALLBACK_MAX_ARTIFACTS", "40")
     sender = Sender()

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from vllm_poc.protocol import artifact, distance, randomness
+from vllm_poc.protocol import inputs, randomness
+from vllm_poc.protocol.artifact import math as artifact
 
 VECTORS: dict[str, Any] = json.loads(
     (Path(__file__).parent / "data" / "artifact_vectors.json").read_text()
@@ -84,7 +85,7 @@ def test_inputs(key: str) -> None:
     v = VECTORS["inputs"][key]
     derivation = "strong" if v["stronger_rng"] else "v1"
     for i, nonce in enumerate(v["nonces"]):
-        x = distance.generate_inputs(
+        x = inputs.generate_inputs(
             v["bh"], v["pk"], [nonce], v["dim"], v["seq_len"], "cpu", torch.float32, derivation
         ).view(-1)
         want = v[f"nonce{i}"]

@@ -194,7 +194,7 @@ class TestValidatedBatch:
 
 class TestJsonDict:
     def test_non_finite_distances_become_null(self):
-        from vllm_poc.protocol.batches import to_json_dict
+        from vllm_poc.protocol.distance.batches import to_json_dict
 
         batch = _validated([math.nan, 0.1], [0.1, math.inf])
         out = to_json_dict(batch)

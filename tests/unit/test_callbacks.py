@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from vllm_poc.protocol.batches import ProofBatch, ValidatedBatch
+from vllm_poc.protocol.distance.batches import ProofBatch, ValidatedBatch
 from vllm_poc.server import callbacks as sender_module
 from vllm_poc.server.callbacks import PoCCallbackSender
 

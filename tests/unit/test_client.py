@@ -71,7 +71,7 @@ def test_http_errors_are_poc_errors_with_the_detail():
 
 def test_the_client_wraps_every_endpoint():
     from vllm_poc import ProofBatch
-    from vllm_poc.protocol.round import CalibrationRequest
+    from vllm_poc.protocol.distance.round import CalibrationRequest
 
     seen: list[tuple[str, str]] = []
 

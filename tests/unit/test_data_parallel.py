@@ -11,7 +11,8 @@ import pytest
 
 from tests.unit.fakes import FakeDataParallelClient, FakeEngine, fake_distance
 from vllm_poc import compat
-from vllm_poc.protocol.round import PoCConfig, PoCState
+from vllm_poc.protocol.distance.round import PoCConfig
+from vllm_poc.protocol.state import PoCState
 from vllm_poc.server.distance.manager import PoCManager
 from vllm_poc.server.distance.striding import NonceSchedule
 from vllm_poc.server.engine_rpc import EngineRPC

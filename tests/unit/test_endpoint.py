@@ -13,7 +13,7 @@ from starlette.datastructures import State
 from tests.unit.fakes import FakeEngine
 from tests.unit.node import vllm_like_app
 from vllm_poc import compat
-from vllm_poc.protocol.wire import POW_PREFIX
+from vllm_poc.protocol import POW_PREFIX
 from vllm_poc.server.distance.manager import PoCManager
 from vllm_poc.server.endpoint import PoCEndpointPlugin
 

@@ -6,7 +6,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from tests.unit.fakes import FakeEngine
-from vllm_poc.protocol.round import PoCState
+from vllm_poc.protocol.state import PoCState
 from vllm_poc.server.artifact.node import ArtifactNode
 from vllm_poc.server.distance.manager import PoCManager
 from vllm_poc.server.engine_rpc import EngineRPC

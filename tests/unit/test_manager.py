@@ -7,7 +7,8 @@ import time
 import pytest
 
 from tests.unit.fakes import FakeEngine, fake_distance
-from vllm_poc.protocol.round import PoCConfig, PoCState
+from vllm_poc.protocol.distance.round import PoCConfig
+from vllm_poc.protocol.state import PoCState
 from vllm_poc.server.distance.generation import PoCStats
 from vllm_poc.server.distance.manager import PoCManager
 from vllm_poc.server.engine_rpc import EngineRPC
@@ -352,7 +353,7 @@ class TestValidation:
             run(manager.validate([1], "pk"))
 
     def test_validate_batch_judges_forged_distances(self, manager):
-        from vllm_poc.protocol.batches import ProofBatch
+        from vllm_poc.protocol.distance.batches import ProofBatch
 
         manager.init_round(_config(r_target=0.5))
         nonces = [n for n in range(200) if fake_distance(n) >= 0.5][:20]

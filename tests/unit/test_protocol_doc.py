@@ -12,13 +12,15 @@ from typing import Any
 import pytest
 import torch
 
-from vllm_poc.protocol import artifact, distance, randomness, validation
+from vllm_poc.protocol import inputs, randomness, validation
+from vllm_poc.protocol.artifact import math as artifact
+from vllm_poc.protocol.distance import math as distance
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 
 
 def _inputs(block: str, key: str, nonce: int, seq_len: int, hidden: int) -> torch.Tensor:
-    return distance.generate_inputs(block, key, [nonce], hidden, seq_len)[0]
+    return inputs.generate_inputs(block, key, [nonce], hidden, seq_len)[0]
 
 
 def _distance(block: str, key: str, nonce: int, logits: list[float]) -> float:
@@ -50,7 +52,7 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     ),
     "mismatch": validation.is_mismatch,
     "seeds8": randomness.seeds_x8_from_string,
-    "strong_inputs": lambda block, key, nonce, seq_len, hidden: distance.generate_inputs(
+    "strong_inputs": lambda block, key, nonce, seq_len, hidden: inputs.generate_inputs(
         block, key, [nonce], hidden, seq_len, seed_derivation="strong"
     )[0],
 }

@@ -5,7 +5,8 @@ import hashlib
 import pytest
 import torch
 
-from vllm_poc.protocol import distance, randomness
+from vllm_poc.protocol import inputs, randomness
+from vllm_poc.protocol.distance import math as distance
 
 HAS_CUDA = torch.cuda.is_available()
 TOL = dict(rtol=0, atol=1e-6)
@@ -29,7 +30,7 @@ class TestVectors:
         torch.testing.assert_close(randomness.normals(42, 5), expected, **TOL)
 
     def test_inputs(self):
-        x = distance.generate_inputs("abc", "node1", [0], dim=3, seq_len=2)
+        x = inputs.generate_inputs("abc", "node1", [0], dim=3, seq_len=2)
         expected = torch.tensor(
             [[-1.4886131, -2.2534342, -0.5419264], [1.6539030, -0.5654650, -0.8621905]]
         )
@@ -115,11 +116,11 @@ class TestBatching:
     NONCES = (0, 1, 7, 123456789, 2**40 + 3)
 
     def test_batched_inputs_equal_one_at_a_time(self):
-        batch = distance.generate_inputs(
+        batch = inputs.generate_inputs(
             "blk", "pk", self.NONCES, dim=16, seq_len=8, dtype=torch.bfloat16
         )
         for row, nonce in zip(batch, self.NONCES, strict=True):
-            one = distance.generate_inputs(
+            one = inputs.generate_inputs(
                 "blk", "pk", [nonce], dim=16, seq_len=8, dtype=torch.bfloat16
             )
             assert torch.equal(row, one[0])
@@ -130,16 +131,16 @@ class TestBatching:
             assert torch.equal(row, distance.generate_permutations("blk", "pk", [nonce], 1000)[0])
 
     def test_inputs_are_normals_of_the_nonce_seed(self):
-        x = distance.generate_inputs("blk", "pk", [5], dim=4, seq_len=3)
+        x = inputs.generate_inputs("blk", "pk", [5], dim=4, seq_len=3)
         seed = randomness.seed_from_string("blk_pk_nonce5")
         assert torch.equal(x[0].flatten(), randomness.normals(seed, 12))
 
     def test_chunking_does_not_change_results(self, monkeypatch):
-        whole = distance.generate_inputs("blk", "pk", self.NONCES, dim=8, seq_len=4)
+        whole = inputs.generate_inputs("blk", "pk", self.NONCES, dim=8, seq_len=4)
         perms = distance.generate_permutations("blk", "pk", self.NONCES, vocab_size=64)
-        monkeypatch.setattr(distance, "MAX_CHUNK_ELEMENTS", 40)
+        monkeypatch.setattr(inputs, "MAX_CHUNK_ELEMENTS", 40)
         assert torch.equal(
-            distance.generate_inputs("blk", "pk", self.NONCES, dim=8, seq_len=4), whole
+            inputs.generate_inputs("blk", "pk", self.NONCES, dim=8, seq_len=4), whole
         )
         assert torch.equal(
             distance.generate_permutations("blk", "pk", self.NONCES, vocab_size=64), perms
@@ -147,33 +148,33 @@ class TestBatching:
 
     def test_odd_sizes(self):
         # n odd: Box-Muller pads to an even count and truncates
-        x = distance.generate_inputs("blk", "pk", [1, 2], dim=3, seq_len=3)
+        x = inputs.generate_inputs("blk", "pk", [1, 2], dim=3, seq_len=3)
         assert x.shape == (2, 3, 3)
         assert torch.isfinite(x).all()
 
 
 class TestProperties:
     def test_same_seed_same_inputs(self):
-        a = distance.generate_inputs("b", "k", [3, 4], dim=8, seq_len=4)
-        b = distance.generate_inputs("b", "k", [3, 4], dim=8, seq_len=4)
+        a = inputs.generate_inputs("b", "k", [3, 4], dim=8, seq_len=4)
+        b = inputs.generate_inputs("b", "k", [3, 4], dim=8, seq_len=4)
         assert torch.equal(a, b)
 
     def test_different_nonce_different_inputs(self):
-        x = distance.generate_inputs("b", "k", [3, 4], dim=8, seq_len=4)
+        x = inputs.generate_inputs("b", "k", [3, 4], dim=8, seq_len=4)
         assert not torch.equal(x[0], x[1])
 
     def test_different_block_hash_different_inputs(self):
-        a = distance.generate_inputs("b1", "k", [3], dim=8, seq_len=4)
-        b = distance.generate_inputs("b2", "k", [3], dim=8, seq_len=4)
+        a = inputs.generate_inputs("b1", "k", [3], dim=8, seq_len=4)
+        b = inputs.generate_inputs("b2", "k", [3], dim=8, seq_len=4)
         assert not torch.equal(a, b)
 
     def test_different_public_key_different_inputs(self):
-        a = distance.generate_inputs("b", "k1", [3], dim=8, seq_len=4)
-        b = distance.generate_inputs("b", "k2", [3], dim=8, seq_len=4)
+        a = inputs.generate_inputs("b", "k1", [3], dim=8, seq_len=4)
+        b = inputs.generate_inputs("b", "k2", [3], dim=8, seq_len=4)
         assert not torch.equal(a, b)
 
     def test_inputs_dtype_and_statistics(self):
-        x = distance.generate_inputs("b", "k", [0, 1], dim=256, seq_len=64, dtype=torch.bfloat16)
+        x = inputs.generate_inputs("b", "k", [0, 1], dim=256, seq_len=64, dtype=torch.bfloat16)
         assert x.dtype == torch.bfloat16
         flat = x.float().flatten()
         assert abs(flat.mean().item()) < 0.02
@@ -244,8 +245,8 @@ class TestProperties:
 class TestCudaEqualsCpu:
     def test_all_four_functions(self):
         nonces = [0, 1, 99, 2**33]
-        cpu_in = distance.generate_inputs("b", "k", nonces, dim=64, seq_len=16)
-        gpu_in = distance.generate_inputs("b", "k", nonces, dim=64, seq_len=16, device="cuda")
+        cpu_in = inputs.generate_inputs("b", "k", nonces, dim=64, seq_len=16)
+        gpu_in = inputs.generate_inputs("b", "k", nonces, dim=64, seq_len=16, device="cuda")
         torch.testing.assert_close(gpu_in.cpu(), cpu_in, rtol=0, atol=1e-5)
         assert torch.equal(
             distance.generate_permutations("b", "k", nonces, 151936, device="cuda").cpu(),
@@ -285,7 +286,7 @@ class TestRandomProjection:
         assert p.dtype == torch.float32
 
     def test_apply_vector(self):
-        x = distance.generate_inputs("abc", "node1", [0], 3, 2)[0]
+        x = inputs.generate_inputs("abc", "node1", [0], 3, 2)[0]
         y = distance.apply_projection(x, distance.generate_projection("abc", "pre", 3))
         expected = torch.tensor(
             [[-1.4886684, -2.2767806, -0.5524540], [1.6509581, -0.5770236, -0.8638464]]
@@ -367,7 +368,7 @@ class TestStrongSeeds:
     def test_equal_to_the_artifact_protocols_vectors_up_to_libm(
         self, block, key, nonce, seq_len, hidden, derivation, first, last, bf16, total
     ):
-        x = distance.generate_inputs(
+        x = inputs.generate_inputs(
             block, key, [nonce], hidden, seq_len, seed_derivation=derivation
         )[0].view(-1)
         torch.testing.assert_close(x[:8], torch.tensor(first), atol=LIBM_TOL, rtol=0)
@@ -378,7 +379,7 @@ class TestStrongSeeds:
         assert abs(x.double().sum().item() - total) < 0.01
 
     def test_every_value_of_the_small_stronger_vector(self):
-        x = distance.generate_inputs(
+        x = inputs.generate_inputs(
             "TEST_BLOCK", "test_pub_keys", [0], 5, 3, seed_derivation="strong"
         )
         torch.testing.assert_close(x.view(-1), torch.tensor(SMALL_STRONG), atol=LIBM_TOL, rtol=0)
@@ -386,7 +387,7 @@ class TestStrongSeeds:
     def test_segments_restart_their_streams(self):
         """Segment j of a row is N(seed_j, its length) on its own: the last one is shorter."""
         n = 3 * 5  # segments of ceil(15/8) = 2, the last of 1
-        row = distance.generate_inputs("b", "k", [7], 5, 3, seed_derivation="strong")[0].view(-1)
+        row = inputs.generate_inputs("b", "k", [7], 5, 3, seed_derivation="strong")[0].view(-1)
         seeds = randomness.inputs_seeds_strong("b", "k", 7)
         expected = torch.cat([randomness.normals(seeds[j], min(2, n - 2 * j)) for j in range(8)])
         assert torch.equal(row, expected)
@@ -394,28 +395,28 @@ class TestStrongSeeds:
     def test_batched_rows_equal_single_rows_in_any_dtype(self):
         nonces = [0, 5, 2**40]
         for dtype in (torch.float32, torch.bfloat16):
-            batch = distance.generate_inputs(
+            batch = inputs.generate_inputs(
                 "b", "k", nonces, 24, 5, dtype=dtype, seed_derivation="strong"
             )
             for i, nonce in enumerate(nonces):
-                one = distance.generate_inputs(
+                one = inputs.generate_inputs(
                     "b", "k", [nonce], 24, 5, dtype=dtype, seed_derivation="strong"
                 )
                 assert torch.equal(batch[i], one[0])
 
     def test_differs_from_v1(self):
-        v1 = distance.generate_inputs("b", "k", [3], 16, 4)[0].view(-1)
-        strong = distance.generate_inputs("b", "k", [3], 16, 4, seed_derivation="strong")[0]
+        v1 = inputs.generate_inputs("b", "k", [3], 16, 4)[0].view(-1)
+        strong = inputs.generate_inputs("b", "k", [3], 16, 4, seed_derivation="strong")[0]
         assert not torch.equal(v1, strong.view(-1))
 
     def test_unknown_derivation_is_refused(self):
         with pytest.raises(ValueError, match="seed_derivation"):
-            distance.generate_inputs("b", "k", [0], 4, 2, seed_derivation="v2")
+            inputs.generate_inputs("b", "k", [0], 4, 2, seed_derivation="v2")
 
     @pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA (CPU-vs-CUDA equality)")
     def test_cuda_equals_cpu(self):
-        cpu = distance.generate_inputs(BH2, PK2, [0, 1], 4096, 64, seed_derivation="strong")
-        gpu = distance.generate_inputs(
+        cpu = inputs.generate_inputs(BH2, PK2, [0, 1], 4096, 64, seed_derivation="strong")
+        gpu = inputs.generate_inputs(
             BH2, PK2, [0, 1], 4096, 64, device="cuda", seed_derivation="strong"
         )
         torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=1e-5)

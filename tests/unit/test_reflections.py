@@ -11,7 +11,7 @@ import torch
 from vllm.model_executor.models.utils import PPMissingLayer
 
 from vllm_poc import compat
-from vllm_poc.protocol.artifact import layer_vectors, reflect
+from vllm_poc.protocol.artifact.math import layer_vectors, reflect
 from vllm_poc.work import Work
 from vllm_poc.worker.artifacts import ArtifactForward, NoDecoderLayers
 from vllm_poc.worker.compiled import EmbedsGraph

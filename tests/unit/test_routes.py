@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 
 from tests.unit.fakes import fake_distance
 from tests.unit.node import running_node, vllm_like_app
-from vllm_poc.protocol.round import PoCState
+from vllm_poc.protocol.state import PoCState
 from vllm_poc.server import guards, protocols
 
 INIT = {"block_hash": "hash1", "block_height": 100, "public_key": "node1", "r_target": 0.5}
@@ -449,7 +449,7 @@ class TestCalibrateAndVersion:
 
     def test_version(self, node):
         from vllm_poc import __version__
-        from vllm_poc.protocol.distance import PROTOCOL_VERSION
+        from vllm_poc.protocol.distance.math import PROTOCOL_VERSION
 
         data = node.get("/version").json()
         assert data["plugin_version"] == __version__

@@ -17,7 +17,7 @@ from vllm_poc.client.batches import (
 )
 from vllm_poc.client.http import PoCClient, PoCError, send
 from vllm_poc.client.messages import Progress, RoundParams, Verdict, progress_printer
-from vllm_poc.protocol.wire import POW_PREFIX
+from vllm_poc.protocol import POW_PREFIX
 
 __all__ = [
     "DEFAULT_SAMPLE_SIZE",

@@ -9,7 +9,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from vllm_poc.protocol.batches import PARAMETERS, ProofBatch
+from vllm_poc.protocol.distance.batches import PARAMETERS, ProofBatch
 
 DEFAULT_SAMPLE_SIZE = 200
 """How many nonces a validator recomputes from one batch (all of them when there are fewer)."""

@@ -11,9 +11,9 @@ from typing import Any
 import httpx
 
 from vllm_poc.client.messages import Progress, RoundParams, Verdict
-from vllm_poc.protocol.batches import ProofBatch
-from vllm_poc.protocol.round import CalibrationRequest
-from vllm_poc.protocol.wire import POW_PREFIX
+from vllm_poc.protocol import POW_PREFIX
+from vllm_poc.protocol.distance.batches import ProofBatch
+from vllm_poc.protocol.distance.round import CalibrationRequest
 
 _REPEATABLE_POSTS = frozenset({"/stop"})
 """POSTs whose repetition changes nothing on the node (GETs never change anything)."""

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from vllm_poc.protocol.round import NodeField, RoundRequest, SeqLen
+from vllm_poc.protocol.distance.round import NodeField, RoundRequest, SeqLen
 
 
 class RoundParams(RoundRequest):

@@ -1,6 +1,10 @@
-"""The distance protocol, with no vLLM import: randomness and math (torch), the round's values,
-the batches, the validation rule and the HTTP messages (pydantic).
+"""The protocols, with no vLLM import: shared randomness (``randomness``), inputs (``inputs``),
+states (``state``) and validation rule (``validation``), and each protocol's own math and
+messages in its folder (``distance/``, ``artifact/``).
 
 Import the submodules; this package imports nothing itself, so that the client can load the
 messages without torch.
 """
+
+POW_PREFIX = "/api/v1/pow"
+"""Every PoC route of every protocol lives under this path."""

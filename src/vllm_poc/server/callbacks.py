@@ -27,7 +27,7 @@ import httpx
 
 from vllm_poc import envs
 from vllm_poc.log import get_logger
-from vllm_poc.protocol.batches import ProofBatch, ValidatedBatch, to_json_dict
+from vllm_poc.protocol.distance.batches import ProofBatch, ValidatedBatch, to_json_dict
 from vllm_poc.server import metrics
 
 logger = get_logger(__name__)

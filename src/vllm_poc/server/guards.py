@@ -18,8 +18,8 @@ from fastapi.responses import JSONResponse
 from starlette.routing import Route
 
 from vllm_poc import envs
-from vllm_poc.protocol.round import PoCState
-from vllm_poc.protocol.wire import POW_PREFIX
+from vllm_poc.protocol import POW_PREFIX
+from vllm_poc.protocol.state import PoCState
 from vllm_poc.server.errors import (
     ForbiddenClient,
     PoCRequestError,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from vllm_poc.protocol.round import PoCState
+from vllm_poc.protocol.state import PoCState
 
 ENGINE = ["dp_rank"]
 """Generation series carry the data-parallel rank of the engine that ran the batch, so that an

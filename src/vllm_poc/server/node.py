@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from vllm_poc.protocol.round import PoCState
+from vllm_poc.protocol.state import PoCState
 
 
 class Node(Protocol):

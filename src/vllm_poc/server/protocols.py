@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI
 
 from vllm_poc import envs
-from vllm_poc.protocol.wire import POW_PREFIX
+from vllm_poc.protocol import POW_PREFIX
 from vllm_poc.server import guards
 from vllm_poc.server.node import Node, NodeFactory
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from vllm_poc import compat
-from vllm_poc.protocol import artifact
+from vllm_poc.protocol.artifact import math as artifact
 from vllm_poc.work import Work
 from vllm_poc.worker.batch_shape import BatchShape
 from vllm_poc.worker.compiled import EmbedsGraph
@@ -40,8 +40,8 @@ class ArtifactForward:
         if self.layers:
             self.reflections = Reflections(self.layers, forward.hidden_size, forward.device)
             self.graph = EmbedsGraph(model, "artifact") if forward.compiles else None
-            if self.graph is not None and PoCGraphs.wanted(forward):
-                self.cuda_graphs = PoCGraphs(forward, self.run)
+            if self.graph is not None and PoCGraphs.wanted(forward.shapes):
+                self.cuda_graphs = PoCGraphs(forward.shapes, self.run)
 
     def run(
         self, shape: BatchShape, inputs: torch.Tensor, compiled: bool = True

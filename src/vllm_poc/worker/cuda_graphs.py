@@ -17,15 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
 from vllm_poc import compat, envs
 from vllm_poc.log import get_logger
-
-if TYPE_CHECKING:
-    from vllm_poc.worker.forward import BatchShape, PoCForward
+from vllm_poc.worker.batch_shape import BatchShape, BatchShapes
 
 logger = get_logger(__name__)
 
@@ -53,16 +50,16 @@ class PoCGraphs:
     """
 
     @staticmethod
-    def wanted(forward: PoCForward) -> bool:
-        if not envs.VLLM_POC_CUDA_GRAPHS or forward.device.type != "cuda":
+    def wanted(shapes: BatchShapes) -> bool:
+        if not envs.VLLM_POC_CUDA_GRAPHS or shapes.device.type != "cuda":
             return False
-        if forward.vllm_config.parallel_config.pipeline_parallel_size > 1:
+        if shapes.vllm_config.parallel_config.pipeline_parallel_size > 1:
             logger.warning("vllm-poc: no PoC CUDA graphs with pipeline parallelism")
             return False
         return True
 
-    def __init__(self, forward: PoCForward, run: Run) -> None:
-        self.forward = forward
+    def __init__(self, shapes: BatchShapes, run: Run) -> None:
+        self.shapes = shapes
         self.run = run
         self._captured: _Captured | None = None
 
@@ -79,7 +76,7 @@ class PoCGraphs:
 
     def _capture(self, inputs: torch.Tensor, batch: int, seq_len: int) -> _Captured:
         self._captured = None  # the previous shape's graph and buffers go first
-        shape = self.forward.prepare(batch, seq_len)
+        shape = self.shapes.prepare(batch, seq_len)
         static = inputs.clone()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -89,7 +86,7 @@ class PoCGraphs:
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with (
-            compat.graph_capture(self.forward.device) as stream,
+            compat.graph_capture(self.shapes.device) as stream,
             torch.cuda.graph(graph, stream=stream),
         ):
             output = self.run(shape, static)

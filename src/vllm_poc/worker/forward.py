@@ -16,7 +16,8 @@ import torch
 
 from vllm_poc import compat, envs
 from vllm_poc.log import get_logger
-from vllm_poc.protocol import distance
+from vllm_poc.protocol.distance import math as distance
+from vllm_poc.protocol.inputs import generate_inputs
 from vllm_poc.work import Work
 from vllm_poc.worker import auto_batch
 from vllm_poc.worker.batch_shape import BatchShape, BatchShapes
@@ -51,7 +52,8 @@ class PoCForward:
         self.answers_logits = False
         """This rank gave logits before: it is one that answers distances."""
         self._round_cache: dict[tuple[Any, ...], torch.Tensor] = {}
-        self.graphs = PoCGraphs(self, self.run_distance) if PoCGraphs.wanted(self) else None
+        wanted = PoCGraphs.wanted(self.shapes)
+        self.graphs = PoCGraphs(self.shapes, self.run_distance) if wanted else None
 
     @torch.inference_mode()
     def distances(self, work: Work) -> list[float] | None:
@@ -109,7 +111,7 @@ class PoCForward:
 
         Flat because a ``[batch, seq_len, hidden]`` tensor corrupted the CPU backend's heap.
         """
-        inputs = distance.generate_inputs(
+        inputs = generate_inputs(
             work.block_hash,
             work.public_key,
             work.nonces,

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from vllm_poc.log import get_logger
-from vllm_poc.protocol import artifact, distance
+from vllm_poc.protocol.artifact import math as artifact
+from vllm_poc.protocol.distance import math as distance
 from vllm_poc.work import Work
 from vllm_poc.worker.artifacts import ArtifactForward
 from vllm_poc.worker.cuda_graphs import PoCGraphs
@@ -145,7 +146,7 @@ def profile_artifacts(
         "bare_forward": lambda: forward.run_distance(shape, inputs),
     }
     if forward.device.type == "cuda" and artifacts.graph is not None:
-        captured = artifacts.cuda_graphs or PoCGraphs(forward, artifacts.run)
+        captured = artifacts.cuda_graphs or PoCGraphs(forward.shapes, artifacts.run)
         try:
             _with_graphs(artifacts, captured, work)  # captures: a failure drops only this row
             runs["artifacts_cuda_graph"] = lambda: _with_graphs(artifacts, captured, work)

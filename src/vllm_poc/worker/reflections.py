@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from vllm_poc.protocol import artifact
+from vllm_poc.protocol.artifact import math as artifact
 
 
 def reflect_output(w: torch.Tensor, output: Any) -> Any:

@@ -14,8 +14,8 @@ from typing import Any, Protocol
 
 from vllm_poc import envs
 from vllm_poc.log import get_logger
-from vllm_poc.protocol import artifact
-from vllm_poc.protocol.artifact_wire import Generate, Round, StatTest, encoding
+from vllm_poc.protocol.artifact import math as artifact
+from vllm_poc.protocol.artifact.wire import Generate, Round, StatTest, encoding
 from vllm_poc.server.callbacks import PoCCallbackSender
 from vllm_poc.server.errors import BadValue, Busy, NotFound
 

@@ -13,12 +13,12 @@ import time
 from typing import Any
 
 from vllm_poc.log import get_logger
-from vllm_poc.protocol.artifact_wire import (
+from vllm_poc.protocol.artifact.wire import (
     InitGenerate,
     Params,
     Round,
 )
-from vllm_poc.protocol.round import PoCState
+from vllm_poc.protocol.state import PoCState
 from vllm_poc.server import limits, metrics
 from vllm_poc.server.artifact.jobs import Jobs
 from vllm_poc.server.artifact.stream import ArtifactStream

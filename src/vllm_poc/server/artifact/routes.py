@@ -16,8 +16,8 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel
 
 from vllm_poc.log import get_logger
-from vllm_poc.protocol.artifact_wire import Generate, InitGenerate
-from vllm_poc.protocol.wire import POW_PREFIX
+from vllm_poc.protocol import POW_PREFIX
+from vllm_poc.protocol.artifact.wire import Generate, InitGenerate
 from vllm_poc.server import versions
 from vllm_poc.server.artifact.node import ArtifactNode
 from vllm_poc.server.bodies import openapi_body, parsed

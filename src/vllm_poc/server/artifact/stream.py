@@ -18,7 +18,7 @@ from typing import Any
 
 from vllm_poc import envs
 from vllm_poc.log import get_logger
-from vllm_poc.protocol.artifact_wire import InitGenerate, encoding
+from vllm_poc.protocol.artifact.wire import InitGenerate, encoding
 from vllm_poc.server import metrics
 from vllm_poc.server.callbacks import DROP_LOG_INTERVAL_S, Delivery, PoCCallbackSender
 

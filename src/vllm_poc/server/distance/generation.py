@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from vllm_poc.log import get_logger
-from vllm_poc.protocol.batches import ProofBatch
-from vllm_poc.protocol.round import PoCConfig, PoCState
+from vllm_poc.protocol.distance.batches import ProofBatch
+from vllm_poc.protocol.distance.round import PoCConfig
+from vllm_poc.protocol.state import PoCState
 from vllm_poc.server import metrics
 from vllm_poc.server.bad_batches import BadBatchStreaks
 from vllm_poc.server.callbacks import PoCCallbackSender

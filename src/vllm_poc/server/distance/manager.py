@@ -14,8 +14,9 @@ from typing import Any
 from vllm_poc import compat, envs
 from vllm_poc.log import get_logger
 from vllm_poc.protocol import validation
-from vllm_poc.protocol.batches import ProofBatch, ValidatedBatch
-from vllm_poc.protocol.round import PoCConfig, PoCState
+from vllm_poc.protocol.distance.batches import ProofBatch, ValidatedBatch
+from vllm_poc.protocol.distance.round import PoCConfig
+from vllm_poc.protocol.state import PoCState
 from vllm_poc.server import limits, metrics
 from vllm_poc.server.callbacks import PoCCallbackSender
 from vllm_poc.server.distance import calibration, proofs

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from vllm_poc.protocol.batches import ProofBatch, ValidatedBatch
-from vllm_poc.protocol.round import PoCConfig
+from vllm_poc.protocol.distance.batches import ProofBatch, ValidatedBatch
+from vllm_poc.protocol.distance.round import PoCConfig
 from vllm_poc.server.errors import Conflict
 
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 from vllm_poc import envs
-from vllm_poc.protocol.batches import ValidatedBatch
-from vllm_poc.protocol.round import CalibrationRequest, PoCState, RoundRequest
-from vllm_poc.protocol.wire import ProofBatchRequest
+from vllm_poc.protocol.distance.batches import ValidatedBatch
+from vllm_poc.protocol.distance.round import CalibrationRequest, RoundRequest
+from vllm_poc.protocol.distance.wire import ProofBatchRequest
+from vllm_poc.protocol.state import PoCState
 from vllm_poc.server import limits
 from vllm_poc.server.distance import proofs
 from vllm_poc.server.distance.manager import PoCManager

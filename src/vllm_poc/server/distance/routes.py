@@ -17,9 +17,15 @@ from pydantic import BaseModel
 
 from vllm_poc import __version__, compat, envs
 from vllm_poc.log import get_logger
-from vllm_poc.protocol.distance import PROTOCOL_VERSION
-from vllm_poc.protocol.round import CalibrationRequest, PoCState, RoundRequest, SeedDerivation
-from vllm_poc.protocol.wire import POW_PREFIX, ProofBatchRequest, StatusResponse, ValidateResponse
+from vllm_poc.protocol import POW_PREFIX
+from vllm_poc.protocol.distance.math import PROTOCOL_VERSION
+from vllm_poc.protocol.distance.round import CalibrationRequest, RoundRequest, SeedDerivation
+from vllm_poc.protocol.distance.wire import (
+    ProofBatchRequest,
+    StatusResponse,
+    ValidateResponse,
+)
+from vllm_poc.protocol.state import PoCState
 from vllm_poc.server import guards, versions
 from vllm_poc.server.bodies import openapi_body, parsed
 from vllm_poc.server.distance import requests

@@ -3,7 +3,7 @@
 
 Everything is vectorised over a batch of nonces on the hidden state's device. The randomness is
 the distance protocol's (``randomness``): the same hash, uniforms and Box-Muller normals, and the
-same input embeddings (``distance.generate_inputs``; ``seed_derivation="strong"`` is this
+same input embeddings (``inputs.generate_inputs``; ``seed_derivation="strong"`` is this
 protocol's "stronger RNG").
 """
 

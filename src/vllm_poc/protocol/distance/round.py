@@ -9,7 +9,6 @@ server (the model's length, the token budget, allowed callback hosts) is the man
 
 from __future__ import annotations
 
-from enum import Enum
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
@@ -33,13 +32,6 @@ bits of the hash, ``strong`` all 256 (8 segments with their own seeds)."""
 NodeField = Annotated[int, Field(ge=NODE_UNSET, le=2**31)]
 BatchSize = Annotated[int, Field(ge=1, le=2**20)]
 SeqLen = Annotated[int, Field(ge=1, le=2**20)]
-
-
-class PoCState(Enum):
-    IDLE = "IDLE"
-    GENERATING = "GENERATING"
-    VALIDATING = "VALIDATING"
-    STOPPED = "STOPPED"
 
 
 class PoCConfig(BaseModel):

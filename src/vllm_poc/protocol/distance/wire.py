@@ -10,8 +10,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from vllm_poc.protocol.batches import ProofBatch, ValidatedBatch, to_json_dict
-from vllm_poc.protocol.round import (
+from vllm_poc.protocol.distance.batches import ProofBatch, ValidatedBatch, to_json_dict
+from vllm_poc.protocol.distance.round import (
     MAX_INT,
     FraudThreshold,
     Height,
@@ -21,9 +21,6 @@ from vllm_poc.protocol.round import (
     SeqLen,
     Tolerance,
 )
-
-POW_PREFIX = "/api/v1/pow"
-"""Every PoC route lives under this path."""
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 Nonce = Annotated[int, Field(ge=0, le=MAX_INT)]
