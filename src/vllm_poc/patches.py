@@ -128,3 +128,61 @@ API_SERVER_APP = Patch(
 
 PATCHES = (WORKER_EXTENSION, API_SERVER_APP)
 """Applied in this order by ``plugin.register`` when PoC is enabled."""
+
+
+@dataclass(frozen=True)
+class ScopedChange:
+    """A change to vLLM objects that lasts one PoC call (or wraps a route) and is undone or
+    inert for everything else; declared here beside the patches so that the ledger is whole."""
+
+    name: str
+    target: str
+    where: str
+    """``module:function`` of the plugin that makes it."""
+    why: str
+    removal: str
+
+
+SCOPED_CHANGES = (
+    ScopedChange(
+        name="scratch-kv-cache",
+        target="each attention layer's kv_cache in the forward context",
+        where="vllm_poc.compat.worker:swapped_kv_caches",
+        why=(
+            "the PoC forward writes K/V into a private zeroed tensor, so the engine's KV and "
+            "prefix caches are never touched; vLLM has no per-call KV cache argument"
+        ),
+        removal="when vLLM's forward takes KV caches per call (none planned upstream)",
+    ),
+    ScopedChange(
+        name="compiled-poc-forward",
+        target="forward of the model's top-level modules (instance attribute)",
+        where="vllm_poc.worker.compiled:EmbedsGraph.active",
+        why=(
+            "vLLM's compiled graph is traced with token ids; PoC feeds inputs_embeds, so its own "
+            "graph of the same modules runs for PoC calls only"
+        ),
+        removal="when vLLM compiles an inputs_embeds graph beside the token-id graph",
+    ),
+    ScopedChange(
+        name="layer-reflections",
+        target="forward of every decoder layer (instance attribute)",
+        where="vllm_poc.worker.reflections:Reflections.installed",
+        why=(
+            "the artifact protocol reflects each layer's output; vLLM has no per-layer hook "
+            "that torch.compile traces into one graph"
+        ),
+        removal="when vLLM offers traced per-layer output hooks",
+    ),
+    ScopedChange(
+        name="inference-pause",
+        target="the ASGI app of each inference route (route.app)",
+        where="vllm_poc.server.guards:guard_inference_routes",
+        why=(
+            "inference answers 503 while a round generates; vLLM >= 0.32 forbids middleware "
+            "once the app is built"
+        ),
+        removal="when vLLM lets a plugin add middleware or pause serving through a contract",
+    ),
+)
+"""Changes that are not patches: made around one PoC call, or on our own route wrappers."""

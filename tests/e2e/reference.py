@@ -91,18 +91,65 @@ def reference_distances(
     return distances_from_logits(logits, block_hash, public_key, nonces)
 
 
+class TokenRoutedMoe(torch.nn.Module):
+    """Layer 0 of the token-routed test model, from its weights: the experts of a token are
+    ``tid2eid[token_id]``, weighted by ``sqrt(softplus(logits))`` renormalized (DeepSeek-V4's
+    hash layers); ``ids`` is set before each forward."""
+
+    def __init__(self, weights: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.w = {k: v if k.endswith("tid2eid") else v.float() for k, v in weights.items()}
+        self.ids: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert self.ids is not None
+        flat = x.reshape(-1, x.shape[-1])
+        chosen = self.w["gate.tid2eid"][self.ids.reshape(-1).long()].long()
+        logits = flat @ self.w["gate.weight"].t()
+        weights = torch.nn.functional.softplus(logits).sqrt().gather(1, chosen)
+        weights = weights / weights.sum(-1, keepdim=True)
+        out = torch.zeros_like(flat)
+        for token in range(flat.shape[0]):
+            for slot, e in enumerate(chosen[token].tolist()):
+                h = flat[token]
+                act = torch.nn.functional.silu(self.w["w_gate"][e] @ h) * (self.w["w_up"][e] @ h)
+                out[token] += weights[token, slot] * (self.w["w_down"][e] @ act)
+        return out.reshape(x.shape)
+
+
+def _token_routed_layer(model_dir: str, model: torch.nn.Module) -> TokenRoutedMoe | None:
+    """Layer 0 replaced by ``TokenRoutedMoe`` where the folder holds a token-routed layer 0."""
+    from safetensors.torch import load_file
+
+    first = model.model.layers[0]
+    if isinstance(first.mlp, TokenRoutedMoe):
+        return first.mlp
+    prefix = "model.layers.0.mlp."
+    weights = load_file(str(Path(model_dir) / "model.safetensors"))
+    if prefix + "gate.tid2eid" not in weights:
+        return None
+    first.mlp = TokenRoutedMoe(
+        {k.removeprefix(prefix): v for k, v in weights.items() if k.startswith(prefix)}
+    )
+    return first.mlp
+
+
 def reference_artifacts(
     model_dir: Path | str,
     block_hash: str,
     public_key: str,
     nonces: Sequence[int],
     seq_len: int,
+    token_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``[n, 12]`` float32 artifacts: transformers in float32 with ``x - 2 (w . x) w`` applied to
-    every decoder layer's output, then the protocol's artifact math (pinned by its vectors)."""
+    every decoder layer's output, then the protocol's artifact math (pinned by its vectors).
+    ``token_ids`` (``[n, seq_len]``): what routes a token-routed model's layer 0."""
     from vllm_poc.protocol.artifact import math as artifact
 
     model = load_model(str(model_dir))
+    routed = _token_routed_layer(str(model_dir), model)
+    assert (routed is None) == (token_ids is None), "token ids go with a token-routed model"
     layers = model.model.layers
     hidden = model.config.hidden_size
     vectors = artifact.layer_vectors(block_hash, list(range(len(layers))), hidden)
@@ -121,14 +168,16 @@ def reference_artifacts(
     ]
     try:
         with torch.no_grad():
-            rows = [
-                model.model(
+            rows = []
+            for i in range(len(nonces)):
+                if routed is not None and token_ids is not None:
+                    routed.ids = token_ids[i]
+                out = model.model(
                     inputs_embeds=embeds[i : i + 1],
                     position_ids=torch.arange(seq_len).unsqueeze(0),
                     use_cache=False,
-                ).last_hidden_state[0, -1]
-                for i in range(len(nonces))
-            ]
+                )
+                rows.append(out.last_hidden_state[0, -1])
     finally:
         for handle in handles:
             handle.remove()

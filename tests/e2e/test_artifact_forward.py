@@ -38,9 +38,15 @@ COMPILED_TOL = 0.02
 """Compiled against eager, per nonce: the protocol's own mismatch distance (``DIST_THRESHOLD``)."""
 
 
-def _engine_artifacts(model: Path, job: dict[str, list[Any]], log: Path) -> dict[str, Any]:
+def _engine_artifacts(
+    model: Path, job: dict[str, Any], log: Path, pythonpath: Path | None = None
+) -> dict[str, Any]:
+    """The answers of ``tests.e2e.artifact_engine`` on ``model`` (``pythonpath``: a folder put
+    first on the engine's path, for a ``sitecustomize`` of the test)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_POC_")}
     env.update(VLLM_POC_ENABLED="1", VLLM_CPU_KVCACHE_SPACE="1")
+    if pythonpath is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pythonpath), env.get("PYTHONPATH")]))
     command = [sys.executable, "-m", "tests.e2e.artifact_engine", str(model), json.dumps(job)]
     done = subprocess.run(
         command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600

@@ -35,14 +35,18 @@ def test_the_rows_are_those_of_one_forward(
     forward = _forward(batched)
     batch = 25
     inputs = torch.randn(batch * SEQ_LEN, HIDDEN)
+    token_ids = torch.arange(batch * SEQ_LEN, dtype=torch.int32)
     seen: list[int] = []
 
-    def run(part: torch.Tensor, rows: int) -> torch.Tensor:
+    def run(part: torch.Tensor, rows: int, ids: torch.Tensor | None) -> torch.Tensor:
         assert part.shape == (rows * SEQ_LEN, HIDDEN)
+        assert ids is not None and ids.shape == (rows * SEQ_LEN,)
+        first = sum(seen) * SEQ_LEN
+        assert torch.equal(ids, token_ids[first : first + rows * SEQ_LEN]), "ids follow their rows"
         seen.append(rows)
         return _last_rows(part, rows)
 
-    got = forward.in_forwards(inputs, batch, SEQ_LEN, run)
+    got = forward.in_forwards(inputs, batch, SEQ_LEN, run, token_ids)
     assert seen == sizes
     assert torch.equal(got, _last_rows(inputs, batch))
 
@@ -50,7 +54,7 @@ def test_the_rows_are_those_of_one_forward(
 def test_ranks_without_hidden_states_answer_none(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VLLM_POC_MAX_TOKENS_PER_FORWARD", "16")
     inputs = torch.randn(5 * SEQ_LEN, HIDDEN)
-    assert _forward(10_000).in_forwards(inputs, 5, SEQ_LEN, lambda part, rows: None) is None
+    assert _forward(10_000).in_forwards(inputs, 5, SEQ_LEN, lambda part, rows, ids: None) is None
 
 
 def test_a_sequence_longer_than_the_budget_still_runs_alone(monkeypatch: pytest.MonkeyPatch):

@@ -136,6 +136,19 @@ def test_bare_tensors_and_missing_residuals():
     assert torch.equal(out[0], reflect(x, w)) and out[1] is None
 
 
+def test_a_multi_stream_residual_is_reflected_stream_by_stream():
+    """DeepSeek-V4's mHC residual ``[tokens, streams, hidden]``: along the last dimension, each
+    stream as a row of its own; a third entry of the output is left alone."""
+    w = layer_vectors("block", [0], DIM)[0].to(torch.bfloat16)
+    hidden = torch.randn(3, DIM, dtype=torch.bfloat16)
+    streams = torch.randn(3, 4, DIM, dtype=torch.bfloat16)
+    extra = torch.randn(2)
+    out = reflect_output(w, (hidden, streams, extra))
+    assert torch.equal(out[0], reflect(hidden, w))
+    rows = torch.stack([reflect(streams[:, j], w) for j in range(4)], dim=1)
+    assert torch.equal(out[1], rows) and out[2] is extra
+
+
 def test_the_reflection_is_an_involution_up_to_rounding():
     w = layer_vectors("block", [3], 64)[0]
     x = torch.randn(5, 64, dtype=torch.float32)

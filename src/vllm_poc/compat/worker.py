@@ -187,9 +187,15 @@ def forward_context(attn_metadata: Any, vllm_config: Any, **kwargs: Any) -> Any:
 
 
 def run_model(
-    model_runner: Any, model: Any, positions: torch.Tensor, inputs_embeds: torch.Tensor
+    model_runner: Any,
+    model: Any,
+    positions: torch.Tensor,
+    inputs_embeds: torch.Tensor,
+    input_ids: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
-    """Run the model's forward on this pipeline stage; None on all but the last stage."""
+    """Run the model's forward on this pipeline stage; None on all but the last stage.
+
+    ``input_ids`` (token-routed models only) go to every stage: routing layers may sit on any."""
     from vllm.distributed.parallel_state import get_pp_group, get_tp_group
     from vllm.sequence import IntermediateTensors
 
@@ -200,7 +206,7 @@ def run_model(
         assert received is not None, "the previous pipeline stage sent nothing"
         intermediate = IntermediateTensors(received)
     out = model(
-        input_ids=None,
+        input_ids=input_ids,
         positions=positions,
         intermediate_tensors=intermediate,
         inputs_embeds=inputs_embeds if pp.is_first_rank else None,

@@ -9,6 +9,8 @@ it is tested against, and what ``--enforce-eager`` or ``VLLM_POC_COMPILED_FORWAR
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from vllm_poc import compat
@@ -40,16 +42,25 @@ class ArtifactForward:
         if self.layers:
             self.reflections = Reflections(self.layers, forward.hidden_size, forward.device)
             self.graph = EmbedsGraph(model, "artifact") if forward.compiles else None
-            if self.graph is not None and PoCGraphs.wanted(forward.shapes):
+            if (
+                self.graph is not None
+                and PoCGraphs.wanted(forward.shapes)
+                and not forward.token_routed
+            ):
                 self.cuda_graphs = PoCGraphs(forward.shapes, self.run)
 
     def run(
-        self, shape: BatchShape, inputs: torch.Tensor, compiled: bool = True
+        self,
+        shape: BatchShape,
+        inputs: torch.Tensor,
+        compiled: bool = True,
+        token_ids: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
         """The reflected forward's last hidden states (None off the last pipeline stage)."""
         assert self.reflections is not None
+        graph = self.graph if compiled else None
         with self.reflections.installed():
-            return self.forward.run(shape, inputs, self.graph if compiled else None)
+            return self.forward.run(shape, inputs, graph, token_ids=token_ids)
 
     @torch.inference_mode()
     def artifacts(self, work: Work) -> list[str] | None:
@@ -64,7 +75,7 @@ class ArtifactForward:
         self.reflections.load(work.block_hash)
         made = fwd.prefetch.take(work) or self.nonce_tensors(work)
         with fwd.prefetch.behind(work.following(), self.nonce_tensors):
-            last = self.last_hidden(made["inputs"], work)
+            last = self.last_hidden(made["inputs"], work, made.get("token_ids"))
         if last is None:
             return None
         rows = artifact.artifacts_from(last, made["coordinates"], made["rotations"])
@@ -78,18 +89,21 @@ class ArtifactForward:
         coordinates, rotations = artifact.pick(
             work.block_hash, work.public_key, work.nonces, fwd.hidden_size, work.k_dim, fwd.device
         )
-        return {"inputs": fwd.inputs(work), "coordinates": coordinates, "rotations": rotations}
+        return {**fwd.nonce_inputs(work), "coordinates": coordinates, "rotations": rotations}
 
-    def last_hidden(self, inputs: torch.Tensor, work: Work) -> torch.Tensor | None:
+    def last_hidden(
+        self, inputs: torch.Tensor, work: Work, token_ids: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
         """The reflected forward's last hidden states, in forwards that fit the token budget."""
         seq_len = work.seq_len
 
-        def forward(part: torch.Tensor, rows: int) -> torch.Tensor | None:
+        def forward(part: torch.Tensor, rows: int, ids: torch.Tensor | None) -> Any:
             if self.cuda_graphs is not None and not work.eager:
                 return self.cuda_graphs.last_hidden(part, rows, seq_len)
-            return self.run(self.forward.prepare(rows, seq_len), part, compiled=not work.eager)
+            shape = self.forward.prepare(rows, seq_len)
+            return self.run(shape, part, compiled=not work.eager, token_ids=ids)
 
-        return self.forward.in_forwards(inputs, len(work.nonces), seq_len, forward)
+        return self.forward.in_forwards(inputs, len(work.nonces), seq_len, forward, token_ids)
 
     def compilations(self) -> dict[str, int]:
         """Graphs compiled so far by each PoC forward (none where nothing compiles)."""

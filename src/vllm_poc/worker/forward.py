@@ -24,6 +24,7 @@ from vllm_poc.worker.batch_shape import BatchShape, BatchShapes
 from vllm_poc.worker.compiled import EmbedsGraph
 from vllm_poc.worker.cuda_graphs import PoCGraphs
 from vllm_poc.worker.prefetch import Prefetch, Tensors
+from vllm_poc.worker.token_routing import TokenRouting
 
 logger = get_logger(__name__)
 
@@ -52,15 +53,28 @@ class PoCForward:
         self.answers_logits = False
         """This rank gave logits before: it is one that answers distances."""
         self._round_cache: dict[tuple[Any, ...], torch.Tensor] = {}
-        wanted = PoCGraphs.wanted(self.shapes)
+        self.routing = TokenRouting.of(
+            model_runner.get_model(),
+            getattr(self.vllm_config.model_config.hf_config, "model_type", ""),
+            self.vocab_size,
+        )
+        wanted = PoCGraphs.wanted(self.shapes) and not self.token_routed
         self.graphs = PoCGraphs(self.shapes, self.run_distance) if wanted else None
+
+    @property
+    def token_routed(self) -> bool:
+        """The model routes experts by token id: its forwards get pseudo token ids (captured
+        CUDA graphs hold inputs alone, so these run without them)."""
+        return self.routing.vocab_size is not None
 
     @torch.inference_mode()
     def distances(self, work: Work) -> list[float] | None:
         """Distances of ``work.nonces`` in order, or None on ranks that do not hold the logits."""
         made = self.prefetch.take(work) or self.distance_tensors(work)
         with self.prefetch.behind(work.following(), self.distance_tensors):
-            last = self.last_hidden(made["inputs"], len(work.nonces), work.seq_len, work.eager)
+            last = self.last_hidden(
+                made["inputs"], len(work.nonces), work.seq_len, work.eager, made.get("token_ids")
+            )
         if last is None:
             return None
         logits = self.head(last, work.block_hash, work.random_projection)
@@ -76,7 +90,7 @@ class PoCForward:
     def distance_tensors(self, work: Work) -> Tensors:
         """What a distance batch needs of its nonces alone: inputs, and permutations where this
         rank answers."""
-        made = {"inputs": self.inputs(work)}
+        made = self.nonce_inputs(work)
         if self.answers_logits:
             made["permutations"] = self.permutations(work, self.vocab_size)
         return made
@@ -106,6 +120,15 @@ class PoCForward:
             self._round_cache[key] = make()
         return self._round_cache[key]
 
+    def nonce_inputs(self, work: Work) -> Tensors:
+        """The forward's inputs of ``work``, and its pseudo token ids where the model routes
+        by them (``token_routing``)."""
+        made = {"inputs": self.inputs(work)}
+        ids = self.routing.ids(work, self.device)
+        if ids is not None:
+            made["token_ids"] = ids
+        return made
+
     def inputs(self, work: Work) -> torch.Tensor:
         """Flat ``[batch * seq_len, hidden]`` inputs in the model dtype.
 
@@ -126,18 +149,23 @@ class PoCForward:
         return inputs
 
     def last_hidden(
-        self, inputs: torch.Tensor, batch: int, seq_len: int, eager: bool = False
+        self,
+        inputs: torch.Tensor,
+        batch: int,
+        seq_len: int,
+        eager: bool = False,
+        token_ids: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
         """Hidden states of each sequence's last position (None off the last PP stage)."""
 
-        def forward(part: torch.Tensor, rows: int) -> torch.Tensor | None:
+        def forward(part: torch.Tensor, rows: int, ids: torch.Tensor | None) -> Any:
             if eager:
-                return self.run(self.prepare(rows, seq_len), part)
+                return self.run(self.prepare(rows, seq_len), part, token_ids=ids)
             if self.graphs is not None:
                 return self.graphs.last_hidden(part, rows, seq_len)
-            return self.run_distance(self.prepare(rows, seq_len), part)
+            return self.run_distance(self.prepare(rows, seq_len), part, ids)
 
-        return self.in_forwards(inputs, batch, seq_len, forward)
+        return self.in_forwards(inputs, batch, seq_len, forward, token_ids)
 
     def rows_per_forward(self, seq_len: int) -> int:
         """Sequences of ``seq_len`` that one forward may run: ``VLLM_POC_MAX_TOKENS_PER_FORWARD``
@@ -150,26 +178,32 @@ class PoCForward:
         inputs: torch.Tensor,
         batch: int,
         seq_len: int,
-        forward: Callable[[torch.Tensor, int], torch.Tensor | None],
+        forward: Callable[[torch.Tensor, int, torch.Tensor | None], torch.Tensor | None],
+        token_ids: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
-        """``forward(inputs, batch)`` in forwards of at most ``rows_per_forward`` sequences,
-        the last hidden states put back together: the same rows as one forward would give
-        (sequences never see each other), without the memory of one too large."""
+        """``forward(inputs, batch, token_ids)`` in forwards of at most ``rows_per_forward``
+        sequences, the last hidden states put back together: the same rows as one forward
+        would give (sequences never see each other), without the memory of one too large."""
         rows = self.rows_per_forward(seq_len)
         if batch <= rows:
-            return forward(inputs, batch)
+            return forward(inputs, batch, token_ids)
         parts = []
         for first in range(0, batch, rows):
             count = min(rows, batch - first)
-            parts.append(forward(inputs[first * seq_len : (first + count) * seq_len], count))
+            span = slice(first * seq_len, (first + count) * seq_len)
+            parts.append(
+                forward(inputs[span], count, None if token_ids is None else token_ids[span])
+            )
         if parts[0] is None:
             return None
         return torch.cat([p for p in parts if p is not None])
 
-    def run_distance(self, shape: BatchShape, inputs: torch.Tensor) -> torch.Tensor | None:
+    def run_distance(
+        self, shape: BatchShape, inputs: torch.Tensor, token_ids: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
         """The distance protocol's forward: vLLM's own graph where it takes input embeddings
         and the batch, else the PoC forward's graph (eager where nothing compiles)."""
-        return self.run(shape, inputs, self.embeds_graph, vllm_graph=True)
+        return self.run(shape, inputs, self.embeds_graph, vllm_graph=True, token_ids=token_ids)
 
     def prepare(self, batch: int, seq_len: int) -> BatchShape:
         """Everything of a batch but its inputs (``batch_shape``)."""
@@ -181,15 +215,23 @@ class PoCForward:
         inputs: torch.Tensor,
         graph: EmbedsGraph | None = None,
         vllm_graph: bool = False,
+        token_ids: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
         """The model's forward on ``inputs`` of ``shape``: the last positions' hidden states.
 
         ``graph`` is the PoC graph to run (None: the modules' plain forward, eager);
         ``vllm_graph`` lets vLLM's own graph run instead where it was traced with input
         embeddings and holds the batch (it knows nothing of what a protocol puts in the layers).
+        ``token_ids``: the pseudo ids of a token-routed model, beside the embeddings (vLLM's
+        graph, traced with embeddings alone, is not used for them).
         """
         tokens = shape.batch * shape.seq_len
-        skip = not vllm_graph or self.skip_compiled or tokens > self.max_compiled_tokens
+        skip = (
+            not vllm_graph
+            or self.skip_compiled
+            or tokens > self.max_compiled_tokens
+            or token_ids is not None
+        )
         own_graph = graph.active() if graph is not None and skip else nullcontext()
         with (
             compat.swapped_kv_caches(self.vllm_config, shape.scratch_for),
@@ -202,7 +244,9 @@ class PoCForward:
             ),
             own_graph,
         ):
-            hidden = compat.run_model(self.runner, self.runner.get_model(), shape.positions, inputs)
+            hidden = compat.run_model(
+                self.runner, self.runner.get_model(), shape.positions, inputs, token_ids
+            )
         return None if hidden is None else hidden[shape.last]
 
     def head(
@@ -215,8 +259,9 @@ class PoCForward:
         return None if logits is None else logits.to(torch.float32)
 
     def unsupported(self) -> list[str]:
-        """Layer kinds and cache layouts this forward cannot compute (empty: none)."""
-        return self.shapes.unsupported()
+        """Layer kinds, cache layouts and routing this forward cannot compute (empty: none)."""
+        refused = [self.routing.refusal] if self.routing.refusal else []
+        return self.shapes.unsupported() + refused
 
     def max_batch_size(self, seq_len: int, max_tokens: int) -> int:
         """The largest batch this worker should run (rule: ``auto_batch``)."""

@@ -65,11 +65,13 @@ def profile_stages(
     bare_inputs = torch.randn(batch * seq_len, forward.hidden_size, device=forward.device).to(
         forward.dtype
     )
+    profiled = Work("distances", "profile", "pk", tuple(nonces), seq_len)
+    ids = forward.routing.ids(profiled, forward.device)
     samples: dict[str, list[float]] = defaultdict(list)
 
     def bare(stage: _Stopwatch) -> None:
         with stage("bare_forward_and_logits"):
-            bare_last = forward.last_hidden(bare_inputs, batch, seq_len)
+            bare_last = forward.last_hidden(bare_inputs, batch, seq_len, token_ids=ids)
             if bare_last is not None:
                 forward.runner.get_model().compute_logits(bare_last)
 
@@ -79,12 +81,12 @@ def profile_stages(
         if rep % 2:
             bare(stage)
         with stage("inputs"):
-            inputs = forward.inputs(Work("distances", "profile", "pk", tuple(nonces), seq_len))
+            inputs = forward.inputs(profiled)
         if random_projection:
             with stage("projection"):
                 inputs = distance.apply_projection(inputs, forward.projection("profile", "pre"))
         with stage("forward"):
-            last = forward.last_hidden(inputs, batch, seq_len)
+            last = forward.last_hidden(inputs, batch, seq_len, token_ids=ids)
         if last is not None:
             if random_projection:
                 with stage("projection"):
@@ -136,14 +138,15 @@ def profile_artifacts(
     sync = _synchronizer(forward.device)
     work = Work("artifacts", "profile", "pk", tuple(range(batch)), seq_len)
     inputs = forward.inputs(work)
+    ids = forward.routing.ids(work, forward.device)
     shape = forward.prepare(batch, seq_len)
     out: dict[str, object] = {}
     runs: dict[str, Callable[[], object]] = {
         "artifacts": lambda: artifacts.artifacts(work),
         "artifacts_eager": lambda: artifacts.artifacts(dataclasses.replace(work, eager=True)),
         "distances": lambda: forward.distances(dataclasses.replace(work, kind="distances")),
-        "bare_forward_eager": lambda: forward.run(shape, inputs),
-        "bare_forward": lambda: forward.run_distance(shape, inputs),
+        "bare_forward_eager": lambda: forward.run(shape, inputs, token_ids=ids),
+        "bare_forward": lambda: forward.run_distance(shape, inputs, ids),
     }
     if forward.device.type == "cuda" and artifacts.graph is not None:
         captured = artifacts.cuda_graphs or PoCGraphs(forward.shapes, artifacts.run)
