@@ -4,8 +4,8 @@ differ the way honest nodes do (batch size, compiled or eager, tensor parallelis
 dtype), L2 between each configuration's artifacts and the first one's (the network's validation
 bound is 0.2).
 
-Each configuration runs in its own process (vLLM's ``LLM`` with the plugin enabled) through the
-worker method the artifact API calls:
+Each engine runs in its own process (vLLM's ``LLM`` with the plugin enabled; configurations that
+differ only in their batch size share one) through the worker method the artifact API calls:
 
     .venv/bin/python benchmarks/artifact_noise.py                        # tiny model, CPU
     .venv/bin/python benchmarks/artifact_noise.py --shape 0.6b --nonces 64
@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from vllm_poc.protocol.artifact import math as artifact
-from vllm_poc.testing.tiny_model import make_tiny_model
+from vllm_poc.testing.tiny_model import REAL_SHAPES, make_tiny_model
 
 CONFIGS: dict[str, dict[str, object]] = {
     "batch 32, bf16": {"batch": 32},
@@ -41,25 +41,43 @@ CONFIGS: dict[str, dict[str, object]] = {
 BLOCK, KEY = "noise-block", "noise-key"
 
 
-def run(model: Path, config: dict[str, object], nonces: int, seq_len: int, shape: str) -> list[str]:
-    """The artifacts of ``nonces`` from one engine of ``config``, in nonce order."""
+def engine_of(config: dict[str, object]) -> str:
+    """What makes an engine (everything but the batch size): configurations that differ only
+    in their batch size share one engine."""
+    return json.dumps({k: v for k, v in config.items() if k != "batch"}, sort_keys=True)
+
+
+def run(
+    model: Path,
+    config: dict[str, object],
+    batches: list[int],
+    nonces: int,
+    seq_len: int,
+    shape: str,
+) -> list[list[str]]:
+    """The artifacts of ``nonces``, in nonce order, from one engine of ``config`` (its batch
+    size aside) at each of ``batches``."""
     code = (
         "import json, sys; from vllm import LLM\n"
         "c = json.loads(sys.argv[1])\n"
         "llm = LLM(model=c['model'], dtype=c.get('dtype', 'bfloat16'), max_model_len=max(512,"
         " c['seq_len']), tensor_parallel_size=c.get('tp', 1), load_format=c['load'],"
         " enforce_eager=c.get('eager', False))\n"
-        "out = []\n"
-        "for i in range(0, c['nonces'], c['batch']):\n"
-        "    chunk = list(range(i, min(i + c['batch'], c['nonces'])))\n"
-        "    work = {'kind': 'artifacts', 'block_hash': c['block'], 'public_key': c['key'],"
+        "runs = []\n"
+        "for batch in c['batches']:\n"
+        "    out = []\n"
+        "    for i in range(0, c['nonces'], batch):\n"
+        "        chunk = list(range(i, min(i + batch, c['nonces'])))\n"
+        "        work = {'kind': 'artifacts', 'block_hash': c['block'], 'public_key': c['key'],"
         " 'nonces': chunk, 'seq_len': c['seq_len']}\n"
-        "    answers = llm.collective_rpc('poc_run', args=(work,))\n"
-        "    out += next(a for a in answers if a is not None)\n"
-        "print('ARTIFACTS ' + json.dumps(out), flush=True)\n"
+        "        answers = llm.collective_rpc('poc_run', args=(work,))\n"
+        "        out += next(a for a in answers if a is not None)\n"
+        "    runs.append(out)\n"
+        "print('ARTIFACTS ' + json.dumps(runs), flush=True)\n"
     )
     spec = {
-        **config,
+        **{k: v for k, v in config.items() if k != "batch"},
+        "batches": batches,
         "model": str(model),
         "nonces": nonces,
         "seq_len": seq_len,
@@ -80,7 +98,7 @@ def run(model: Path, config: dict[str, object], nonces: int, seq_len: int, shape
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", choices=["tiny", "0.6b", "8b"], default="tiny")
+    parser.add_argument("--shape", choices=["tiny", *REAL_SHAPES], default="tiny")
     parser.add_argument("--nonces", type=int, default=64)
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--only", nargs="*", default=None, help="configurations to run")
@@ -89,9 +107,15 @@ def main() -> None:
         shape = None if args.shape == "tiny" else args.shape
         model = make_tiny_model(Path(tmp) / "model", shape=shape)
         names = args.only or list(CONFIGS)
-        results = {
-            name: run(model, CONFIGS[name], args.nonces, args.seq_len, args.shape) for name in names
-        }
+        engines: dict[str, list[str]] = {}
+        for name in names:
+            engines.setdefault(engine_of(CONFIGS[name]), []).append(name)
+        results = {}
+        for group in engines.values():
+            batches = [int(CONFIGS[name]["batch"]) for name in group]  # type: ignore[call-overload]
+            runs = run(model, CONFIGS[group[0]], batches, args.nonces, args.seq_len, args.shape)
+            results.update(zip(group, runs, strict=True))
+        print(f"{len(names)} configurations on {len(engines)} engine(s)", flush=True)
     rows = {
         name: torch.tensor([artifact.decode(v).tolist() for v in r]) for name, r in results.items()
     }

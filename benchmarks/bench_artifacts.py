@@ -41,6 +41,8 @@ from typing import Any
 
 from bench_poc import device_name, leftover_children, shutdown
 
+from vllm_poc.testing.tiny_model import REAL_SHAPES
+
 PROFILE_ROWS = (
     ("bare forward, compiled", "bare_forward"),
     ("bare forward, eager", "bare_forward_eager"),
@@ -143,7 +145,7 @@ async def run(args: argparse.Namespace, model: Path, cuda: bool) -> dict[str, An
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", choices=["tiny", "0.6b", "8b"], default="tiny")
+    parser.add_argument("--shape", choices=["tiny", *REAL_SHAPES], default="tiny")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--reps", type=int, default=5, help="profile repetitions per round")

@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from vllm_poc.testing.tiny_model import DENSE_SHAPES
+
 CPU_BATCHES = [1, 4, 16, 64]
 GPU_BATCHES = [32, 64, 128, 256]
 STAGES = ("inputs", "projection", "forward", "logits", "permutation_distance")
@@ -367,7 +369,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", help="default: 1 4 16 64 / GPU 32..256")
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument(
-        "--shape", choices=["tiny", "0.6b", "8b"], help="default: tiny on CPU, 0.6b on GPU"
+        "--shape", choices=["tiny", *DENSE_SHAPES], help="default: tiny on CPU, 0.6b on GPU"
     )
     parser.add_argument("--model-cache", default=".models", help="where models are made")
     parser.add_argument("--rounds", type=int, default=3, help="passes over the batch sizes")

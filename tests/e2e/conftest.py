@@ -41,9 +41,34 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     signal.signal(signal.SIGTERM, _interrupt)
 
 
+MODULES_BY_SERVER = (
+    # The artifact protocol's server (``test_artifact_api.ARTIFACT``; the release smoke's under
+    # the default entry, MLNode's open variant) and MLNode's keyed one.
+    "test_artifact_api",
+    "test_artifact_limits",
+    "test_fuzz",
+    "test_mlnode_contract",
+    "test_release_smoke",
+    # The plugin installed but off, compiled (``PLAIN``).
+    "test_as_run",
+    "test_off_switch",
+)
+"""Modules that share a server configuration, run one after the other so that it starts once
+(the registry keeps only ``servers.IDLE_CAPACITY`` idle servers); every other module follows in
+file order."""
+
+
+def _order(item: pytest.Item) -> tuple[bool, int]:
+    module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+    group = (
+        MODULES_BY_SERVER.index(module) if module in MODULES_BY_SERVER else len(MODULES_BY_SERVER)
+    )
+    return item.get_closest_marker("runs_last") is not None, group
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # Stable sort: order is kept otherwise.
-    items.sort(key=lambda item: item.get_closest_marker("runs_last") is not None)
+    # Stable sort: the order within a module, and of the other modules, is kept.
+    items.sort(key=_order)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -162,6 +162,11 @@ def test_receiver_outage_within_retry_budget_loses_nothing(tuned_client: httpx.C
 WINDOW_BATCHES = 60
 """Batches each broken receiver is watched for: every batch posts (r_target 2), so the queue of
 8 overflows within it whatever the machine's speed."""
+# Batches of ~20 ms here: the default 4 x 16 ran hundreds a second, and a loop that fast
+# starved the API server's event loop on this 2-core machine (the test's own /status polls
+# waited seconds each, 17,000+ batches passed in one window).
+WINDOW_BATCH = 16
+WINDOW_SEQ_LEN = 64
 BROKEN = {"down": "dead", "refuses (500)": "error", "hangs (3 s > 1 s timeout)": "slow"}
 
 
@@ -192,7 +197,12 @@ def test_broken_receivers_never_slow_generation_and_stay_bounded(
             for name, mode in BROKEN.items():
                 receiver.set_mode("ok" if mode == "dead" else mode, slow_seconds=3.0)
                 url = dead_url() if mode == "dead" else receiver.url
-                body = round_body(block_hash=f"broken-{mode}", callback_url=url)
+                body = round_body(
+                    block_hash=f"broken-{mode}",
+                    callback_url=url,
+                    batch_size=WINDOW_BATCH,
+                    seq_len=WINDOW_SEQ_LEN,
+                )
                 post_ok(c, "/init/generate", body)
                 wait_checked(c, 1)
                 after = _counters_after(c, WINDOW_BATCHES, f"a receiver that {name}")

@@ -460,10 +460,14 @@ def test_concurrent_status_and_validate_while_generating(fresh_server: LocalServ
 
 
 def _concurrent_status_and_validate(c: httpx.Client, tuned_server: LocalServer) -> None:
-    # A realistic r_target (about 5% valid) keeps /status small while the round runs.
+    # A realistic r_target (about 5% valid) keeps /status small while the round runs, and
+    # batches of ~20 ms keep the round from starving the API server's event loop (4 x 16 ran
+    # hundreds a second on this machine). Batches of 4: the validator's batch of nonces 0-3 is
+    # the round's first, so their distances are bit-identical.
+    shape = {"batch_size": 4, "seq_len": 256}
     cal = {"block_hash": BLOCK, "public_key": "e2e-node", "valid_rate": 0.05, "n_samples": 64}
-    r_target = ok(c.post(POW + "/calibrate", json=dict(cal, batch_size=4, seq_len=16)))["r_target"]
-    body = round_body(block_hash=BLOCK, block_height=HEIGHT + 90, r_target=r_target)
+    r_target = ok(c.post(POW + "/calibrate", json={**cal, **shape}))["r_target"]
+    body = round_body(block_hash=BLOCK, block_height=HEIGHT + 90, r_target=r_target, **shape)
     post_ok(c, "/init/generate", body)
     start = wait_checked(c, 8)
     headers = {"Authorization": f"Bearer {TUNED_API_KEY}"}

@@ -47,7 +47,8 @@ def test_make_test_stopped_by_sigterm_leaves_no_process(tmp_path: Path) -> None:
         # One module that starts a server; the report goes to this test's folder.
         "PYTEST_ADDOPTS": "-p no:cacheprovider tests/e2e/test_release_smoke.py",
     }
-    command = ["make", "--no-print-directory", "test", "OLD_RELEASES=", f"REPORT={tmp_path}"]
+    report = tmp_path / "report"  # `make test` empties its report folder first: not the log's
+    command = ["make", "--no-print-directory", "test", "OLD_RELEASES=", f"REPORT={report}"]
     with open(log, "wb") as out:
         run = subprocess.Popen(
             command,
@@ -58,7 +59,7 @@ def test_make_test_stopped_by_sigterm_leaves_no_process(tmp_path: Path) -> None:
             start_new_session=True,
         )
     try:
-        started = tmp_path / "starts.jsonl"  # a line once a server answered /health
+        started = report / "starts.jsonl"  # a line once a server answered /health
         wait_until(
             lambda: started.exists() or run.poll() is not None, 420, "the run's first server"
         )

@@ -63,8 +63,25 @@ REAL_SHAPES: dict[str, dict[str, object]] = {
         "intermediate_size": 12288,
         "tie_word_embeddings": False,
     },
+    "30b-a3b": {
+        "vocab_size": 151936,
+        "hidden_size": 2048,
+        "num_hidden_layers": 48,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 4,
+        "head_dim": 128,
+        "intermediate_size": 6144,
+        "moe_intermediate_size": 768,
+        "num_experts": 128,
+        "num_experts_per_tok": 8,
+        "norm_topk_prob": True,
+        "tie_word_embeddings": False,
+    },
 }
-"""Real Qwen3 shapes that ``make_tiny_model(dir, shape=...)`` writes as a config only."""
+"""Real shapes that ``make_tiny_model(dir, shape=...)`` writes as a config only: Qwen3 dense,
+and the Qwen3-MoE shape of Qwen3-30B-A3B (a shape with ``num_experts`` is a Qwen3-MoE)."""
+DENSE_SHAPES = [name for name, shape in REAL_SHAPES.items() if "num_experts" not in shape]
+"""The shapes whose FLOPs are 2 x parameters (``bench_poc``'s MFU)."""
 _DONE_MARKER = ".complete"
 _REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 _CONFIG_ONLY_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json")
@@ -112,7 +129,8 @@ def _write_tokenizer(out_dir: Path) -> int:
 
 
 def _qwen3_config(eos_id: int, **shape: Any) -> Any:
-    from transformers import Qwen3Config
+    """A Qwen3 config of ``shape``; a Qwen3-MoE one when the shape names ``num_experts``."""
+    from transformers import Qwen3Config, Qwen3MoeConfig
 
     common: dict[str, Any] = {
         "max_position_embeddings": 4096,
@@ -122,8 +140,13 @@ def _qwen3_config(eos_id: int, **shape: Any) -> Any:
         "bos_token_id": eos_id,
         "eos_token_id": eos_id,
     }
-    config = Qwen3Config(**common, **shape)
-    config.architectures = ["Qwen3ForCausalLM"]
+    config: Any
+    if "num_experts" in shape:
+        config = Qwen3MoeConfig(**common, **shape)
+        config.architectures = ["Qwen3MoeForCausalLM"]
+    else:
+        config = Qwen3Config(**common, **shape)
+        config.architectures = ["Qwen3ForCausalLM"]
     return config
 
 
@@ -253,13 +276,15 @@ def make_tiny_model(out_dir: Path, shape: str | None = None, architecture: str =
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI: ``python -m vllm_poc.testing.tiny_model DIR [--shape 0.6b|8b]``."""
+    """CLI: ``python -m vllm_poc.testing.tiny_model DIR [--shape NAME]`` (``REAL_SHAPES``)."""
     args = sys.argv[1:] if argv is None else argv
     shape = None
     if len(args) == 3 and args[1] == "--shape" and args[2] in REAL_SHAPES:
         shape, args = args[2], args[:1]
     if len(args) != 1 or args[0].startswith("-"):
-        print("usage: python -m vllm_poc.testing.tiny_model DIR [--shape 0.6b|8b]", file=sys.stderr)
+        shapes = "|".join(REAL_SHAPES)
+        usage = f"usage: python -m vllm_poc.testing.tiny_model DIR [--shape {shapes}]"
+        print(usage, file=sys.stderr)
         return 2
     path = make_tiny_model(Path(args[0]), shape)
     print(f"tiny model ready at {path}: {sorted(p.name for p in path.iterdir())}")
