@@ -59,7 +59,8 @@ file order."""
 
 
 def _order(item: pytest.Item) -> tuple[bool, int]:
-    module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+    here = item.path.parent == Path(__file__).parent
+    module = item.path.stem if here else ""
     group = (
         MODULES_BY_SERVER.index(module) if module in MODULES_BY_SERVER else len(MODULES_BY_SERVER)
     )
