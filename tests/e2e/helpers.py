@@ -165,6 +165,12 @@ def generate(client: httpx.Client, at_least: int, **overrides: Any) -> dict[str,
     return final
 
 
+def first_nonces(final: dict[str, Any], n: int = 64) -> dict[str, Any]:
+    """``final`` (a /status) with its first ``n`` valid nonces only: a fast engine reports
+    thousands before /stop lands, more than one /validate body may carry."""
+    return {**final, **{k: final[k][:n] for k in ("valid_nonces", "valid_distances")}}
+
+
 def is_4xx(response: httpx.Response) -> bool:
     return 400 <= response.status_code < 500
 

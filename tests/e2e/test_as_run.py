@@ -20,7 +20,7 @@ from vllm_poc.client import batch_from_status
 from vllm_poc.protocol.distance.batches import to_json_dict
 from vllm_poc.testing.server import LocalServer
 
-from .helpers import LIMITS, POW, generate, ok, post_ok, round_body, stop_round
+from .helpers import LIMITS, POW, first_nonces, generate, ok, post_ok, round_body, stop_round
 from .reference import reference_distances
 from .servers import Config, Servers
 from .test_correctness import DIST_TOL
@@ -86,7 +86,9 @@ def test_distances_are_the_models(c: httpx.Client, as_run: LocalServer) -> None:
 
 def test_a_round_validates_honest_and_flags_forged(c: httpx.Client) -> None:
     final = generate(c, 16, block_hash=BLOCK, seq_len=SEQ_LEN)
-    batch = batch_from_status(final, block_hash=BLOCK, public_key="e2e-node", node_id=0)
+    batch = batch_from_status(
+        first_nonces(final), block_hash=BLOCK, public_key="e2e-node", node_id=0
+    )
     validator = round_body(block_hash=BLOCK, public_key="validator", seq_len=SEQ_LEN)
     post_ok(c, "/init/validate", validator)
     honest = ok(c.post(POW + "/validate", json=to_json_dict(batch)))

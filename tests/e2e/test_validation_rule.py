@@ -11,7 +11,7 @@ from vllm_poc.client import batch_from_status
 from vllm_poc.protocol.distance.batches import to_json_dict
 from vllm_poc.testing.server import LocalServer
 
-from .helpers import POW, generate, ok, post_ok, round_body, status, version_weights
+from .helpers import POW, first_nonces, generate, ok, post_ok, round_body, status, version_weights
 from .reference import reference_distances
 from .test_correctness import DIST_TOL
 
@@ -38,11 +38,8 @@ def test_batches_state_their_parameters_and_a_validator_follows_or_refuses(
 ) -> None:
     final = generate(client, 16, block_hash=BLOCK, seq_len=SEQ_LEN, seed_derivation="strong")
     model = ok(client.get(POW + "/version"))["model"]
-    # The round's first nonces: a fast engine reports thousands before /stop lands, more than
-    # one /validate body may carry.
-    first = {k: final[k][:64] for k in ("valid_nonces", "valid_distances")}
     batch = batch_from_status(
-        {**final, **first}, block_hash=BLOCK, public_key="e2e-node", node_id=0
+        first_nonces(final), block_hash=BLOCK, public_key="e2e-node", node_id=0
     )
     batch.model = model
     assert batch.parameters() == {

@@ -127,6 +127,25 @@ class TestSplitRequests:
             _distances(engines, list(range(8)), batch_size=4)
         assert slow.running == 0
 
+    @pytest.mark.parametrize(("interleave", "depth"), [(False, PIPELINE_DEPTH), (True, 1)])
+    def test_jobs_beside_inference_keep_one_call_in_flight(
+        self, interleave: bool, depth: int
+    ) -> None:
+        # vLLM's engine core handles every queued call before a scheduler step: a second PoC
+        # call always queued would hold inference back for the whole job.
+        fake = FakeEngine(delay=0.001)
+        work = Work("distances", "h", "k", list(range(12)), 8)
+        asyncio.run(Engines([EngineRPC(fake)]).run(work, 2, interleave=interleave))
+        assert fake.most_running == depth
+        assert [list(w.nonces) for w in fake.work()] == [
+            [0, 1],
+            [2, 3],
+            [4, 5],
+            [6, 7],
+            [8, 9],
+            [10, 11],
+        ]
+
     def test_auto_batch_size_is_the_smallest_engines(self) -> None:
         fakes = [FakeEngine(), FakeEngine()]
         fakes[1].max_batch_sizes = [24]
@@ -232,6 +251,18 @@ class TestDataParallelRounds:
         distances, _ = asyncio.run(manager.validate([4, 5, 6, 7, 8], "other"))
         assert distances == [fake_distance(n) for n in (4, 5, 6, 7, 8)]
         assert _owned(fakes[0]) and _owned(fakes[1])
+
+    @pytest.mark.parametrize(("setting", "depth"), [("0", PIPELINE_DEPTH), ("1", 1)])
+    def test_validation_interleaves_where_inference_is_served(
+        self, monkeypatch: pytest.MonkeyPatch, setting: str, depth: int
+    ) -> None:
+        monkeypatch.setenv("VLLM_POC_INFERENCE_DURING_VALIDATION", setting)
+        fake = FakeEngine(delay=0.001)
+        manager = PoCManager(Engines([EngineRPC(fake)]), max_model_len=512)
+        manager.init_round(_config(batch_size=2))
+        manager.start_validate()
+        asyncio.run(manager.validate(list(range(10)), "other"))
+        assert fake.most_running == depth
 
 
 class TestEndlessLoop:

@@ -23,6 +23,11 @@ T = TypeVar("T")
 
 PIPELINE_DEPTH = 2
 """Calls in flight per engine: one running in the engine, one queued behind it."""
+INTERLEAVED_DEPTH = 1
+"""Calls in flight per engine while the server also serves inference: vLLM's engine core
+handles every queued request before it runs a scheduler step, so with a PoC call always queued
+a completion would wait for the whole job; with one in flight, a step runs between two calls
+(the worker still prepares the next call's inputs during each forward)."""
 
 ChunkDone = Callable[[int, list[int], list[Any], float], None]
 """Called with ``(dp_rank, nonces, answer, seconds)`` as an engine finishes a chunk."""
@@ -79,15 +84,22 @@ class Engines:
         return await every(rpc.weight_digests() for rpc in self.rpcs)
 
     async def run(
-        self, work: Work, batch_size: int, on_chunk: ChunkDone | None = None
+        self,
+        work: Work,
+        batch_size: int,
+        on_chunk: ChunkDone | None = None,
+        *,
+        interleave: bool = False,
     ) -> list[tuple[list[int], list[Any]]]:
         """``work`` on chunks of at most ``batch_size`` of its nonces spread over the engines
         (chunk ``i`` on engine ``i mod n``): each chunk with its answer (``EngineRPC.run``), in
         order. Each engine keeps ``PIPELINE_DEPTH`` of its chunks in flight, each naming the
         next, so its worker prepares a chunk's inputs during the forward before it.
         ``on_chunk(dp_rank, chunk, answer, seconds)`` hears of each chunk as soon as its engine
-        is done with it."""
+        is done with it. ``interleave``: inference is served meanwhile, so each engine keeps
+        ``INTERLEAVED_DEPTH`` calls in flight instead."""
         nonces = list(work.nonces)
+        depth = INTERLEAVED_DEPTH if interleave else PIPELINE_DEPTH
         per_chunk = max(1, min(batch_size, math.ceil(len(nonces) / len(self.rpcs))))
         chunks = [nonces[i : i + per_chunk] for i in range(0, len(nonces), per_chunk)]
         n = len(self.rpcs)
@@ -108,7 +120,7 @@ class Engines:
 
             nexts = [*mine[1:], []]
             units = (work.with_nonces(c, m) for c, m in zip(mine, nexts, strict=True))
-            return await pipelined(one(unit) for unit in units)
+            return await pipelined((one(unit) for unit in units), depth)
 
         per_engine = await every(engine(e) for e in range(min(len(chunks), n)))
         return [(chunk, per_engine[i % n][i // n]) for i, chunk in enumerate(chunks)]

@@ -19,7 +19,6 @@ from starlette.routing import Route
 
 from vllm_poc import envs
 from vllm_poc.protocol import POW_PREFIX
-from vllm_poc.protocol.state import PoCState
 from vllm_poc.server.errors import (
     ForbiddenClient,
     PoCRequestError,
@@ -27,6 +26,7 @@ from vllm_poc.server.errors import (
     Unauthorized,
     response,
 )
+from vllm_poc.server.node import pausing
 from vllm_poc.setting import networks
 
 
@@ -105,16 +105,6 @@ def is_inference_route(route: Any) -> bool:
     if not isinstance(route, Route) or "POST" not in (route.methods or ()):
         return False
     return route.path.startswith(BLOCKED_PREFIXES) or route.path in BLOCKED_PATHS
-
-
-def pausing(node: Any) -> str | None:
-    """What of the node's work pauses inference now (None: nothing): generating always,
-    validating unless ``VLLM_POC_INFERENCE_DURING_VALIDATION`` (``auto``: the protocol's way)."""
-    if node.state == PoCState.GENERATING:
-        return "GENERATING"
-    if node.validating and not envs.inference_during_validation():
-        return "VALIDATING"
-    return None
 
 
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]

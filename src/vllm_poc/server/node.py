@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from vllm_poc import envs
 from vllm_poc.protocol.state import PoCState
 
 
@@ -35,3 +36,13 @@ class NodeFactory(Protocol):
     def __call__(
         self, engines: Any, model_config: Any, served: list[str], unsupported: list[str]
     ) -> Node: ...
+
+
+def pausing(node: Node) -> str | None:
+    """What of the node's work pauses inference now (None: nothing): generating always,
+    validating unless ``VLLM_POC_INFERENCE_DURING_VALIDATION`` (``auto``: the protocol's way)."""
+    if node.state == PoCState.GENERATING:
+        return "GENERATING"
+    if node.validating and not envs.inference_during_validation():
+        return "VALIDATING"
+    return None

@@ -26,6 +26,7 @@ from vllm_poc.server.bad_batches import BadBatchStreaks
 from vllm_poc.server.callbacks import PoCCallbackSender
 from vllm_poc.server.engines import Engines, endless, every
 from vllm_poc.server.errors import Conflict, EngineFailure, ParamsMismatch, Unsupported
+from vllm_poc.server.node import pausing
 
 logger = get_logger(__name__)
 
@@ -151,7 +152,8 @@ class ArtifactNode:
             self._count(body, dp_rank, chunk, vectors, seconds, validating=validating)
 
         work = body.work().with_nonces(nonces)
-        chunks = await self.engines.run(work, body.batch_size, done)
+        interleave = pausing(self) is None
+        chunks = await self.engines.run(work, body.batch_size, done, interleave=interleave)
         return [item for chunk, vectors in chunks for item in _items(chunk, vectors)]
 
     def _count(

@@ -23,6 +23,7 @@ from vllm_poc.server.distance import calibration, proofs
 from vllm_poc.server.distance.generation import Generation, PoCStats
 from vllm_poc.server.engines import Engines
 from vllm_poc.server.errors import BadValue, ForbiddenInState, Unsupported
+from vllm_poc.server.node import pausing
 
 logger = get_logger(__name__)
 
@@ -187,7 +188,9 @@ class PoCManager:
         """Distances of ``nonces`` under ``config``'s block, in forwards of at most
         ``batch_size`` spread over the engines."""
         work = config.work(public_key).with_nonces(nonces)
-        return [d for _, chunk in await self.engines.run(work, config.batch_size) for d in chunk]
+        interleave = pausing(self) is None
+        chunks = await self.engines.run(work, config.batch_size, interleave=interleave)
+        return [d for _, chunk in chunks for d in chunk]
 
     # ------------------------------------------------------------------ validation
 
