@@ -26,6 +26,14 @@ from .helpers import (
 pytestmark = pytest.mark.e2e
 
 QUEUE_SIZE = int(TUNED_ENV["VLLM_POC_CALLBACK_QUEUE_SIZE"])
+RETRIES = int(TUNED_ENV["VLLM_POC_CALLBACK_MAX_RETRIES"])
+DRAIN_S = (QUEUE_SIZE + 1) * (
+    (RETRIES + 1) * float(TUNED_ENV["VLLM_POC_CALLBACK_TIMEOUT"])
+    + RETRIES * float(TUNED_ENV["VLLM_POC_CALLBACK_BACKOFF_MAX"])
+)
+"""The longest a dead receiver keeps its queue (171 s): each of its queued callbacks, in order,
+tries every retry, each taking at most the timeout and the longest backoff (a loaded machine
+took over 60 s)."""
 
 
 # ============================================================ 6.3 callback retry queue
@@ -69,7 +77,7 @@ def _callbacks(client: httpx.Client) -> dict[str, int]:
     return status(client)["callbacks"]
 
 
-def _drained(client: httpx.Client, timeout: float = 60.0) -> dict[str, int]:
+def _drained(client: httpx.Client, timeout: float = DRAIN_S) -> dict[str, int]:
     return wait_until(
         lambda: (cb := _callbacks(client))["pending"] == 0 and cb,
         timeout,
