@@ -122,7 +122,7 @@ def _stop_after_batches(client: httpx.Client) -> dict[str, Any] | None:
 
 def test_receiver_outage_within_retry_budget_loses_nothing(tuned_client: httpx.Client) -> None:
     c = tuned_client
-    assert int(TUNED_ENV["VLLM_POC_CALLBACK_MAX_RETRIES"]) == 10, "OUTAGE_S is sized for 10"
+    assert RETRIES == 10, "OUTAGE_S is sized for 10"
     before = _drained(c)
     first, second = "phase6-outage-block", "phase6-after-outage-block"
     with AnsweredReceiver(outage_s=OUTAGE_S) as receiver:
