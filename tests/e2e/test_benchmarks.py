@@ -158,7 +158,7 @@ def test_bench_artifacts_reports_every_path_and_the_ratio() -> None:
 def test_artifact_noise_reports_the_l2_between_configurations() -> None:
     configs = ["batch 32, bf16", "batch 1, bf16"]  # one engine: they differ in the batch only
     out = _run_benchmark(
-        "artifact_noise.py", *("--nonces", "4", "--seq-len", "16", "--only", *configs)
+        "artifact_noise.py", *("--nonces", "4", "--seq-len", "16", "--eager", "--only", *configs)
     )
     assert "2 configurations on 1 engine(s)" in out, out[-2000:]
     (max_l2, mean_l2, above) = _table(out, configs[1:])[configs[1]]
