@@ -16,8 +16,9 @@ import torch
 
 from tests.compat.released_sources import Sources, sources
 from vllm_poc import compat
+from vllm_poc.compat.layers import RECURRENT_FROM
 from vllm_poc.compat.releases import NEW_API_SERVER, OLD_API_SERVER, RELEASES, Release
-from vllm_poc.compat.worker import metadata_values
+from vllm_poc.compat.worker import STATE_CHECKPOINTS, metadata_values
 
 V1_RUNNER = "vllm.v1.worker.gpu_model_runner"
 V2_RUNNER = "vllm.v1.worker.gpu.model_runner"
@@ -206,3 +207,21 @@ def test_the_logits_of_the_last_positions(release):
         ("vllm.model_executor.models.qwen2", "Qwen2ForCausalLM"),
     ):
         assert src.params(module, f"{cls}.compute_logits")[:2] == ["self", "hidden_states"]
+
+
+RECURRENT = [r for r in RELEASES if tuple(map(int, r.minor.split("."))) >= RECURRENT_FROM]
+
+
+@pytest.mark.parametrize("recurrent", RECURRENT, ids=lambda r: r.version)
+def test_recurrent_layers_start_from_a_zero_state(recurrent: Release) -> None:
+    """Where recurrent layers run PoC (``compat.layers.RECURRENT_FROM``): a first prefill, which
+    every PoC sequence is, reads no prior state whatever its length, and the Mamba-2 metadata
+    holds the state checkpoints that ``compat.without_state_checkpoints`` clears."""
+    src = Sources(sources(recurrent) / ".")
+    common = " ".join(src.text("vllm.v1.attention.backends.mamba_attn").split())
+    assert "has_prior_state = seq_lens_cpu > query_lens_cpu" in common
+    assert "num_computed_tokens = common_attn_metadata.compute_num_computed_tokens()" in common
+    fields = src.fields("vllm.v1.attention.backends.mamba2_attn", "Mamba2AttentionMetadata")
+    assert set(STATE_CHECKPOINTS) <= set(fields)
+    kinds = src.text("vllm.v1.kv_cache_interface", "MambaSpec")
+    assert "mamba_type" in kinds and "mamba_cache_mode" in kinds

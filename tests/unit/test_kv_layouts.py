@@ -4,6 +4,7 @@ layer kinds it cannot compute, which are refused by name instead of computed wro
 
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 from typing import Any
 
@@ -101,7 +102,8 @@ def test_a_kernel_block_size_below_the_cache_block_size_is_addressed_in_kernel_b
     table = torch.tensor([[1, 2, 3], [4, 5, 6]])
     expected = torch.cat([row[t // kernel] * kernel + t % kernel for row in table])
     assert torch.equal(slots["l0"], expected)
-    assert scratch["l0"].shape == (1 + batch * per_seq, kernel, 1, 8)
+    (tensor,) = scratch["l0"]
+    assert tensor.shape == (1 + batch * per_seq, kernel, 1, 8)
     assert metadata["l0"] == "metadata-1"
 
 
@@ -147,7 +149,7 @@ def test_k_and_v_ahead_of_the_blocks_get_scratch_blocks_in_their_dimension():
     group = Group(["l0"], 16)
     fwd = forward_of(runner({"l0": Layer(kv)}, [(spec("FullAttentionSpec", 16), [group])]))
     _, _, scratch = fwd.attention(3, 20, torch.arange(20).repeat(3))
-    assert scratch["l0"].shape == (2, 1 + 3 * 2, 16, 1, 8)
+    assert [t.shape for t in scratch["l0"]] == [(2, 1 + 3 * 2, 16, 1, 8)]
     assert fwd.scratch_bytes_per_nonce(20) == 2 * block_bytes(kv, 1)
     assert block_bytes(kv, 1) == 2 * 16 * 8 * 4
 
@@ -196,7 +198,7 @@ def test_attention_kinds_are_supported_and_others_named():
         ],
     )
     reasons = compat.unsupported_layers(hybrid)
-    assert any("Mamba (MambaSpec)" in r and "e.g. mixer" in r for r in reasons), reasons
+    assert any("Mamba (MambaSpec: " in r and "e.g. mixer" in r for r in reasons), reasons
     assert not any("state tuple" in r for r in reasons), "one reason per layer"
     assert any("Layer (CrossAttentionSpec)" in r and "e.g. cross" in r for r in reasons), reasons
     assert all("attn:" not in r and "mla" not in r for r in reasons)
@@ -220,3 +222,112 @@ def test_the_forward_reports_a_layout_it_cannot_address():
     fwd = forward_of(runner({"l0": Layer(kv)}, [(spec("FullAttentionSpec"), [Group(["l0"], 16)])]))
     (reason,) = fwd.unsupported()
     assert "no single dimension of 40 blocks" in reason
+
+
+def mamba_spec(block_size: int = 512, **extra: Any) -> Any:
+    """vLLM's ``MambaSpec`` of a Mamba-2 mixer (one state slot per sequence)."""
+    fields = {"mamba_type": SimpleNamespace(name="MAMBA2"), "mamba_cache_mode": "none"}
+    return spec("MambaSpec", block_size, **{**fields, **extra})
+
+
+@pytest.mark.parametrize(
+    ("version", "extra", "reason"),
+    [
+        ("0.32.0", {}, None),
+        ("0.33.1", {}, None),
+        ("0.31.0", {}, "recurrent layers run PoC on vLLM >= 0.32"),
+        ("0.32.0", {"mamba_type": SimpleNamespace(name="GDN_ATTENTION")}, "of kind GDN_ATTENTION"),
+        ("0.32.0", {"mamba_cache_mode": "align"}, None),
+        ("0.32.0", {"mamba_cache_mode": "all"}, "mamba_cache_mode 'all'"),
+        ("0.32.0", {"num_speculative_blocks": 2}, "speculative decoding"),
+    ],
+)
+def test_recurrent_layers_run_where_they_are_tested(version, extra, reason):
+    got = compat.recurrent_refusal(mamba_spec(**extra), version)
+    assert got == reason if reason is None else reason in got
+
+
+def test_a_mamba_2_group_runs_with_one_zero_state_slot_per_sequence(monkeypatch):
+    """0.32's Mamba-2 layers hold ``(conv_state, ssm_state)``: each gets its own scratch, with
+    block 0 (null) and one state slot per sequence; the group's block table gives sequence i
+    slot i + 1, and its layers are no longer refused."""
+    monkeypatch.setattr("vllm_poc.compat.layers.vllm_version", lambda: "0.32.0")
+    conv, ssm = torch.ones(ENGINE_BLOCKS, 3, 96), torch.ones(ENGINE_BLOCKS, 4, 64, 16)
+    attn = torch.zeros(ENGINE_BLOCKS, 16, 1, 8)
+    layers = {"attn": Layer(attn), "mixer": Mamba((conv, ssm))}
+    mamba = Group(["mixer"], 512)
+    mamba.builder.kv_cache_spec = mamba_spec()
+    model_runner = runner(
+        layers,
+        [(spec("FullAttentionSpec", 16), [Group(["attn"], 16)]), (mamba_spec(), [mamba])],
+    )
+    assert compat.unsupported_layers(model_runner) == []
+    fwd = forward_of(model_runner)
+    batch, seq_len = 3, 24
+    _, _, scratch = fwd.attention(batch, seq_len, torch.arange(seq_len).repeat(batch))
+    assert mamba.builder.built[0].block_table_tensor.tolist() == [[1], [2], [3]]
+    conv_scratch, ssm_scratch = scratch["mixer"]
+    assert conv_scratch.shape == (1 + batch, 3, 96) and ssm_scratch.shape == (1 + batch, 4, 64, 16)
+    assert not conv_scratch.any() and not ssm_scratch.any()
+    assert [t.shape for t in scratch["attn"]] == [(1 + batch * 2, 16, 1, 8)]
+    per_nonce = block_bytes(attn, 0) * 2 + block_bytes(conv, 0) + block_bytes(ssm, 0)
+    assert fwd.scratch_bytes_per_nonce(seq_len) == per_nonce
+
+
+def test_swapped_caches_keep_each_layers_form():
+    """An attention layer gets a tensor back, a recurrent one its tuple of states, and an older
+    release's list of virtual engines stays a list."""
+    attn, old, mixer = Layer(torch.zeros(1)), Layer([torch.zeros(1)]), Mamba((torch.zeros(1),) * 2)
+    config = SimpleNamespace(
+        compilation_config=SimpleNamespace(
+            static_forward_context={"attn": attn, "old": old, "mixer": mixer}
+        )
+    )
+    new = torch.ones(2)
+    states = (torch.ones(3), torch.ones(4))
+    before = (attn.kv_cache, old.kv_cache, mixer.kv_cache)
+    with compat.swapped_kv_caches(config, {"attn": (new,), "old": (new,), "mixer": states}):
+        assert attn.kv_cache is new and old.kv_cache == [new] and mixer.kv_cache is states
+    assert (attn.kv_cache, old.kv_cache, mixer.kv_cache) == before
+    assert set(compat.layer_kv_caches(config)) == {"attn", "old", "mixer"}
+
+
+def test_state_checkpoints_are_cleared_from_recurrent_metadata():
+    """Prefix caching of recurrent state plans mid-prefill checkpoints (0.32's Mamba-2
+    metadata): a PoC forward stores none; other metadata passes untouched."""
+
+    @dataclasses.dataclass
+    class Mamba2Metadata:
+        chunk_size: int
+        checkpoint_chunk_idx: Any = None
+        checkpoint_meta: Any = None
+
+    planned = Mamba2Metadata(64, torch.tensor([1]), "where to store")
+    cleared = compat.without_state_checkpoints(planned)
+    assert (cleared.chunk_size, cleared.checkpoint_chunk_idx, cleared.checkpoint_meta) == (
+        64,
+        None,
+        None,
+    )
+    plain = Mamba2Metadata(64)
+    assert compat.without_state_checkpoints(plain) is plain
+    assert compat.without_state_checkpoints("attention metadata") == "attention metadata"
+
+
+def test_with_the_state_prefix_cached_every_column_names_the_sequences_one_slot(monkeypatch):
+    """``mamba_cache_mode='align'``: the state group's blocks are attention-sized and vLLM reads
+    a sequence's state at the column of its last token; each sequence still owns one slot."""
+    monkeypatch.setattr("vllm_poc.compat.layers.vllm_version", lambda: "0.32.0")
+    conv, ssm = torch.ones(ENGINE_BLOCKS, 3, 96), torch.ones(ENGINE_BLOCKS, 4, 64, 16)
+    mamba = Group(["mixer"], 16)
+    mamba.builder.kv_cache_spec = mamba_spec(16, mamba_cache_mode="align")
+    model_runner = runner(
+        {"mixer": Mamba((conv, ssm))}, [(mamba_spec(16, mamba_cache_mode="align"), [mamba])]
+    )
+    assert compat.unsupported_layers(model_runner) == []
+    fwd = forward_of(model_runner)
+    _, _, scratch = fwd.attention(3, 40, torch.arange(40).repeat(3))
+    table = mamba.builder.built[0].block_table_tensor
+    assert table.tolist() == [[1, 1, 1], [2, 2, 2], [3, 3, 3]]
+    assert [t.shape[0] for t in scratch["mixer"]] == [4, 4]
+    assert fwd.scratch_bytes_per_nonce(40) == block_bytes(conv, 0) + block_bytes(ssm, 0)

