@@ -217,6 +217,25 @@ def test_per_layer_specs_of_a_uniform_group_are_judged_one_by_one():
     assert "SinkFullAttentionSpec" in reason and "e.g. b" in reason
 
 
+def test_compressed_caches_are_refused_whatever_their_class_name():
+    """DeepSeek-V4's compressed and indexer caches are ``MLAAttentionSpec`` with several tokens
+    per entry: computed as plain MLA they would be addressed wrong, so they are named."""
+    model_runner = runner(
+        {"mla": Layer(None), "c4": Layer(None)},
+        [
+            (spec("MLAAttentionSpec", tokens_per_state=1), [Group(["mla"], 16)]),
+            (spec("MLAAttentionSpec", tokens_per_state=4), [Group(["c4"], 16)]),
+        ],
+    )
+    (reason,) = compat.unsupported_layers(model_runner)
+    assert "MLAAttentionSpec: compressed KV, 4 tokens per entry" in reason, reason
+    assert "e.g. c4" in reason
+    older = spec("MLAAttentionSpec", compress_ratio=128)  # the field's name up to 0.28
+    model_runner.kv_cache_config.kv_cache_groups[1].kv_cache_spec = older
+    (reason,) = compat.unsupported_layers(model_runner)
+    assert "compressed KV, 128 tokens per entry" in reason, reason
+
+
 def test_the_forward_reports_a_layout_it_cannot_address():
     kv = torch.zeros(7, 16, 8)  # no dimension of the engine's 40 blocks
     fwd = forward_of(runner({"l0": Layer(kv)}, [(spec("FullAttentionSpec"), [Group(["l0"], 16)])]))

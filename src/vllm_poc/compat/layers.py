@@ -40,6 +40,18 @@ def recurrent_refusal(spec: Any, version: str) -> str | None:
     return None
 
 
+def compressed_refusal(spec: Any) -> str | None:
+    """Why an attention layer of ``spec`` cannot run PoC (None: it can): a cache holding one
+    entry per several tokens (DeepSeek-V4's compressed and indexer caches, which are
+    ``MLAAttentionSpec`` by name) is addressed in blocks of compressed entries that the PoC
+    forward does not size yet. The spec says how many tokens an entry holds in
+    ``tokens_per_state`` (0.29 and later) or ``compress_ratio`` (earlier)."""
+    tokens = getattr(spec, "tokens_per_state", None)
+    if tokens is None:
+        tokens = getattr(spec, "compress_ratio", 1)
+    return None if tokens == 1 else f"compressed KV, {tokens} tokens per entry"
+
+
 def holds_state(spec: Any) -> bool:
     """The KV-cache group of ``spec`` holds a recurrent state per sequence, not tokens."""
     return type(spec).__name__ == "MambaSpec"
@@ -48,9 +60,9 @@ def holds_state(spec: Any) -> bool:
 def unsupported_layers(model_runner: Any) -> list[str]:
     """What in this model the PoC forward cannot compute, one line per kind (empty: none).
 
-    Judged from the KV-cache groups (cross- or encoder-only attention, recurrent kinds
-    ``recurrent_refusal`` turns down, ...) and from the layers' caches (a tuple of state
-    tensors where no recurrent group names the layer).
+    Judged from the KV-cache groups (cross- or encoder-only attention, compressed caches,
+    recurrent kinds ``recurrent_refusal`` turns down, ...) and from the layers' caches (a
+    tuple of state tensors where no recurrent group names the layer).
     """
     context = model_runner.vllm_config.compilation_config.static_forward_context
     kinds: dict[str, list[str]] = {}
@@ -65,6 +77,8 @@ def unsupported_layers(model_runner: Any) -> list[str]:
             if holds_state(spec):
                 why = recurrent_refusal(spec, vllm_version())
                 covered.add(name)
+            elif why is None:
+                why = compressed_refusal(spec)
             if why is not None:
                 covered.add(name)
                 layer = type(context[name]).__name__ if name in context else "layer"
