@@ -177,7 +177,7 @@ def test_cpu_serves_mla_from_0_28(release):
     r, src = release
     serves = src.exists("vllm.v1.attention.backends.mla.cpu_mla")
     refuses = "MLA is not supported on CPU" in src.text("vllm.platforms.cpu")
-    new = tuple(map(int, r.minor.split("."))) >= (0, 28)
+    new = r.minor_number >= (0, 28)
     assert (serves, refuses) == ((True, False) if new else (False, True))
 
 
@@ -209,7 +209,7 @@ def test_the_logits_of_the_last_positions(release):
         assert src.params(module, f"{cls}.compute_logits")[:2] == ["self", "hidden_states"]
 
 
-RECURRENT = [r for r in RELEASES if tuple(map(int, r.minor.split("."))) >= RECURRENT_FROM]
+RECURRENT = [r for r in RELEASES if r.minor_number >= RECURRENT_FROM]
 
 
 @pytest.mark.parametrize("recurrent", RECURRENT, ids=lambda r: r.version)
@@ -233,7 +233,7 @@ def test_attention_specs_say_how_many_tokens_an_entry_holds(release):
     compressed caches set it on an ``MLAAttentionSpec``; every other spec keeps the default of
     one token per entry."""
     r, src = release
-    new = tuple(map(int, r.minor.split("."))) >= (0, 29)
+    new = r.minor_number >= (0, 29)
     name, owners = (
         ("tokens_per_state", ["AttentionSpec"])
         if new

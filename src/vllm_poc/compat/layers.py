@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from vllm_poc.compat.base import vllm_version
+from vllm_poc.compat.releases import minor_number
 from vllm_poc.compat.worker import current_cache
 
 SUPPORTED_KV_SPECS = ("FullAttentionSpec", "MLAAttentionSpec", "SlidingWindowSpec", "MambaSpec")
@@ -28,14 +29,13 @@ def recurrent_refusal(spec: Any, version: str) -> str | None:
     (``none``). Tested end to end: Mamba-2 mixers, no speculative decoding."""
     mamba_type = getattr(spec, "mamba_type", "unknown")
     kind = getattr(mamba_type, "name", str(mamba_type)).upper()
-    minor = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
     if kind != "MAMBA2":
         return f"recurrent layers of kind {kind} are not tested yet"
     if getattr(spec, "mamba_cache_mode", "none") not in ("none", "align"):
         return f"mamba_cache_mode {spec.mamba_cache_mode!r}"
     if getattr(spec, "num_speculative_blocks", 0):
         return "speculative decoding state blocks"
-    if minor < RECURRENT_FROM:
+    if minor_number(version) < RECURRENT_FROM:
         return f"recurrent layers run PoC on vLLM >= {'.'.join(map(str, RECURRENT_FROM))}"
     return None
 
@@ -76,11 +76,11 @@ def unsupported_layers(model_runner: Any) -> list[str]:
             why = None if kind in SUPPORTED_KV_SPECS else ""
             if holds_state(spec):
                 why = recurrent_refusal(spec, vllm_version())
-                covered.add(name)
             elif why is None:
                 why = compressed_refusal(spec)
+            if why is not None or holds_state(spec):
+                covered.add(name)  # its group explains it: not reported again as a state tuple
             if why is not None:
-                covered.add(name)
                 layer = type(context[name]).__name__ if name in context else "layer"
                 label = f"{layer} ({kind}{': ' + why if why else ''})"
                 kinds.setdefault(label, []).append(name)

