@@ -235,11 +235,13 @@ def test_concurrency_soak_validate_and_inference(
     threads += [
         threading.Thread(target=inference, args=(w,), daemon=True) for w in range(SOAK_INFERENCE)
     ]
+    # Every thread is ready within the barrier's timeout and ends within one request after the
+    # deadline, or something hangs: one limit for all of them, so a hang is reported then.
+    hang_by = time.monotonic() + REQUEST_TIMEOUT + SOAK_SECONDS + 2 * REQUEST_TIMEOUT
     for t in threads:
         t.start()
     for t in threads:
-        # Every thread ends within one request after the deadline, or something hangs.
-        t.join(SOAK_SECONDS + 2 * REQUEST_TIMEOUT)
+        t.join(max(0.0, hang_by - time.monotonic()))
     hung = [t.name for t in threads if t.is_alive()]
     assert not hung, f"requests did not return (deadlock?): {hung}"
 

@@ -390,6 +390,31 @@ def test_item_is_dropped_after_one_plus_max_retries_attempts(sleeps, records):
     assert len(warnings) == 4  # one per failed attempt
 
 
+def test_a_post_that_cannot_be_made_is_dropped_at_once_and_the_lane_goes_on(sleeps, records):
+    """A payload httpx cannot send (NaN is not JSON) is our failure, not the receiver's: one
+    attempt, an error with its traceback, and the items behind it still go out."""
+    receiver = Receiver()
+
+    async def main():
+        s = PoCCallbackSender(client=receiver.client(), max_retries=5)
+        unsendable = s.submit(URL, {"x": float("nan")})
+        s.submit(URL, {"n": 2})
+        await until(lambda: s.stats.sent + s.stats.dropped == 2)
+        await close(s)
+        return s, unsendable
+
+    s, unsendable = asyncio.run(main())
+    assert unsendable.finished and unsendable.attempts == 1
+    assert s.stats == sender_module.SenderStats(sent=1, failed_attempts=1, dropped=1)
+    assert s.pending == 0
+    assert [body for _, body in receiver.delivered] == [{"n": 2}]
+    assert sleeps == []
+    errors = [r for r in records if r.levelno >= logging.ERROR]
+    assert [r.exc_info is not None for r in errors] == [True, False]
+    assert "cannot post a callback" in errors[0].getMessage()
+    assert "dropped" in errors[1].getMessage() and URL in errors[1].getMessage()
+
+
 def test_zero_retries_means_one_attempt(sleeps):
     receiver = Receiver(failing_first(1))
 

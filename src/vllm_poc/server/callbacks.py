@@ -2,9 +2,11 @@
 
 Posting never sits on the generation loop: ``submit`` only enqueues. One background task
 delivers the queue in order; a failed post is retried with exponential backoff up to a retry
-budget, the queue is bounded (the oldest item is dropped when full) and every drop is logged and
-counted (overflow drops in one warning per receiver every ``DROP_LOG_INTERVAL_S``), so a
-receiver that is down costs bounded memory and log space and never slows generation.
+budget (one that cannot be made at all, say a payload that is not JSON, is dropped at once and
+logged with its traceback), the queue is bounded (the oldest item is dropped when full) and
+every drop is logged and counted (overflow drops in one warning per receiver every
+``DROP_LOG_INTERVAL_S``), so a receiver that is down costs bounded memory and log space and
+never slows generation.
 
 Delivery is at least once: a post the receiver took but whose answer did not come back in time
 (a timeout, a dropped connection) is sent again. Every attempt at one payload carries the same
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import enum
 import math
 import time
 import uuid
@@ -37,6 +40,15 @@ DROP_LOG_INTERVAL_S = 10.0
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 """Header naming one payload: the same on each attempt at it, different between payloads."""
+
+
+class _Attempt(enum.Enum):
+    SENT = "sent"
+    FAILED = "failed"
+    """The receiver or the network failed: worth another attempt."""
+    UNSENDABLE = "unsendable"
+    """The post could not be made at all (a payload that is not JSON, a malformed URL): another
+    attempt would fail the same way."""
 
 
 @dataclass
@@ -149,9 +161,10 @@ class PoCCallbackSender:
         while lane.queue:
             # The item in flight leaves the queue, so overflow never drops it mid-post.
             lane.in_flight = lane.queue.popleft()
-            ok = await self._post(lane.in_flight)
+            attempt = await self._post(lane.in_flight)
             item, lane.in_flight = lane.in_flight, None
-            item.finished = ok or item.attempts > self.max_retries
+            ok = attempt is _Attempt.SENT
+            item.finished = ok or attempt is _Attempt.UNSENDABLE or item.attempts > self.max_retries
             if ok:
                 self.stats.sent += 1
                 metrics.CALLBACKS.labels(result="sent").inc()
@@ -187,7 +200,7 @@ class PoCCallbackSender:
         lane.unlogged_drops = 0
         lane.drops_logged_at = time.monotonic()
 
-    async def _post(self, item: Delivery) -> bool:
+    async def _post(self, item: Delivery) -> _Attempt:
         item.attempts += 1
         start = time.monotonic()
         try:
@@ -196,9 +209,16 @@ class PoCCallbackSender:
             )
         except httpx.HTTPError as e:
             error = f"{type(e).__name__}: {e}"
+        except Exception:
+            # Our side, not the receiver's: logged with its traceback, never retried, and never
+            # allowed to end the lane's task (which would strand the lane's queue).
+            self.stats.failed_attempts += 1
+            metrics.CALLBACKS.labels(result="failed").inc()
+            logger.exception("vllm-poc: cannot post a callback to %s", item.url)
+            return _Attempt.UNSENDABLE
         else:
             if response.is_success:
-                return True
+                return _Attempt.SENT
             error = f"HTTP {response.status_code}"
         self.stats.failed_attempts += 1
         metrics.CALLBACKS.labels(result="failed").inc()
@@ -209,7 +229,7 @@ class PoCCallbackSender:
             time.monotonic() - start,
             error,
         )
-        return False
+        return _Attempt.FAILED
 
     async def aclose(self) -> None:
         for key, lane in self._lanes.items():
