@@ -8,15 +8,17 @@ refused start, a setting no other test may see) asks for a fresh one, stopped wh
 
 Servers stop when the session ends, and die with the test process however it ends (they run on
 ``vllm_poc.testing.leash``). Servers no module holds stay up for a later module of the same
-configuration, at most ``IDLE_CAPACITY`` of them (the least recently used stops first), so the
-memory of a 24 GiB machine is never exhausted.
+configuration, at most ``IDLE_CAPACITY`` of them (the least recently used stops first), and
+fewer while memory is short (``MIN_AVAILABLE_BYTES``), so the memory of a 24 GiB machine is
+never exhausted.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +28,22 @@ from .helpers import STARTS, start_server, stop_round
 
 IDLE_CAPACITY = 2
 """Started servers kept running while no module holds them (about 3 GiB each)."""
+MIN_AVAILABLE_BYTES = 6 * 2**30
+"""Memory a server about to start may count on (about 3 GiB, twice that for a two-engine
+layout): below it, idle servers stop first. A count alone left CI 2 GiB from the OOM killer
+while a test held three servers beside the two idle ones."""
+
+
+def available_memory() -> float:
+    """``MemAvailable`` of /proc/meminfo in bytes (infinite where there is none)."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return math.inf
 
 
 @dataclass(frozen=True)
@@ -65,9 +83,13 @@ class Config:
 class Servers:
     """The registry (one per session)."""
 
-    def __init__(self, models: Path, logs: Path) -> None:
+    def __init__(
+        self, models: Path, logs: Path, available: Callable[[], float] = available_memory
+    ) -> None:
         self.models = models
         self.logs = logs
+        self.available = available
+        """Bytes of memory available now (``available_memory``; tests pass their own)."""
         self._running: collections.OrderedDict[Config, LocalServer] = collections.OrderedDict()
         """Shared servers, least recently used first."""
         self._holders: collections.Counter[Config] = collections.Counter()
@@ -98,6 +120,7 @@ class Servers:
     def fresh(self, name: str, config: Config, start: bool = True) -> Iterator[LocalServer]:
         """A server of its own for the block (``start=False``: the caller starts it, for a
         start that is meant to fail), stopped when the block ends."""
+        self._make_room()
         server = self._server(name, config)
         self._fresh.append(server)
         try:
@@ -118,8 +141,16 @@ class Servers:
         for config in idle[: max(0, len(idle) - IDLE_CAPACITY)]:
             self._running.pop(config).stop()
 
+    def _make_room(self) -> None:
+        """Stop idle servers, least recently used first, while memory is short."""
+        for config in [c for c in self._running if not self._holders[c]]:
+            if self.available() >= MIN_AVAILABLE_BYTES:
+                return
+            self._running.pop(config).stop()
+
     def _start(self, name: str, config: Config) -> LocalServer:
         self._evict()
+        self._make_room()
         server = self._server(name, config)
         self._launch(server, config)
         return server

@@ -1,0 +1,58 @@
+"""The end-to-end suite's server registry keeps memory for the next server: idle servers stop,
+least recently used first, while too little is available (a fake meter, fake servers)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.e2e.servers import MIN_AVAILABLE_BYTES, Config, Servers
+
+GIB = 2**30
+
+
+class FakeServer:
+    """Gives its memory back when stopped."""
+
+    def __init__(self, meter: list[float], size: float) -> None:
+        self.meter, self.size, self.stopped = meter, size, False
+
+    def alive(self) -> bool:
+        return not self.stopped
+
+    def stop(self) -> None:
+        self.stopped = True
+        self.meter[0] += self.size
+
+
+def registry(free: float, held: int, idle: int) -> tuple[Servers, list[FakeServer], list[float]]:
+    """A registry with ``idle`` idle servers (least recently used first) after ``held`` held
+    ones, each holding 3 GiB, and ``free`` bytes available."""
+    meter = [free]
+    servers = Servers(Path("models"), Path("logs"), available=lambda: meter[0])
+    fakes = [FakeServer(meter, 3 * GIB) for _ in range(held + idle)]
+    for i, fake in enumerate(fakes):
+        config = Config.of(env={"N": str(i)})
+        servers._running[config] = fake  # type: ignore[assignment]
+        if i < held:
+            servers._holders[config] += 1
+    return servers, fakes, meter
+
+
+def test_idle_servers_stop_oldest_first_until_there_is_room() -> None:
+    servers, fakes, meter = registry(free=MIN_AVAILABLE_BYTES - 4 * GIB, held=1, idle=3)
+    servers._make_room()
+    assert [f.stopped for f in fakes] == [False, True, True, False]
+    assert meter[0] >= MIN_AVAILABLE_BYTES
+    assert len(servers._running) == 2
+
+
+def test_nothing_stops_while_there_is_room() -> None:
+    servers, fakes, _ = registry(free=MIN_AVAILABLE_BYTES, held=1, idle=2)
+    servers._make_room()
+    assert not any(f.stopped for f in fakes)
+
+
+def test_held_servers_never_stop_even_when_memory_stays_short() -> None:
+    servers, fakes, _ = registry(free=0.0, held=2, idle=1)
+    servers._make_room()
+    assert [f.stopped for f in fakes] == [False, False, True]
