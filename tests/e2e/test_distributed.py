@@ -21,7 +21,6 @@ import pytest
 
 from vllm_poc.testing.server import LocalServer, free_port
 
-from .conftest import _require_installed_plugin
 from .helpers import (
     LIMITS,
     post_ok,
@@ -32,6 +31,7 @@ from .helpers import (
     wait_every_engine,
 )
 from .reference import reference_distances
+from .servers import Servers
 from .test_correctness import DIST_TOL
 
 pytestmark = pytest.mark.e2e
@@ -40,17 +40,17 @@ SEQ_LEN = 16
 
 
 @contextmanager
-def running(servers: Sequence[LocalServer]) -> Iterator[list[httpx.Client]]:
-    """Start the processes at once (the ranks of one deployment wait for each other), yield a
-    client for each API server, stop them all."""
-    _require_installed_plugin()
+def running(servers: Servers, processes: Sequence[LocalServer]) -> Iterator[list[httpx.Client]]:
+    """Start the processes at once (the ranks of one deployment wait for each other) once the
+    session's idle servers left them room, yield a client for each API server, stop them all."""
+    servers.make_room()
     try:
-        with ThreadPoolExecutor(len(servers)) as pool:
-            for started in [pool.submit(start_server, server) for server in servers]:
+        with ThreadPoolExecutor(len(processes)) as pool:
+            for started in [pool.submit(start_server, server) for server in processes]:
                 started.result()
         clients = [
             httpx.Client(base_url=server.base_url, timeout=120.0, limits=LIMITS)
-            for server in servers
+            for server in processes
             if not server.headless
         ]
         try:
@@ -58,14 +58,16 @@ def running(servers: Sequence[LocalServer]) -> Iterator[list[httpx.Client]]:
         finally:
             for client in clients:
                 client.close()
-        for server in servers:
+        for server in processes:
             assert server.alive(), f"{server.log_path} died; log tail:\n{server.log_tail()}"
     finally:
-        for server in servers:
+        for server in processes:
             server.stop()
 
 
-def test_engines_on_two_hosts_behind_one_api_server(tiny_model: Path, tmp_path: Path) -> None:
+def test_engines_on_two_hosts_behind_one_api_server(
+    servers: Servers, tiny_model: Path, tmp_path: Path
+) -> None:
     """``--data-parallel-size 2 --data-parallel-size-local 1`` on "host 0" (API server and rank
     0) and ``vllm serve --headless --data-parallel-start-rank 1`` on "host 1": the API server
     gives the remote engine its own share of the round, and its distances are the model's."""
@@ -87,7 +89,7 @@ def test_engines_on_two_hosts_behind_one_api_server(tiny_model: Path, tmp_path: 
         headless=True,
     )
     body = round_body(block_hash="two-hosts", node_id=0, node_count=1, seq_len=SEQ_LEN)
-    with running([host1, host0]) as (c,):
+    with running(servers, [host1, host0]) as (c,):
         post_ok(c, "/init/generate", body)
         wait_every_engine(c, 16)
         post_ok(c, "/stop")
@@ -105,7 +107,9 @@ def test_engines_on_two_hosts_behind_one_api_server(tiny_model: Path, tmp_path: 
     assert max(abs(found[n] - r) for n, r in zip(sample, ref, strict=True)) <= DIST_TOL
 
 
-def test_one_engine_spread_over_two_hosts(tiny_model: Path, tmp_path: Path) -> None:
+def test_one_engine_spread_over_two_hosts(
+    servers: Servers, tiny_model: Path, tmp_path: Path
+) -> None:
     """Tensor parallelism over two "hosts" with vLLM's multiprocessing executor
     (``--nnodes 2 --node-rank 0|1 --master-addr``; node 1 runs headless): both hosts' workers
     take part in every PoC forward, and the distances are the model's."""
@@ -127,7 +131,7 @@ def test_one_engine_spread_over_two_hosts(tiny_model: Path, tmp_path: Path) -> N
         headless=True,
     )
     body = round_body(block_hash="tp-two-hosts", node_id=0, node_count=1, seq_len=SEQ_LEN)
-    with running([host1, host0]) as (c,):
+    with running(servers, [host1, host0]) as (c,):
         post_ok(c, "/init/generate", body)
         wait_checked(c, 16)
         post_ok(c, "/stop")
@@ -153,8 +157,11 @@ REFUSED_BY_VLLM = {
 
 
 @pytest.mark.parametrize("name", sorted(REFUSED_BY_VLLM))
-def test_configurations_vllm_cannot_run_on_cpu(name: str, tiny_model: Path, tmp_path: Path) -> None:
+def test_configurations_vllm_cannot_run_on_cpu(
+    name: str, servers: Servers, tiny_model: Path, tmp_path: Path
+) -> None:
     args, error = REFUSED_BY_VLLM[name]
+    servers.make_room()
     server = LocalServer(
         tiny_model,
         tmp_path / f"{name}.log",

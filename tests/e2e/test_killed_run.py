@@ -15,6 +15,7 @@ import pytest
 
 from .conftest import REPO_ROOT
 from .helpers import record_start, wait_until
+from .servers import Servers
 
 pytestmark = pytest.mark.e2e
 
@@ -38,7 +39,7 @@ def _processes_of(run_id: str) -> list[str]:
     return found
 
 
-def test_make_test_stopped_by_sigterm_leaves_no_process(tmp_path: Path) -> None:
+def test_make_test_stopped_by_sigterm_leaves_no_process(servers: Servers, tmp_path: Path) -> None:
     run_id = uuid.uuid4().hex
     log = tmp_path / "make-test.log"
     env = {
@@ -49,6 +50,7 @@ def test_make_test_stopped_by_sigterm_leaves_no_process(tmp_path: Path) -> None:
     }
     report = tmp_path / "report"  # `make test` empties its report folder first: not the log's
     command = ["make", "--no-print-directory", "test", "OLD_RELEASES=", f"REPORT={report}"]
+    servers.make_room()
     with open(log, "wb") as out:
         run = subprocess.Popen(
             command,

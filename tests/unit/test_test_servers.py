@@ -40,7 +40,7 @@ def registry(free: float, held: int, idle: int) -> tuple[Servers, list[FakeServe
 
 def test_idle_servers_stop_oldest_first_until_there_is_room() -> None:
     servers, fakes, meter = registry(free=MIN_AVAILABLE_BYTES - 4 * GIB, held=1, idle=3)
-    servers._make_room()
+    servers.make_room()
     assert [f.stopped for f in fakes] == [False, True, True, False]
     assert meter[0] >= MIN_AVAILABLE_BYTES
     assert len(servers._running) == 2
@@ -48,11 +48,17 @@ def test_idle_servers_stop_oldest_first_until_there_is_room() -> None:
 
 def test_nothing_stops_while_there_is_room() -> None:
     servers, fakes, _ = registry(free=MIN_AVAILABLE_BYTES, held=1, idle=2)
-    servers._make_room()
+    servers.make_room()
     assert not any(f.stopped for f in fakes)
 
 
 def test_held_servers_never_stop_even_when_memory_stays_short() -> None:
     servers, fakes, _ = registry(free=0.0, held=2, idle=1)
-    servers._make_room()
+    servers.make_room()
     assert [f.stopped for f in fakes] == [False, False, True]
+
+
+def test_a_start_that_needs_more_asks_for_more_room() -> None:
+    servers, fakes, _ = registry(free=MIN_AVAILABLE_BYTES, held=0, idle=2)
+    servers.make_room(MIN_AVAILABLE_BYTES + 2 * GIB)
+    assert [f.stopped for f in fakes] == [True, False]

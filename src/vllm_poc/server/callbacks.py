@@ -168,7 +168,10 @@ class PoCCallbackSender:
             if ok:
                 self.stats.sent += 1
                 metrics.CALLBACKS.labels(result="sent").inc()
-            elif item.finished:
+                continue
+            self.stats.failed_attempts += 1
+            metrics.CALLBACKS.labels(result="failed").inc()
+            if item.finished:
                 self.stats.dropped += 1
                 metrics.CALLBACKS.labels(result="dropped").inc()
                 logger.error(
@@ -201,6 +204,7 @@ class PoCCallbackSender:
         lane.drops_logged_at = time.monotonic()
 
     async def _post(self, item: Delivery) -> _Attempt:
+        """One attempt at ``item``, logged when it fails; ``_deliver`` counts its outcome."""
         item.attempts += 1
         start = time.monotonic()
         try:
@@ -212,16 +216,12 @@ class PoCCallbackSender:
         except Exception:
             # Our side, not the receiver's: logged with its traceback, never retried, and never
             # allowed to end the lane's task (which would strand the lane's queue).
-            self.stats.failed_attempts += 1
-            metrics.CALLBACKS.labels(result="failed").inc()
             logger.exception("vllm-poc: cannot post a callback to %s", item.url)
             return _Attempt.UNSENDABLE
         else:
             if response.is_success:
                 return _Attempt.SENT
             error = f"HTTP {response.status_code}"
-        self.stats.failed_attempts += 1
-        metrics.CALLBACKS.labels(result="failed").inc()
         logger.warning(
             "vllm-poc: callback to %s failed (attempt %d, %.2fs): %s",
             item.url,
