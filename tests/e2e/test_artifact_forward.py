@@ -42,9 +42,11 @@ def _engine_artifacts(
     model: Path, job: dict[str, Any], log: Path, pythonpath: Path | None = None
 ) -> dict[str, Any]:
     """The answers of ``tests.e2e.artifact_engine`` on ``model`` (``pythonpath``: a folder put
-    first on the engine's path, for a ``sitecustomize`` of the test)."""
+    first on the engine's path, for a ``sitecustomize`` of the test). The engine runs in that
+    one process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``: engine core and worker in the caller's
+    process, as an in-process ``LLM`` on a single GPU), so vLLM is imported once, not thrice."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_POC_")}
-    env.update(VLLM_POC_ENABLED="1", VLLM_CPU_KVCACHE_SPACE="1")
+    env.update(VLLM_POC_ENABLED="1", VLLM_CPU_KVCACHE_SPACE="1", VLLM_ENABLE_V1_MULTIPROCESSING="0")
     if pythonpath is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pythonpath), env.get("PYTHONPATH")]))
     command = [sys.executable, "-m", "tests.e2e.artifact_engine", str(model), json.dumps(job)]

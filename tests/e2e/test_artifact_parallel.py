@@ -51,7 +51,7 @@ def layout_config(layout: str) -> Config:
         "VLLM_POC_CALLBACK_INTERVAL": "0.5",
         "VLLM_CPU_OMP_THREADS_BIND": "0|1",
     }
-    return Config.of(architecture, env=env, args=args)
+    return Config.of(architecture, env=env, args=args, worker_process=True)
 
 
 @pytest.fixture(scope="module")

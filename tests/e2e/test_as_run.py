@@ -32,8 +32,9 @@ BLOCK = "as-run-block"
 PROMPT = "the quick brown fox jumps over the lazy dog kato rimuse lano vide po " * 8
 
 
-AS_RUN = Config.of(eager=False)
-"""``VLLM_POC_ENABLED=1 vllm serve MODEL``: compiled, as operators run it."""
+AS_RUN = Config.of(eager=False, worker_process=True)
+"""``VLLM_POC_ENABLED=1 vllm serve MODEL``: compiled, its worker in a process of its own, as
+operators run it on CPU."""
 
 
 @pytest.fixture(scope="module")

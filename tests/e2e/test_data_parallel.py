@@ -34,7 +34,11 @@ NODE_ID, NODE_COUNT = 1, 2
 SEQ_LEN = 16
 
 
-DP2 = Config.of(args=["--data-parallel-size", "2"], env={"VLLM_CPU_OMP_THREADS_BIND": "0|1"})
+DP2 = Config.of(
+    args=["--data-parallel-size", "2"],
+    env={"VLLM_CPU_OMP_THREADS_BIND": "0|1"},
+    worker_process=True,
+)
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ from tests.catalog import pow_routes, wrong_auth
 from tests.catalog import proof as catalog_proof
 from vllm_poc.testing.server import LocalServer
 
-from .conftest import TUNED, TUNED_API_KEY, TUNED_ENV
+from .conftest import TUNED_API_KEY, TUNED_ENV
 from .helpers import (
     POW,
     is_4xx,
@@ -444,16 +444,7 @@ def test_init_during_validation_moves_to_idle_with_the_new_round(
     assert again["pow_status"]["block_height"] == HEIGHT + 81
 
 
-@pytest.fixture
-def fresh_server(servers: Servers) -> Iterator[LocalServer]:
-    """A new server with the tuned settings: the shared one, after the rest of the suite, was
-    measured answering this test's requests 10-20x slower (see the closing notes)."""
-    with servers.fresh("fresh-server", TUNED) as server:
-        yield server
-
-
-def test_concurrent_status_and_validate_while_generating(fresh_server: LocalServer) -> None:
-    tuned_server = fresh_server
+def test_concurrent_status_and_validate_while_generating(tuned_server: LocalServer) -> None:
     headers = {"Authorization": f"Bearer {TUNED_API_KEY}"}
     with httpx.Client(base_url=tuned_server.base_url, timeout=120.0, headers=headers) as c:
         _concurrent_status_and_validate(c, tuned_server)

@@ -36,8 +36,13 @@ TP2 = Config.of(
         "tests.unit.operator_extension.OperatorExtension",
     ],
     env={"VLLM_CPU_OMP_THREADS_BIND": "0|1", "VLLM_SERVER_DEV_MODE": "1"},
+    worker_process=True,
 )
-PP2 = Config.of(args=["--pipeline-parallel-size", "2"], env={"VLLM_CPU_OMP_THREADS_BIND": "0|1"})
+PP2 = Config.of(
+    args=["--pipeline-parallel-size", "2"],
+    env={"VLLM_CPU_OMP_THREADS_BIND": "0|1"},
+    worker_process=True,
+)
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,10 @@ least recently used first, while too little is available (a fake meter, fake ser
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from tests.e2e.servers import MIN_AVAILABLE_BYTES, Config, Servers
+from tests.e2e.servers import MIN_AVAILABLE_BYTES, Config, Servers, process_titles
 
 GIB = 2**30
 
@@ -62,3 +63,16 @@ def test_a_start_that_needs_more_asks_for_more_room() -> None:
     servers, fakes, _ = registry(free=MIN_AVAILABLE_BYTES, held=0, idle=2)
     servers.make_room(MIN_AVAILABLE_BYTES + 2 * GIB)
     assert [f.stopped for f in fakes] == [True, False]
+
+
+def test_servers_run_their_worker_in_the_engine_process_unless_asked() -> None:
+    single = Config.of(env={"VLLM_POC_PROTOCOL": "artifact"}).environment()
+    assert single == {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_POC_PROTOCOL": "artifact"}
+    assert Config.of(worker_process=True).environment() == {}
+    assert Config.of() != Config.of(worker_process=True)
+
+
+def test_a_process_group_lists_its_members() -> None:
+    titles = process_titles(os.getpgid(0))
+    assert any("pytest" in t or "xdist" in t or "python" in t for t in titles), titles
+    assert process_titles(2**22 + 1) == []
