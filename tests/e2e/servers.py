@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vllm_poc.testing.leash import group_members
 from vllm_poc.testing.server import LocalServer
 
 from .helpers import STARTS, start_server, stop_round
@@ -208,15 +209,8 @@ def process_titles(pgid: int) -> list[str]:
     """The command lines of the processes in group ``pgid`` (vLLM's are titles such as
     ``VLLM::EngineCore``)."""
     titles = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        state_ppid_pgrp = stat.rpartition(")")[2].split()[:3]
-        if int(state_ppid_pgrp[2]) == pgid:
+    for pid in group_members(pgid):
+        with contextlib.suppress(OSError):
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
             titles.append(cmdline.replace(b"\0", b" ").decode(errors="replace").strip())
     return titles

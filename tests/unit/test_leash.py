@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from vllm_poc.testing.leash import group_members
+
 GRANDCHILD = "import subprocess, time; subprocess.Popen(['sleep', '300']); time.sleep(300)"
 """What the leash runs: a process that starts another and keeps running, as vLLM's API server
 starts its EngineCore and workers."""
@@ -34,21 +36,6 @@ def _parent_script(pids: Path) -> str:
     )
 
 
-def _group_members(pgid: int) -> list[int]:
-    members = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(entry))
-    return members
-
-
 def _until(condition, seconds: float) -> bool:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -65,10 +52,10 @@ def test_the_group_dies_with_the_parent(tmp_path: Path, how: signal.Signals) -> 
     try:
         assert _until(pids.exists, 30), "the parent never started the leash"
         group = int(pids.read_text())
-        assert _until(lambda: len(_group_members(group)) >= 3, 30), _group_members(group)
+        assert _until(lambda: len(group_members(group)) >= 3, 30), group_members(group)
         parent.send_signal(how)
         parent.wait(timeout=10)
-        assert _until(lambda: not _group_members(group), 20), _group_members(group)
+        assert _until(lambda: not group_members(group), 20), group_members(group)
     finally:
         parent.kill()
 
@@ -80,11 +67,11 @@ def test_stopping_the_group_ends_every_member(tmp_path: Path) -> None:
         start_new_session=True,
     )
     try:
-        assert _until(lambda: len(_group_members(leash.pid)) >= 3, 30)
+        assert _until(lambda: len(group_members(leash.pid)) >= 3, 30)
         os.killpg(leash.pid, signal.SIGTERM)
-        assert _until(lambda: not _group_members(leash.pid), 20), _group_members(leash.pid)
+        assert _until(lambda: not group_members(leash.pid), 20), group_members(leash.pid)
     finally:
-        if _group_members(leash.pid):
+        if group_members(leash.pid):
             os.killpg(leash.pid, signal.SIGKILL)
 
 
@@ -111,11 +98,11 @@ def test_a_server_started_from_a_thread_lives_as_long_as_the_process(tmp_path: P
     try:
         assert _until(pids.exists, 30), "the parent never started the leash"
         group = int(pids.read_text())
-        assert _until(lambda: len(_group_members(group)) >= 3, 30), _group_members(group)
+        assert _until(lambda: len(group_members(group)) >= 3, 30), group_members(group)
         time.sleep(2)  # the spawning thread is long gone
-        assert len(_group_members(group)) >= 3, "the group died with the thread"
+        assert len(group_members(group)) >= 3, "the group died with the thread"
         parent.kill()
         parent.wait(timeout=10)
-        assert _until(lambda: not _group_members(group), 20), _group_members(group)
+        assert _until(lambda: not group_members(group), 20), group_members(group)
     finally:
         parent.kill()

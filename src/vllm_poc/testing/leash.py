@@ -47,19 +47,24 @@ def end_group(grace: float = GRACE_S) -> None:
 
 
 def _others_alive() -> bool:
-    """Whether a process of this group other than the leash is still running (not a zombie)."""
-    group, me = os.getpgid(0), os.getpid()
+    """Whether a process of this group other than the leash is still running."""
+    return any(pid != os.getpid() for pid in group_members(os.getpgid(0)))
+
+
+def group_members(pgid: int) -> list[int]:
+    """The processes of group ``pgid`` that still run (zombies left out), from /proc."""
+    members = []
     for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == me:
+        if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[2]) == group and fields[0] != "Z":
-            return True
-    return False
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry))
+    return members
 
 
 def main(argv: list[str]) -> int:
