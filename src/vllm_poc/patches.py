@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vllm_poc import compat
-from vllm_poc.log import get_logger
+from vllm_poc.log import get_logger, info_at_load
 
 logger = get_logger(__name__)
 
@@ -51,7 +51,7 @@ def replace(owner: Any, attribute: str, make: Wrapper, patch: str) -> None:
     setattr(replacement, _ORIGINAL, original)
     setattr(owner, attribute, replacement)
     owner_name = getattr(owner, "__qualname__", None) or getattr(owner, "__name__", "?")
-    logger.info("vllm-poc: patch %s replaced %s.%s", patch, owner_name, attribute)
+    info_at_load(logger, "vllm-poc: patch %s replaced %s.%s", patch, owner_name, attribute)
 
 
 def original(function: Callable[..., Any]) -> Callable[..., Any]:

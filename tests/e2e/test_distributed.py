@@ -1,6 +1,7 @@
 """vLLM's distributed deployments beyond one engine process group on one host, with every
 process on this machine: data-parallel engines on two "hosts" behind one API server. Each test
-starts its own processes and stops them.
+starts its own processes and stops them; they fork vLLM's engine processes as GPU hosts do
+(``LocalServer(fork=True)``), like the registry's servers.
 
 Configurations vLLM itself cannot run here are recorded with vLLM's exact error, so that the
 day one works, a test says so: the Ray executor (refused on CPU), and external load balancing
@@ -80,6 +81,7 @@ def test_engines_on_two_hosts_behind_one_api_server(
         tmp_path / "host-0.log",
         extra_args=common,
         extra_env={"VLLM_CPU_OMP_THREADS_BIND": "0"},
+        fork=True,
     )
     host1 = LocalServer(
         tiny_model,
@@ -87,6 +89,7 @@ def test_engines_on_two_hosts_behind_one_api_server(
         extra_args=[*common, "--data-parallel-start-rank", "1"],
         extra_env={"VLLM_CPU_OMP_THREADS_BIND": "1"},
         headless=True,
+        fork=True,
     )
     body = round_body(block_hash="two-hosts", node_id=0, node_count=1, seq_len=SEQ_LEN)
     with running(servers, [host1, host0]) as (c,):
@@ -122,6 +125,7 @@ def test_one_engine_spread_over_two_hosts(
         tmp_path / "node-0.log",
         extra_args=[*common, "--node-rank", "0"],
         extra_env={"VLLM_CPU_OMP_THREADS_BIND": "0"},
+        fork=True,
     )
     host1 = LocalServer(
         tiny_model,
@@ -129,6 +133,7 @@ def test_one_engine_spread_over_two_hosts(
         extra_args=[*common, "--node-rank", "1"],
         extra_env={"VLLM_CPU_OMP_THREADS_BIND": "1"},
         headless=True,
+        fork=True,
     )
     body = round_body(block_hash="tp-two-hosts", node_id=0, node_count=1, seq_len=SEQ_LEN)
     with running(servers, [host1, host0]) as (c,):

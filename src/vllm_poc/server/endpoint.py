@@ -15,7 +15,7 @@ from fastapi import FastAPI
 
 from vllm_poc import compat, envs
 from vllm_poc.compat.releases import RELEASES, release_of
-from vllm_poc.log import get_logger
+from vllm_poc.log import get_logger, said_at_load
 from vllm_poc.server import guards, protocols
 from vllm_poc.server.engines import Engines
 from vllm_poc.server.errors import EngineFailure
@@ -80,6 +80,8 @@ async def init_manager(engine_client: Any, state: Any, args: Any = None) -> None
         engines.dp_size,
         "compiled" if state.poc_forward_compiled else "eager",
     )
+    if said_at_load():
+        logger.info("vllm-poc: at plugin load in this API server: %s", "; ".join(said_at_load()))
 
 
 def warn_if_open(host: str | None) -> None:
