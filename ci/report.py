@@ -25,7 +25,7 @@ def phases(report: Path) -> list[tuple[str, int, int, int]]:
 
 def wall_seconds(rows: list[tuple[str, int, int, int]]) -> int:
     """From the first phase's start to the last one's end: phases that ran beside another (the
-    older releases' venvs, beside the main suite) count once."""
+    older releases' venvs, beside the end-to-end tier) count once."""
     if not rows:
         return 0
     return max(start + seconds for _, seconds, _, start in rows) - min(r[3] for r in rows)

@@ -214,7 +214,8 @@ class Servers:
                 "the worker in a process of its own after all; the suite would run every "
                 "server in that layout, slower, and never the single-process one"
             )
-        spawned = [process_title(pid) for pid in members if was_spawned(pid)]
+        engines = [(pid, t) for pid in members if (t := process_title(pid)).startswith("VLLM::")]
+        spawned = [title for pid, title in engines if was_spawned(pid)]
         if spawned and config.fork:
             server.stop()
             raise RuntimeError(

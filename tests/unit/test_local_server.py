@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from vllm_poc.testing.server import CPU_STARTUP, FORK_ENV, LocalServer
 
 
@@ -39,8 +41,12 @@ def test_test_servers_keep_idle_connections_open_longer_than_a_client_waits(tmp_
     assert demo.get(name) == os.environ.get(name)  # operators' settings pass through
 
 
-def test_a_server_forks_vllms_engine_processes_only_when_asked(tmp_path: Path):
-    assert LocalServer(Path("/m"), tmp_path / "log", fork=True).environment()[FORK_ENV] == "1"
+def test_a_server_forks_vllms_engine_processes_only_when_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("VLLM_WORKER_MULTIPROC_METHOD", "spawn")  # left by vLLM in this process
+    forked = LocalServer(Path("/m"), tmp_path / "log", fork=True).environment()
+    assert forked[FORK_ENV] == "1" and "VLLM_WORKER_MULTIPROC_METHOD" not in forked
     assert FORK_ENV not in LocalServer(Path("/m"), tmp_path / "log").environment()
     on_gpu = LocalServer(Path("/m"), tmp_path / "log", device="cuda", fork=True).environment()
     assert FORK_ENV not in on_gpu and str(CPU_STARTUP) not in on_gpu.get("PYTHONPATH", "")

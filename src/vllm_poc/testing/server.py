@@ -139,6 +139,7 @@ class LocalServer:
             env["PYTHONPATH"] = os.pathsep.join(paths)
             if self.fork:
                 env[FORK_ENV] = "1"
+                env.pop("VLLM_WORKER_MULTIPROC_METHOD", None)  # the hook alone decides
         env["VLLM_POC_LEASH_PARENT"] = str(os.getpid())  # read (and dropped) by the leash
         return env
 

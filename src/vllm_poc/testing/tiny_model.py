@@ -18,6 +18,7 @@ Usage: ``python -m vllm_poc.testing.tiny_model DIR [--shape 0.6b|8b]``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -264,13 +265,16 @@ def make_tiny_model(out_dir: Path, shape: str | None = None, architecture: str =
         else:
             _write_config_only(tmp, eos_id, shape)
             (tmp / _DONE_MARKER).write_text(_shape_marker(shape))
-        if out_dir.exists():
+        # Test processes run side by side (xdist workers, the end-to-end tier): one that built
+        # the same model first keeps its copy, which a server may be reading already.
+        if out_dir.exists() and not is_complete(out_dir, shape):
             shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        with contextlib.suppress(OSError):  # a non-empty out_dir: the other process's copy
+            os.replace(tmp, out_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    if not is_complete(out_dir, shape):  # another process may have raced us; it must have finished
+    if not is_complete(out_dir, shape):
         raise RuntimeError(f"tiny model at {out_dir} is incomplete")
     return out_dir
 
