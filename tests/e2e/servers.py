@@ -204,8 +204,8 @@ class Servers:
     def _launch(self, server: LocalServer, config: Config) -> None:
         start_server(server, dict(config.headers))
         assert server.proc is not None
-        members = group_members(server.proc.pid)
-        workers = [t for t in map(process_title, members) if t.startswith("VLLM::Worker")]
+        titles = {pid: process_title(pid) for pid in group_members(server.proc.pid)}
+        workers = [t for t in titles.values() if t.startswith("VLLM::Worker")]
         if workers and not config.worker_process:
             server.stop()
             raise RuntimeError(
@@ -214,8 +214,7 @@ class Servers:
                 "the worker in a process of its own after all; the suite would run every "
                 "server in that layout, slower, and never the single-process one"
             )
-        engines = [(pid, t) for pid in members if (t := process_title(pid)).startswith("VLLM::")]
-        spawned = [title for pid, title in engines if was_spawned(pid)]
+        spawned = [t for pid, t in titles.items() if t.startswith("VLLM::") and was_spawned(pid)]
         if spawned and config.fork:
             server.stop()
             raise RuntimeError(
@@ -225,14 +224,9 @@ class Servers:
             )
 
 
-def process_titles(pgid: int) -> list[str]:
-    """The command lines of the processes in group ``pgid`` (vLLM's are titles such as
-    ``VLLM::EngineCore``)."""
-    return [process_title(pid) for pid in group_members(pgid)]
-
-
 def process_title(pid: int) -> str:
-    """The command line of process ``pid`` ("" once it has gone)."""
+    """The command line of process ``pid`` (vLLM's are titles such as ``VLLM::EngineCore``; ""
+    once it has gone)."""
     with contextlib.suppress(OSError):
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         return cmdline.replace(b"\0", b" ").decode(errors="replace").strip()
