@@ -31,8 +31,9 @@ def _said_at_load(log: str) -> str:
 
 def test_the_default_command_enters_through_the_declared_patch(poc_server: LocalServer) -> None:
     log = _log(poc_server)
-    assert "patch api-server-app replaced" in _said_at_load(log)
-    assert "patch worker-extension replaced" in _said_at_load(log)
+    said = _said_at_load(log)
+    assert "patch api-server-app replaced" in said
+    assert "patch worker-extension replaced" in said
     assert "Loaded endpoint plugin vllm_poc" not in log
     assert "added /api/v1/pow routes" in log
 

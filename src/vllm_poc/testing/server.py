@@ -24,7 +24,8 @@ from types import FrameType
 import httpx
 
 CPU_STARTUP = Path(__file__).parent / "cpu_startup"
-"""Put on the ``PYTHONPATH`` of servers on CPU: its ``sitecustomize`` lets AMX kernels run."""
+"""Put on the ``PYTHONPATH`` of servers on CPU: its ``sitecustomize`` lets AMX kernels run and,
+when asked (``fork``), has vLLM fork its engine processes."""
 FORK_ENV = "POC_TESTING_FORK"
 """Set to 1 for ``cpu_startup`` to have vLLM fork its EngineCore and workers (``fork``). Neither
 ``VLLM_`` nor ``VLLM_POC_``: both vLLM and the plugin warn about names they do not know."""
