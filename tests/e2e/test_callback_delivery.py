@@ -240,11 +240,12 @@ def test_broken_receivers_never_slow_generation_and_stay_bounded(
     _drained(c)
     results: dict[str, dict[str, float]] = {}
     receivers: set[str] = set()
+    down = dead_url()
     with AnsweredReceiver() as receiver:
         try:
             for name, mode in BROKEN.items():
                 receiver.set_mode("ok" if mode == "dead" else mode, slow_seconds=3.0)
-                url = dead_url() if mode == "dead" else receiver.url
+                url = down if mode == "dead" else receiver.url
                 body = round_body(
                     block_hash=f"broken-{mode}",
                     callback_url=url,
@@ -273,8 +274,10 @@ def test_broken_receivers_never_slow_generation_and_stay_bounded(
                 assert moved["dropped"] > 0, (name, "the bounded queue must shed the oldest")
                 assert moved["sent"] == 0, (name, results[name])
         finally:
-            # Bring the receiver back so nothing keeps retrying after this test.
+            # Bring every receiver back so nothing keeps retrying after this test (the dead
+            # one's lane would otherwise retry its queue for a minute).
             receiver.set_mode("ok")
-            _drained(c)
+            with CallbackReceiver(port=urlsplit(down).port or 0):
+                _drained(c)
         assert receiver.refused("/generated"), "the refusing receiver was never called"
     print(f"\n[e2e] broken receivers, counters moved in {WINDOW_BATCHES} batches: {results}")

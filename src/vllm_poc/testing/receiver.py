@@ -31,10 +31,11 @@ class CallbackReceiver:
     """ThreadingHTTPServer on 127.0.0.1 that records POSTed JSON by path, in arrival order.
 
     ``mode``: "ok" answers 200, "error" answers 500, "slow" sleeps ``slow_seconds`` then 200.
-    Requests are recorded in every mode (on arrival).
+    Requests are recorded in every mode (on arrival). ``port`` (0: a free one) brings a receiver
+    up where a ``dead_url`` was, so that a node's retries to it end at once.
     """
 
-    def __init__(self, mode: str = "ok", slow_seconds: float = 5.0) -> None:
+    def __init__(self, mode: str = "ok", slow_seconds: float = 5.0, port: int = 0) -> None:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._records: list[Received] = []
@@ -66,7 +67,7 @@ class CallbackReceiver:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
