@@ -34,12 +34,11 @@ import asyncio
 import os
 import random
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench_poc import device_name, leftover_children, shutdown
+from bench_poc import device_name, leftover_children, model_dir, shutdown
 
 from vllm_poc.testing.tiny_model import REAL_SHAPES
 
@@ -153,6 +152,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds before the window")
     parser.add_argument("--seconds", type=float, default=10.0, help="served round window")
     parser.add_argument("--enforce-eager", action="store_true")
+    parser.add_argument("--model-cache", default=".models", help="where models are made")
     args = parser.parse_args()
 
     os.environ["VLLM_POC_ENABLED"] = "1"  # before vLLM loads its plugins
@@ -162,12 +162,7 @@ def main() -> None:
     from vllm.platforms import current_platform
 
     cuda = current_platform.is_cuda()
-    from vllm_poc.testing.tiny_model import make_tiny_model
-
-    with tempfile.TemporaryDirectory() as tmp:
-        shape = None if args.shape == "tiny" else args.shape
-        model = make_tiny_model(Path(tmp) / "model", shape=shape)
-        ms = asyncio.run(run(args, model, cuda))
+    ms = asyncio.run(run(args, model_dir(args.shape, Path(args.model_cache)), cuda))
     device = device_name(cuda)
     mode = "eager" if args.enforce_eager else "compiled"
     print(

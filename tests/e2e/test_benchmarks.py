@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from types import ModuleType
 
 import pytest
 
+from vllm_poc.testing.server import CPU_STARTUP, FORK_ENV
 from vllm_poc.testing.tiny_model import REAL_SHAPES
 
 from .helpers import record_start
@@ -25,6 +27,19 @@ from .servers import Servers
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BENCH_POC = REPO_ROOT / "benchmarks" / "bench_poc.py"
+FORKING = "vLLM forks its engine processes"
+"""What the start-up hook says in a process whose engine forks (``testing/cpu_startup``)."""
+
+
+def forking_env() -> dict[str, str]:
+    """The environment of a benchmark whose vLLM engine forks its processes, as vLLM does on the
+    GPUs the benchmarks are for, through the test servers' start-up hook: no engine process
+    imports vLLM again. The scripts run no torch operation before their engine starts (a
+    process forked after one would inherit libgomp's threads' state)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(CPU_STARTUP), *filter(None, [env.get("PYTHONPATH")])])
+    env[FORK_ENV] = "1"
+    return env
 
 
 @pytest.fixture(scope="module")
@@ -83,10 +98,12 @@ def test_bench_poc_reports_every_stage(
         str(out),
     ]
     servers.make_room()
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    run = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT, env=forking_env()
+    )
     record_start("bench_poc")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert "PoC/bare" in run.stdout
+    assert "PoC/bare" in run.stdout and FORKING in run.stderr
 
     result = json.loads(out.read_text())
     assert result["leftover_processes"] == []
@@ -104,16 +121,20 @@ def test_bench_poc_reports_every_stage(
         assert row["stage_sum_ms"] == pytest.approx(sum(row[s] for s in bench_poc.STAGES))
 
 
-def _run_benchmark(servers: Servers, script: str, *args: str, engines: int = 1) -> str:
-    """Run a benchmark script that starts ``engines`` vLLM engines (once the session's idle
-    servers left them room); its output."""
+def _run_benchmark(
+    servers: Servers, script: str, *args: str, engines: int = 1
+) -> subprocess.CompletedProcess[str]:
+    """Run a benchmark script that starts ``engines`` vLLM engines, forking (once the session's
+    idle servers left them room)."""
     servers.make_room()
     cmd = [sys.executable, str(REPO_ROOT / "benchmarks" / script), *args]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    run = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT, env=forking_env()
+    )
     for _ in range(engines):
         record_start(script)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    return run.stdout
+    return run
 
 
 def _table(stdout: str, names: list[str]) -> dict[str, list[float]]:
@@ -126,7 +147,9 @@ def _table(stdout: str, names: list[str]) -> dict[str, list[float]]:
     return rows
 
 
-def test_bench_artifacts_reports_every_path_and_the_ratio(servers: Servers) -> None:
+def test_bench_artifacts_reports_every_path_and_the_ratio(
+    servers: Servers, tiny_model: Path
+) -> None:
     """The artifact protocol's GPU benchmark, on the tiny model: the worker's paths, a served
     round at a real receiver and vLLM's prefill, in one run; the last line is the ratio."""
     profiled = [
@@ -137,12 +160,14 @@ def test_bench_artifacts_reports_every_path_and_the_ratio(servers: Servers) -> N
         "distance batch",
     ]
     served = ["served artifact round", "vLLM prefill"]
-    out = _run_benchmark(
+    run = _run_benchmark(
         servers,
         "bench_artifacts.py",
         *("--batch", "2", "--seq-len", "16", "--reps", "1", "--rounds", "1"),
-        *("--warmup", "1", "--seconds", "2"),
+        *("--warmup", "1", "--seconds", "2", "--model-cache", str(tiny_model.parent)),
     )
+    out = run.stdout
+    assert FORKING in run.stderr, run.stderr[-2000:]
     rows = _table(out, profiled + served)
     assert sorted(rows) == sorted(profiled + served), out[-2000:]
     for name in profiled:
@@ -166,7 +191,7 @@ def test_artifact_noise_reports_the_l2_between_configurations(servers: Servers) 
         servers,
         "artifact_noise.py",
         *("--nonces", "4", "--seq-len", "16", "--eager", "--only", *configs),
-    )
+    ).stdout
     assert "2 configurations on 1 engine(s)" in out, out[-2000:]
     (max_l2, mean_l2, above) = _table(out, configs[1:])[configs[1]]
     assert 0 <= mean_l2 <= max_l2 <= 0.2 and above == 0, out[-2000:]

@@ -1,7 +1,8 @@
 """vLLM's distributed deployments beyond one engine process group on one host, with every
 process on this machine: data-parallel engines on two "hosts" behind one API server. Each test
 starts its own processes and stops them; they fork vLLM's engine processes as GPU hosts do
-(``LocalServer(fork=True)``), like the registry's servers.
+(``LocalServer(fork=True)``) and are forked from the session's zygote, like the registry's
+servers.
 
 Configurations vLLM itself cannot run here are recorded with vLLM's exact error, so that the
 day one works, a test says so: the Ray executor (refused on CPU), and external load balancing
@@ -42,9 +43,12 @@ SEQ_LEN = 16
 
 @contextmanager
 def running(servers: Servers, processes: Sequence[LocalServer]) -> Iterator[list[httpx.Client]]:
-    """Start the processes at once (the ranks of one deployment wait for each other) once the
-    session's idle servers left them room, yield a client for each API server, stop them all."""
+    """Start the processes at once (the ranks of one deployment wait for each other, forked
+    from the session's zygote) once the session's idle servers left them room, yield a client
+    for each API server, stop them all."""
     servers.make_room()
+    for server in processes:
+        server.zygote = servers.zygote(server)
     try:
         with ThreadPoolExecutor(len(processes)) as pool:
             for started in [pool.submit(start_server, server) for server in processes]:
@@ -172,7 +176,9 @@ def test_configurations_vllm_cannot_run_on_cpu(
         tmp_path / f"{name}.log",
         extra_args=args,
         extra_env={"VLLM_CPU_OMP_THREADS_BIND": "0|1"},
+        fork=True,
     )
+    server.zygote = servers.zygote(server)
     with pytest.raises(RuntimeError, match="before it was healthy"):
         start_server(server)  # stops what it started when it fails
     log = server.log_path.read_text()

@@ -45,8 +45,9 @@ def test_make_test_stopped_by_sigterm_leaves_no_process(servers: Servers, tmp_pa
     env = {
         **os.environ,
         MARK: run_id,
-        # One module that starts a server; the report goes to this test's folder.
-        "PYTEST_ADDOPTS": "-p no:cacheprovider tests/e2e/test_release_smoke.py",
+        # One module that starts a server, forked from the run's zygote (the leash under a
+        # process of the run's, the case of most servers); the report goes to this test's folder.
+        "PYTEST_ADDOPTS": "-p no:cacheprovider tests/e2e/test_round.py",
     }
     report = tmp_path / "report"  # `make test` empties its report folder first: not the log's
     command = ["make", "--no-print-directory", "test", "OLD_RELEASES=", f"REPORT={report}"]

@@ -106,3 +106,18 @@ def test_a_server_started_from_a_thread_lives_as_long_as_the_process(tmp_path: P
         assert _until(lambda: not group_members(group), 20), group_members(group)
     finally:
         parent.kill()
+
+
+def test_a_failing_command_exits_with_its_code_and_leaves_nothing(tmp_path: Path) -> None:
+    pids = tmp_path / "child"
+    command = (
+        f"import subprocess; p = subprocess.Popen(['sleep', '300']); "
+        f"open({str(pids)!r}, 'w').write(str(p.pid)); raise SystemExit(3)"
+    )
+    leash = subprocess.run(
+        [sys.executable, "-m", "vllm_poc.testing.leash", sys.executable, "-c", command],
+        start_new_session=True,
+        timeout=60,
+    )
+    assert leash.returncode == 3
+    assert _until(lambda: not Path(f"/proc/{pids.read_text()}").exists(), 10)

@@ -6,10 +6,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from tests.e2e.servers import MIN_AVAILABLE_BYTES, Config, Servers, process_title, was_spawned
 from vllm_poc.testing.leash import group_members
+from vllm_poc.testing.server import LocalServer
 
 GIB = 2**30
 
@@ -102,3 +104,34 @@ def test_a_process_started_with_vllm_cpus_spawn_method_is_told_from_a_forked_one
 def test_servers_fork_vllms_engine_processes_unless_asked() -> None:
     assert Config.of().fork and not Config.of(fork=False).fork
     assert Config.of() != Config.of(fork=False)
+
+
+class FakeZygote:
+    """Fits the start environment it was made with."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = dict(env)
+
+    def alive(self) -> bool:
+        return True
+
+    def fits(self, env: Mapping[str, str]) -> bool:
+        return env.get("PYTHONPATH") == self.env.get("PYTHONPATH")
+
+
+def test_forking_servers_share_one_zygote_unless_their_start_differs() -> None:
+    started: list[FakeZygote] = []
+
+    def start(env: Mapping[str, str]) -> FakeZygote:
+        started.append(FakeZygote(env))
+        return started[-1]
+
+    servers = Servers(Path("models"), Path("logs"), start_zygote=start)  # type: ignore[arg-type]
+    model, log = Path("models/tiny"), Path("logs/x.log")
+    assert servers.zygote(LocalServer(model, log, fork=False)) is None, "spawned: as operators run"
+    first = servers.zygote(LocalServer(model, log, fork=True, extra_env={"VLLM_POC_X": "1"}))
+    again = servers.zygote(LocalServer(model, log, fork=True, extra_env={"VLLM_POC_X": "2"}))
+    assert first is again is started[0] and len(started) == 1
+    own = LocalServer(model, log, fork=True, extra_env={"PYTHONPATH": "/a/sitecustomize"})
+    assert servers.zygote(own) is None, "a sitecustomize of its own needs a fresh interpreter"
+    assert "VLLM_POC_X" not in started[0].env, "the zygote starts with no server's settings"

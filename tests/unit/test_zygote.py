@@ -1,0 +1,86 @@
+"""The zygote forks a leash per request, which runs the module as ``python -m`` would in the
+requested environment, folder and log, reports its exit code, and ends its group once the zygote
+is gone (the suite's servers are forked from one; ``tests/e2e/servers.py``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from vllm_poc.testing.leash import group_members
+from vllm_poc.testing.zygote import Zygote
+
+PROBE = """
+import json, os, sys, time
+print(json.dumps({"argv": sys.argv[1:], "probe": os.environ.get("PROBE"), "cwd": os.getcwd(),
+                  "pid": os.getpid(), "pgid": os.getpgid(0), "name": __name__}), flush=True)
+if sys.argv[1] == "raise":
+    raise RuntimeError("the probe fails")
+if sys.argv[1] == "sleep":
+    time.sleep(600)
+sys.exit(int(sys.argv[1]))
+"""
+
+
+@pytest.fixture
+def zygote(tmp_path: Path) -> Iterator[Zygote]:
+    (tmp_path / "probe.py").write_text(PROBE)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "PROBE": "the zygote's"}
+    z = Zygote(env, preload=["json"])
+    try:
+        yield z
+    finally:
+        z.close()
+
+
+def _said(log: Path, timeout: float = 30.0) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = log.read_text().splitlines() if log.exists() else []
+        if lines:
+            return json.loads(lines[0])
+        time.sleep(0.05)
+    raise TimeoutError(f"{log} stayed empty")
+
+
+def test_the_module_runs_as_main_where_and_as_asked(zygote: Zygote, tmp_path: Path) -> None:
+    log = tmp_path / "probe.log"
+    log.write_text("left from before\n")
+    env = {**zygote.env, "PROBE": "the request's"}
+    proc = zygote.fork(["probe", "3", "--flag"], env, log)
+    assert proc.wait(timeout=30) == 3 and proc.poll() == 3
+    said = _said(log)
+    assert said["argv"] == ["3", "--flag"] and said["name"] == "__main__"
+    assert said["probe"] == "the request's" and said["cwd"] == os.getcwd()
+    assert said["pgid"] == proc.pid != said["pid"], "the leash leads the server's group"
+
+
+def test_a_failing_module_exits_1_with_its_traceback(zygote: Zygote, tmp_path: Path) -> None:
+    log = tmp_path / "raise.log"
+    proc = zygote.fork(["probe", "raise"], dict(zygote.env), log)
+    assert proc.wait(timeout=30) == 1
+    assert "RuntimeError: the probe fails" in log.read_text()
+
+
+def test_another_start_environment_is_not_forked(zygote: Zygote, tmp_path: Path) -> None:
+    env = {**zygote.env, "PYTHONPATH": f"{tmp_path}:/elsewhere"}
+    assert zygote.fits(zygote.env) and not zygote.fits(env)
+    with pytest.raises(ValueError, match="PYTHONPATH"):
+        zygote.fork(["probe", "0"], env, tmp_path / "never.log")
+
+
+def test_the_group_ends_with_the_zygote(zygote: Zygote, tmp_path: Path) -> None:
+    log = tmp_path / "sleep.log"
+    proc = zygote.fork(["probe", "sleep"], dict(zygote.env), log)
+    server = int(_said(log)["pid"])  # type: ignore[call-overload]
+    assert proc.poll() is None and server in group_members(proc.pid)
+    zygote.close()
+    deadline = time.monotonic() + 30
+    while group_members(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert group_members(proc.pid) == [], "the leash left its group running"
