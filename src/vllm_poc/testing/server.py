@@ -33,6 +33,9 @@ FORK_ENV = "POC_TESTING_FORK"
 ``VLLM_`` nor ``VLLM_POC_``: both vLLM and the plugin warn about names they do not know."""
 LEASH_PARENT = "VLLM_POC_LEASH_PARENT"
 """The process whose exit the leash watches (read and dropped by ``leash``)."""
+SPAWNED = "testing/cpu_startup: a process was spawned although POC_TESTING_FORK=1"
+"""What ``cpu_startup`` writes to a server's log from a process that multiprocessing spawned
+although ``fork`` was asked (the tests check its wording against the hook's)."""
 KEEP_ALIVE_S = "300"
 """``VLLM_HTTP_TIMEOUT_KEEP_ALIVE`` of hermetic servers (vLLM's default: 5 s). On a loaded 2-core
 machine the API server's event loop can stall for longer than 5 s; its keep-alive timer then

