@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vllm_poc.testing.leash import group_members
-from vllm_poc.testing.server import SPAWNED, LocalServer
+from vllm_poc.testing.server import LocalServer
+from vllm_poc.testing.startup_env import SPAWNED
 from vllm_poc.testing.zygote import Zygote
 
 from .helpers import STARTS, start_server, stop_round

@@ -19,7 +19,7 @@ from types import ModuleType
 
 import pytest
 
-from vllm_poc.testing.server import CPU_STARTUP, FORK_ENV
+from vllm_poc.testing.startup_env import with_cpu_startup
 from vllm_poc.testing.tiny_model import REAL_SHAPES
 
 from .helpers import record_start
@@ -36,10 +36,7 @@ def forking_env() -> dict[str, str]:
     GPUs the benchmarks are for, through the test servers' start-up hook: no engine process
     imports vLLM again. The scripts run no torch operation before their engine starts (a
     process forked after one would inherit libgomp's threads' state)."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(CPU_STARTUP), *filter(None, [env.get("PYTHONPATH")])])
-    env[FORK_ENV] = "1"
-    return env
+    return with_cpu_startup(os.environ, fork=True)
 
 
 @pytest.fixture(scope="module")

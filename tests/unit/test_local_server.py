@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from vllm_poc.testing.server import CPU_STARTUP, FORK_ENV, SPAWNED, LocalServer
+from vllm_poc.testing.server import LocalServer
+from vllm_poc.testing.startup_env import CPU_STARTUP, FORK_ENV, SPAWNED
 
 
 def test_the_default_test_server_is_eager_and_the_operators_is_compiled(tmp_path: Path):

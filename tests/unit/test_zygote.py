@@ -14,6 +14,7 @@ import pytest
 
 from tests.e2e.servers import process_title
 from vllm_poc.testing.leash import group_members
+from vllm_poc.testing.startup_env import FORK_ENV
 from vllm_poc.testing.zygote import Zygote
 
 PROBE = """
@@ -41,7 +42,8 @@ sys.exit(int(sys.argv[1]))
 @pytest.fixture
 def zygote(tmp_path: Path) -> Iterator[Zygote]:
     (tmp_path / "probe.py").write_text(PROBE)
-    env = {**os.environ, "PYTHONPATH": str(tmp_path), "PROBE": "the zygote's"}
+    env = {k: v for k, v in os.environ.items() if k != FORK_ENV}
+    env.update(PYTHONPATH=str(tmp_path), PROBE="the zygote's")
     z = Zygote(env, preload=["json"])
     try:
         yield z
@@ -97,6 +99,7 @@ def test_a_failing_module_exits_1_with_its_traceback(zygote: Zygote, tmp_path: P
 def test_another_start_environment_is_not_forked(zygote: Zygote, tmp_path: Path) -> None:
     env = {**zygote.env, "PYTHONPATH": f"{tmp_path}:/elsewhere"}
     assert zygote.fits(zygote.env) and not zygote.fits(env)
+    assert not zygote.fits({**zygote.env, FORK_ENV: "1"}), "its hook is set at the start"
     with pytest.raises(ValueError, match="PYTHONPATH"):
         zygote.fork(["probe", "0"], env, tmp_path / "never.log")
 

@@ -23,19 +23,11 @@ from types import FrameType
 
 import httpx
 
+from vllm_poc.testing.startup_env import with_cpu_startup
 from vllm_poc.testing.zygote import ForkedProcess, Zygote
 
-CPU_STARTUP = Path(__file__).parent / "cpu_startup"
-"""Put on the ``PYTHONPATH`` of servers on CPU: its ``sitecustomize`` lets AMX kernels run and,
-when asked (``fork``), has vLLM fork its engine processes."""
-FORK_ENV = "POC_TESTING_FORK"
-"""Set to 1 for ``cpu_startup`` to have vLLM fork its EngineCore and workers (``fork``). Neither
-``VLLM_`` nor ``VLLM_POC_``: both vLLM and the plugin warn about names they do not know."""
 LEASH_PARENT = "VLLM_POC_LEASH_PARENT"
 """The process whose exit the leash watches (read and dropped by ``leash``)."""
-SPAWNED = "testing/cpu_startup: a process was spawned although POC_TESTING_FORK=1"
-"""What ``cpu_startup`` writes to a server's log from a process that multiprocessing spawned
-although ``fork`` was asked (the tests check its wording against the hook's)."""
 KEEP_ALIVE_S = "300"
 """``VLLM_HTTP_TIMEOUT_KEEP_ALIVE`` of hermetic servers (vLLM's default: 5 s). On a loaded 2-core
 machine the API server's event loop can stall for longer than 5 s; its keep-alive timer then
@@ -146,11 +138,7 @@ class LocalServer:
             env["VLLM_POC_ENABLED"] = "1"
         env.update(self.extra_env)
         if self.device == "cpu":
-            paths = [str(CPU_STARTUP), *filter(None, [env.get("PYTHONPATH")])]
-            env["PYTHONPATH"] = os.pathsep.join(paths)
-            if self.fork:
-                env[FORK_ENV] = "1"
-                env.pop("VLLM_WORKER_MULTIPROC_METHOD", None)  # the hook alone decides
+            env = with_cpu_startup(env, self.fork)
         env[LEASH_PARENT] = str(os.getpid())  # read (and dropped) by the leash
         return env
 

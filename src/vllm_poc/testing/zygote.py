@@ -36,12 +36,19 @@ from types import FrameType
 from typing import Any, NoReturn
 
 from vllm_poc.testing import leash
+from vllm_poc.testing.startup_env import FORK_ENV
 
 PRELOAD = ("vllm.entrypoints.openai.api_server",)
 """What the zygote imports before it forks anything: what ``LocalServer`` runs."""
-START_ENV = ("PYTHONPATH", "PYTHONHASHSEED", "PYTHONSAFEPATH", "PYTHONNOUSERSITE")
-"""Variables the interpreter reads at its start: a server is forked only where they are the
-zygote's (its ``sys.path`` and ``sitecustomize`` are the zygote's)."""
+START_ENV = (
+    "PYTHONPATH",
+    "PYTHONHASHSEED",
+    "PYTHONSAFEPATH",
+    "PYTHONNOUSERSITE",
+    FORK_ENV,  # read by cpu_startup's sitecustomize
+)
+"""Variables read at the interpreter's start: a server is forked only where they are the
+zygote's (its ``sys.path`` and ``sitecustomize``, and what that did, are the zygote's)."""
 
 
 # ------------------------------------------------------------------ the zygote process

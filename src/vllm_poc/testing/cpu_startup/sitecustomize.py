@@ -29,7 +29,7 @@ from types import ModuleType
 
 FORKING = "testing/cpu_startup: vLLM forks its engine processes (POC_TESTING_FORK=1)"
 SPAWNED = "testing/cpu_startup: a process was spawned although POC_TESTING_FORK=1"
-"""Said by a process started as multiprocessing's spawn starts one (``testing.server.SPAWNED``)."""
+"""Said by a process started as multiprocessing's spawn starts one (``testing.startup_env``)."""
 
 
 class _AfterImport(importlib.abc.MetaPathFinder):

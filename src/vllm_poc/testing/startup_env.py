@@ -1,0 +1,31 @@
+"""What a test's vLLM process on CPU starts with: ``cpu_startup`` (a ``sitecustomize``) first on
+its path, and the switch that has it fork vLLM's engine processes (``LocalServer``, the
+benchmarks' tests)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+CPU_STARTUP = Path(__file__).parent / "cpu_startup"
+"""Put on the ``PYTHONPATH`` of servers on CPU: its ``sitecustomize`` lets AMX kernels run and,
+when asked (``fork``), has vLLM fork its engine processes."""
+FORK_ENV = "POC_TESTING_FORK"
+"""Set to 1 for ``cpu_startup`` to have vLLM fork its EngineCore and workers (``fork``). Neither
+``VLLM_`` nor ``VLLM_POC_``: both vLLM and the plugin warn about names they do not know."""
+SPAWNED = "testing/cpu_startup: a process was spawned although POC_TESTING_FORK=1"
+"""What ``cpu_startup`` writes to a server's log from a process that multiprocessing spawned
+although ``fork`` was asked (the tests check its wording against the hook's)."""
+
+
+def with_cpu_startup(env: Mapping[str, str], fork: bool) -> dict[str, str]:
+    """``env`` for a vLLM process on CPU: ``CPU_STARTUP`` first on its path and, with ``fork``,
+    vLLM's engine processes forked (``FORK_ENV``; an inherited start method dropped: the hook
+    alone decides)."""
+    env = dict(env)
+    env["PYTHONPATH"] = os.pathsep.join([str(CPU_STARTUP), *filter(None, [env.get("PYTHONPATH")])])
+    if fork:
+        env[FORK_ENV] = "1"
+        env.pop("VLLM_WORKER_MULTIPROC_METHOD", None)
+    return env
