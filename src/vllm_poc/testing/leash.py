@@ -77,10 +77,8 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
-def main(argv: list[str]) -> int:
-    parent = int(os.environ.pop("VLLM_POC_LEASH_PARENT", os.getppid()))  # server.LEASH_PARENT
-    if os.getppid() != parent:
-        return 1  # the parent died before the leash was on
+def hold(parent: int) -> None:
+    """Be the leash of this group: end it on SIGTERM or SIGINT, or once ``parent`` is gone."""
 
     def stop(signum: int, frame: FrameType | None) -> None:
         end_group()
@@ -88,11 +86,21 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     watch(parent)
-    child = subprocess.Popen(argv)
-    code = child.wait()
+
+
+def finish(code: int) -> int:
+    """The command's exit ``code``, once whatever a failed command left behind is killed."""
     if code != 0:
-        kill_others()  # whatever it left behind
+        kill_others()
     return code
+
+
+def main(argv: list[str]) -> int:
+    parent = int(os.environ.pop("VLLM_POC_LEASH_PARENT", os.getppid()))  # server.LEASH_PARENT
+    if os.getppid() != parent:
+        return 1  # the parent died before the leash was on
+    hold(parent)
+    return finish(subprocess.Popen(argv).wait())
 
 
 if __name__ == "__main__":

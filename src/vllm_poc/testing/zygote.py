@@ -85,7 +85,7 @@ def serve(preload: Sequence[str]) -> None:
 
 
 def _lead(request: Mapping[str, Any], zygote: int) -> NoReturn:
-    """The leash: leads a new session, forks the server, ends the group as ``leash`` does."""
+    """The leash: leads a new session, forks the server, holds the group as ``leash`` does."""
     code = 1
     try:
         os.setsid()
@@ -101,16 +101,8 @@ def _lead(request: Mapping[str, Any], zygote: int) -> NoReturn:
         server = os.fork()
         if server == 0:
             _run(request)
-
-        def stop(signum: int, frame: FrameType | None) -> None:
-            leash.end_group()
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
-        leash.watch(zygote)
-        code = os.waitstatus_to_exitcode(os.waitpid(server, 0)[1])
-        if code != 0:
-            leash.kill_others()  # whatever it left behind
+        leash.hold(zygote)
+        code = leash.finish(os.waitstatus_to_exitcode(os.waitpid(server, 0)[1]))
     except BaseException:
         traceback.print_exc()
     finally:
