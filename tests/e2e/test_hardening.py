@@ -388,7 +388,10 @@ def test_rpc_timeouts_fail_rounds_cleanly(timeout_server: LocalServer) -> None:
             error = failed["error"]
             assert error and "poc_run(distances) took over VLLM_POC_RPC_TIMEOUT" in error, error
             assert failed["total_checked"] == 0 and failed["block_height"] == height
-            time.sleep(2.0)  # let the timed-out forward finish in the worker
+            # A completion queues behind the timed-out forward in the engine: its answer says
+            # the forward has finished, and that the engine serves after it.
+            r = completion(c, timeout_server)
+            assert r.status_code == 200, (r.status_code, r.text[:500])
             assert timeout_server.alive(), f"server died:\n{timeout_server.log_tail()}"
             assert c.get("/health").status_code == 200
         # Validation answers the documented 503 with the reason; the round stays VALIDATING.
