@@ -167,14 +167,19 @@ def test_bench_artifacts_reports_every_path_and_the_ratio(
     assert FORKING in run.stderr, run.stderr[-2000:]
     rows = _table(out, profiled + served)
     assert sorted(rows) == sorted(profiled + served), out[-2000:]
+    # The columns agree up to the digits they are printed with (ms 2, nonces/s 1, nonces/min 0,
+    # the ratio 3): a printed x stands for anything within half its last digit.
     for name in profiled:
         ms, rate, per_minute, ratio = rows[name]
-        assert ms > 0 and rate == pytest.approx(2 / ms * 1e3, rel=0.01)
-        assert per_minute == pytest.approx(rate * 60, rel=0.01) and ratio > 0
+        assert ms > 0 and ratio > 0, name
+        assert 2e3 / (ms + 0.005) - 0.05 <= rate <= 2e3 / (ms - 0.005) + 0.05, name
+        assert 60 * (rate - 0.05) - 0.5 <= per_minute <= 60 * (rate + 0.05) + 0.5, name
     bare = rows["bare forward, compiled"][1]
     for name in served:
         rate, per_minute, ratio = rows[name]
-        assert rate > 0 and ratio == pytest.approx(rate / bare, abs=0.002), name
+        assert rate > 0, name
+        lowest, highest = (rate - 0.05) / (bare + 0.05), (rate + 0.05) / (bare - 0.05)
+        assert lowest - 0.0005 <= ratio <= highest + 0.0005, (name, rate, bare, ratio)
     last = out.strip().splitlines()[-1]
     assert last.startswith("artifact round vs bare forward: "), last
     assert float(last.split(": ")[1]) == pytest.approx(rows["served artifact round"][2], abs=2e-3)
