@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from vllm_poc.testing.server import LocalServer
+from vllm_poc.testing.startup_env import INDUCTOR_CACHE_ENV, shared_inductor_cache
 
 from .helpers import LIMITS, STARTS, STARTS_FILE_ENV, stop_round
 from .servers import Config, Servers
@@ -39,6 +40,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     # A SIGTERM (a `timeout`, a CI limit) must still run fixture teardown, which stops the vLLM
     # servers (and they die with this process anyway: ``testing.leash``).
     signal.signal(signal.SIGTERM, _interrupt)
+    # The servers and engines compile the tiny model under several configurations: one
+    # inductor cache for all of them (``testing/cpu_startup``), inherited from here.
+    os.environ.setdefault(INDUCTOR_CACHE_ENV, str(shared_inductor_cache()))
 
 
 MODULES_BY_SERVER = (

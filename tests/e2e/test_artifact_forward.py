@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from vllm_poc.protocol.artifact import math as artifact
+from vllm_poc.testing.startup_env import with_cpu_startup
 from vllm_poc.testing.tiny_model import make_tiny_model
 
 from .conftest import REPO_ROOT, _require_installed_plugin
@@ -49,6 +50,7 @@ def _engine_artifacts(
     env.update(VLLM_POC_ENABLED="1", VLLM_CPU_KVCACHE_SPACE="1", VLLM_ENABLE_V1_MULTIPROCESSING="0")
     if pythonpath is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pythonpath), env.get("PYTHONPATH")]))
+    env = with_cpu_startup(env, fork=False)  # ahead of the test's own, which it runs next
     command = [sys.executable, "-m", "tests.e2e.artifact_engine", str(model), json.dumps(job)]
     done = subprocess.run(
         command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600

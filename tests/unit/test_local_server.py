@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from vllm_poc.testing.server import LocalServer
-from vllm_poc.testing.startup_env import CPU_STARTUP, FORK_ENV, SPAWNED
+from vllm_poc.testing.startup_env import (
+    CPU_STARTUP,
+    FORK_ENV,
+    INDUCTOR_CACHE_ENV,
+    SPAWNED,
+    shared_inductor_cache,
+)
 
 
 def test_the_default_test_server_is_eager_and_the_operators_is_compiled(tmp_path: Path):
@@ -127,3 +133,44 @@ def test_cpu_startup_says_when_a_process_was_spawned_although_fork_was_asked(tmp
     assert stderr("spawn", **{FORK_ENV: "1"}).count(SPAWNED) == 1
     assert SPAWNED not in stderr("fork", **{FORK_ENV: "1"})
     assert SPAWNED not in stderr("spawn")
+
+
+INDUCTOR_PROBE = """\
+import os
+from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(os.getcwd(), "per-hash")  # as vLLM does
+print(cache_dir())
+"""
+
+
+def test_cpu_startup_gives_every_compile_one_inductor_cache_when_asked(tmp_path: Path):
+    """vLLM points inductor at a folder per configuration; with the setting, a process of a
+    test server uses the one folder it names, also through a name bound at import."""
+
+    def cache_dir(**env: str) -> str:
+        run_env = {k: v for k, v in os.environ.items() if k != INDUCTOR_CACHE_ENV}
+        run_env.update(PYTHONPATH=str(CPU_STARTUP), **env)
+        command = [sys.executable, "-c", INDUCTOR_PROBE]
+        done = subprocess.run(
+            command, cwd=tmp_path, env=run_env, capture_output=True, text=True, check=True
+        )
+        return done.stdout.strip()
+
+    shared = tmp_path / "shared"
+    assert cache_dir(**{INDUCTOR_CACHE_ENV: str(shared)}) == str(shared) and shared.is_dir()
+    assert cache_dir() == str(tmp_path / "per-hash")
+    hook = (CPU_STARTUP / "sitecustomize.py").read_text()
+    assert f'INDUCTOR_CACHE = "{INDUCTOR_CACHE_ENV}"' in hook
+
+
+def test_the_shared_inductor_cache_lives_beside_vllms_compile_caches(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    monkeypatch.setenv("VLLM_CACHE_ROOT", str(tmp_path / "vllm"))
+    assert shared_inductor_cache() == tmp_path / "vllm" / "torch_compile_cache" / (
+        "poc-tests-inductor"
+    )
+    monkeypatch.delenv("VLLM_CACHE_ROOT")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert shared_inductor_cache().parents[1] == tmp_path / "xdg" / "vllm"

