@@ -36,13 +36,19 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
+@pytest.fixture(scope="session", autouse=True)
+def _e2e_session() -> Iterator[None]:
+    """Before the first server of the session starts. (Not ``pytest_sessionstart``: pytest
+    calls it for the conftests of the paths it was given only, so not under ``pytest -m e2e``.)"""
     # A SIGTERM (a `timeout`, a CI limit) must still run fixture teardown, which stops the vLLM
     # servers (and they die with this process anyway: ``testing.leash``).
     signal.signal(signal.SIGTERM, _interrupt)
     # The servers and engines compile the tiny model under several configurations: one
     # inductor cache for all of them (``testing/cpu_startup``), inherited from here.
-    os.environ.setdefault(INDUCTOR_CACHE_ENV, str(shared_inductor_cache()))
+    with pytest.MonkeyPatch.context() as patch:
+        if not os.environ.get(INDUCTOR_CACHE_ENV):
+            patch.setenv(INDUCTOR_CACHE_ENV, str(shared_inductor_cache()))
+        yield
 
 
 MODULES_BY_SERVER = (

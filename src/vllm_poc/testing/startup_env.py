@@ -1,6 +1,6 @@
 """What a test's vLLM process on CPU starts with: ``cpu_startup`` (a ``sitecustomize``) first on
-its path, and the switch that has it fork vLLM's engine processes (``LocalServer``, the
-benchmarks' tests)."""
+its path, the switch that has it fork vLLM's engine processes (``LocalServer``, the
+benchmarks' tests) and the inductor cache the e2e suite's processes share."""
 
 from __future__ import annotations
 
