@@ -37,7 +37,8 @@ from vllm_poc.client import (
 from vllm_poc.demo_report import DemoResult, summary
 from vllm_poc.protocol.distance.batches import ProofBatch
 from vllm_poc.protocol.distance.round import CalibrationRequest
-from vllm_poc.testing.server import LocalServer, default_device, free_port, sigterm_as_interrupt
+from vllm_poc.testing.ports import free_port
+from vllm_poc.testing.server import LocalServer, default_device, sigterm_as_interrupt
 
 DEFAULT_MODEL_DIR = Path(".models") / "tiny-qwen3"
 

@@ -21,7 +21,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from vllm_poc.testing.server import LocalServer, free_port
+from vllm_poc.testing.ports import free_port
+from vllm_poc.testing.server import LocalServer
 
 from .helpers import (
     LIMITS,

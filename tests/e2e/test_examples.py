@@ -30,7 +30,8 @@ from vllm_poc.client import (
     save_batch,
 )
 from vllm_poc.protocol.distance.batches import ProofBatch
-from vllm_poc.testing.server import LocalServer, free_port
+from vllm_poc.testing.ports import free_port
+from vllm_poc.testing.server import LocalServer
 
 from .helpers import stop_round
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from vllm_poc.testing.server import free_port
+from vllm_poc.testing.ports import free_port
 
 MODES = ("ok", "error", "slow")
 

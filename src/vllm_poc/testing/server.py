@@ -13,7 +13,6 @@ import contextlib
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from types import FrameType
 
 import httpx
 
+from vllm_poc.testing.ports import free_port
 from vllm_poc.testing.startup_env import with_cpu_startup
 from vllm_poc.testing.zygote import ForkedProcess, Zygote
 
@@ -36,13 +36,6 @@ without sending a response". Five minutes: a stall becomes a slow answer, not a 
 HEALTH_TIMEOUT_S = float(os.environ.get("E2E_SERVER_START_TIMEOUT", "300"))
 """Seconds a server may take to answer /health: ~40 s on an idle 2-core machine, 150 s+ when
 other servers share the CPU. A server that dies is reported at once, whatever this says."""
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on (at the time of the call)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class LocalServer:
