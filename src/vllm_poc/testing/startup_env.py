@@ -26,11 +26,11 @@ and engines it starts (``shared_inductor_cache``)."""
 
 def shared_inductor_cache() -> Path:
     """The inductor cache the tests' vLLM processes share: beside vLLM's own compile caches
-    (``VLLM_CACHE_ROOT``), kept between runs as those are (its entries are keyed by what they
-    hold)."""
-    caches = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    root = Path(os.environ.get("VLLM_CACHE_ROOT") or Path(caches) / "vllm").expanduser()
-    return root / "torch_compile_cache" / "poc-tests-inductor"
+    (``VLLM_CACHE_ROOT`` as vLLM resolves it), kept between runs as those are (its entries are
+    keyed by what they hold)."""
+    from vllm import envs
+
+    return Path(envs.VLLM_CACHE_ROOT) / "torch_compile_cache" / "poc-tests-inductor"
 
 
 def with_cpu_startup(env: Mapping[str, str], fork: bool) -> dict[str, str]:
