@@ -113,7 +113,8 @@ async def run(args: argparse.Namespace, model: Path, cuda: bool) -> dict[str, An
             dtype="bfloat16",
             max_model_len=max(512, args.seq_len + 1),  # prefill: the prompt and one token
             enforce_eager=args.enforce_eager,
-            load_format="auto" if args.shape == "tiny" else "dummy",
+            load_format=args.load_format or ("auto" if args.shape == "tiny" else "dummy"),
+            kv_cache_dtype=args.kv_cache_dtype,
             **({"gpu_memory_utilization": 0.85} if cuda else {}),
         )
     )
@@ -153,6 +154,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="served round window")
     parser.add_argument("--enforce-eager", action="store_true")
     parser.add_argument("--model-cache", default=".models", help="where models are made")
+    parser.add_argument("--model", type=Path, help="a model folder instead of --shape")
+    parser.add_argument("--load-format", help="auto (weights) or dummy; default: by --shape")
+    parser.add_argument("--kv-cache-dtype", default="auto", help="fp8 for DeepSeek-V4 on CUDA")
     args = parser.parse_args()
 
     os.environ["VLLM_POC_ENABLED"] = "1"  # before vLLM loads its plugins
@@ -162,11 +166,13 @@ def main() -> None:
     from vllm.platforms import current_platform
 
     cuda = current_platform.is_cuda()
-    ms = asyncio.run(run(args, model_dir(args.shape, Path(args.model_cache)), cuda))
+    model = args.model.resolve() if args.model else model_dir(args.shape, Path(args.model_cache))
+    ms = asyncio.run(run(args, model, cuda))
     device = device_name(cuda)
     mode = "eager" if args.enforce_eager else "compiled"
+    name = args.model.name if args.model else f"{args.shape} shape"
     print(
-        f"\n{args.shape} shape, {device}, {time.strftime('%Y-%m-%d')}, batch {args.batch} x "
+        f"\n{name}, {device}, {time.strftime('%Y-%m-%d')}, batch {args.batch} x "
         f"seq_len {args.seq_len}, vLLM {mode}; medians of {args.rounds} rounds "
         f"({args.reps} profile repetitions each)"
     )

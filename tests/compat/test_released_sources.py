@@ -225,20 +225,3 @@ def test_recurrent_layers_start_from_a_zero_state(recurrent: Release) -> None:
     assert set(STATE_CHECKPOINTS) <= set(fields)
     kinds = src.text("vllm.v1.kv_cache_interface", "MambaSpec")
     assert "mamba_type" in kinds and "mamba_cache_mode" in kinds
-
-
-def test_attention_specs_say_how_many_tokens_an_entry_holds(release):
-    """``compat.layers.compressed_refusal`` reads ``tokens_per_state`` (0.29 and later, on every
-    attention spec) or ``compress_ratio`` (earlier, on the MLA specs) off a spec: DeepSeek-V4's
-    compressed caches set it on an ``MLAAttentionSpec``; every other spec keeps the default of
-    one token per entry."""
-    r, src = release
-    new = r.minor_number >= (0, 29)
-    name, owners = (
-        ("tokens_per_state", ["AttentionSpec"])
-        if new
-        else ("compress_ratio", ["MLAAttentionSpec", "SlidingWindowMLASpec"])
-    )
-    for owner in owners:
-        declared = src.text("vllm.v1.kv_cache_interface", owner)
-        assert re.search(rf"^    {name}: [^=]+= 1\b", declared, re.M), (r.version, owner, name)

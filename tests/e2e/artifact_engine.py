@@ -6,7 +6,7 @@ Drives the worker method that the artifact API calls, in vLLM's own engine
 engine's mode (``eager``: ``--enforce-eager``, else compiled as operators run it) and the calls:
 ``{name: [block_hash, public_key, nonces, seq_len]}`` or ``{name: {"args": [...], "eager": true}}``
 (the eager reference on a compiled engine), run in order; a call named ``compilations`` asks
-instead for the PoC graphs compiled by then.
+instead for the PoC graphs compiled by then. ``engine`` (optional): further ``LLM`` arguments.
 """
 
 from __future__ import annotations
@@ -33,7 +33,10 @@ def main(model_dir: str, job: str) -> None:
     from vllm import LLM
 
     spec = json.loads(job)
-    llm = LLM(model=model_dir, max_model_len=512, dtype="bfloat16", enforce_eager=spec["eager"])
+    engine = spec.get("engine", {})
+    llm = LLM(
+        model=model_dir, max_model_len=512, dtype="bfloat16", enforce_eager=spec["eager"], **engine
+    )
     out = {name: _call(llm, name, call) for name, call in spec["calls"].items()}
     print("ARTIFACTS " + json.dumps(out), flush=True)
 

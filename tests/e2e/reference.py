@@ -15,6 +15,7 @@ import torch
 
 from vllm_poc.protocol.distance.math import generate_permutations, generate_target
 from vllm_poc.protocol.inputs import generate_inputs
+from vllm_poc.protocol.token_ids import TOKEN_ROUTED_MODEL_TYPES
 
 
 @lru_cache(maxsize=2)
@@ -146,12 +147,14 @@ def reference_artifacts(
 ) -> torch.Tensor:
     """``[n, 12]`` float32 artifacts: transformers in float32 with ``x - 2 (w . x) w`` applied to
     every decoder layer's output, then the protocol's artifact math (pinned by its vectors).
-    ``token_ids`` (``[n, seq_len]``): what routes a token-routed model's layer 0."""
+    ``token_ids`` (``[n, seq_len]``): what routes a token-routed model's layer 0, or, for a
+    model transformers routes by id itself (DeepSeek-V4's hash layers), its forward's ids."""
     from vllm_poc.protocol.artifact import math as artifact
 
     model = load_model(str(model_dir))
     routed = _token_routed_layer(str(model_dir), model)
-    assert (routed is None) == (token_ids is None), "token ids go with a token-routed model"
+    native = model.config.model_type in TOKEN_ROUTED_MODEL_TYPES
+    assert (routed is None and not native) == (token_ids is None), "ids go with a routed model"
     layers = model.model.layers
     hidden = model.config.hidden_size
     vectors = artifact.layer_vectors(block_hash, list(range(len(layers))), hidden)
@@ -168,19 +171,49 @@ def reference_artifacts(
         layer.register_forward_hook(partial(hook, w))
         for layer, w in zip(layers, vectors, strict=True)
     ]
+    row = 0
+    if native:  # the model takes ids or embeds: it gets the ids, its embedding gives our rows
+        embedding = model.model.embed_tokens
+        handles.append(embedding.register_forward_hook(lambda *_: embeds[row : row + 1]))
     try:
         with torch.no_grad():
             rows = []
-            for i in range(len(nonces)):
+            for row in range(len(nonces)):
                 if routed is not None and token_ids is not None:
-                    routed.ids = token_ids[i]
+                    routed.ids = token_ids[row]
+                inputs = (
+                    {"input_ids": token_ids[row : row + 1].long()}
+                    if native and token_ids is not None
+                    else {"inputs_embeds": embeds[row : row + 1]}
+                )
                 out = model.model(
-                    inputs_embeds=embeds[i : i + 1],
-                    position_ids=torch.arange(seq_len).unsqueeze(0),
-                    use_cache=False,
+                    **inputs, position_ids=torch.arange(seq_len).unsqueeze(0), use_cache=False
                 )
                 rows.append(out.last_hidden_state[0, -1])
     finally:
         for handle in handles:
             handle.remove()
     return artifact.artifacts(torch.stack(rows), block_hash, public_key, list(nonces)).float()
+
+
+def l2_with_and_without_ids(
+    engine: torch.Tensor,
+    model_dir: Path | str,
+    block_hash: str,
+    public_key: str,
+    nonces: Sequence[int],
+    seq_len: int,
+    vocab_size: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per nonce, the L2 of the engine's artifacts to the reference fed the pseudo token ids
+    and to the reference fed id 0 everywhere (what a node that drops the ids computes); and
+    the ids."""
+    from vllm_poc.protocol.token_ids import pseudo_token_ids
+
+    ids = pseudo_token_ids(block_hash, public_key, list(nonces), seq_len, vocab_size)
+    runs = [
+        reference_artifacts(model_dir, block_hash, public_key, nonces, seq_len, given)
+        for given in (ids, torch.zeros_like(ids))
+    ]
+    with_ids, dropped = ((engine - ref).norm(dim=1) for ref in runs)
+    return with_ids, dropped, ids

@@ -13,12 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
-
-from vllm_poc.protocol.token_ids import pseudo_token_ids
 
 from .conftest import REPO_ROOT, _require_installed_plugin
-from .reference import reference_artifacts
+from .reference import l2_with_and_without_ids
 from .test_artifact_forward import L2_TOL, _decoded, _engine_artifacts
 from .token_routed.files import FOLDER, make_token_routed_model
 
@@ -44,10 +41,9 @@ def routed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, An
 def test_artifacts_are_those_of_the_pseudo_token_ids(routed: tuple[Path, dict[str, Any]]) -> None:
     model, got = routed
     engine = _decoded(got["batch"])
-    ids = pseudo_token_ids(BLOCK, KEY, NONCES, SEQ_LEN, 512)
-    with_ids = (engine - reference_artifacts(model, BLOCK, KEY, NONCES, SEQ_LEN, ids)).norm(dim=1)
-    zeros = torch.zeros_like(ids)
-    dropped = (engine - reference_artifacts(model, BLOCK, KEY, NONCES, SEQ_LEN, zeros)).norm(dim=1)
+    with_ids, dropped, ids = l2_with_and_without_ids(
+        engine, model, BLOCK, KEY, NONCES, SEQ_LEN, 512
+    )
     print(
         f"\n[e2e] token-routed: artifact L2 to the reference with the pseudo ids: max "
         f"{with_ids.max():.4f}; with id 0 everywhere: min {dropped.min():.4f}"

@@ -13,7 +13,7 @@ import torch
 
 from vllm_poc import compat
 from vllm_poc.worker.batch_shape import BatchShapes
-from vllm_poc.worker.scratch import Scratch, block_bytes, layout_key
+from vllm_poc.worker.scratch import Scratch, block_bytes, cache_role, layout_key
 
 ENGINE_BLOCKS = 40
 """Blocks of the cache manager's size in the fake engine's caches."""
@@ -217,23 +217,50 @@ def test_per_layer_specs_of_a_uniform_group_are_judged_one_by_one():
     assert "SinkFullAttentionSpec" in reason and "e.g. b" in reason
 
 
-def test_compressed_caches_are_refused_whatever_their_class_name():
-    """DeepSeek-V4's compressed and indexer caches are ``MLAAttentionSpec`` with several tokens
-    per entry: computed as plain MLA they would be addressed wrong, so they are named."""
+def test_deepseek_v4_kinds_are_computed():
+    """DeepSeek-V4's groups: the sliding-window cache, the compressed and indexer caches
+    (``MLAAttentionSpec`` with several tokens per entry) and the compressor states."""
+    names = ["swa", "c4", "c128", "k_cache", "state"]
     model_runner = runner(
-        {"mla": Layer(None), "c4": Layer(None)},
+        {name: Layer(None) for name in names},
         [
-            (spec("MLAAttentionSpec", tokens_per_state=1), [Group(["mla"], 16)]),
-            (spec("MLAAttentionSpec", tokens_per_state=4), [Group(["c4"], 16)]),
+            (spec("SlidingWindowMLASpec", 64, tokens_per_state=1), [Group(["swa"], 64)]),
+            (
+                spec(
+                    "UniformTypeKVCacheSpecs",
+                    256,
+                    kv_cache_specs={
+                        "c4": spec("MLAAttentionSpec", 256, tokens_per_state=4),
+                        "c128": spec("MLAAttentionSpec", 256, tokens_per_state=128),
+                        "k_cache": spec("MLAAttentionSpec", 256, tokens_per_state=4),
+                    },
+                ),
+                [Group(["k_cache"], 256), Group(["c4", "c128"], 256)],
+            ),
+            (spec("SlidingWindowMLASpec", 4, sliding_window=8), [Group(["state"], 4)]),
         ],
     )
-    (reason,) = compat.unsupported_layers(model_runner)
-    assert "MLAAttentionSpec: compressed KV, 4 tokens per entry" in reason, reason
-    assert "e.g. c4" in reason
-    older = spec("MLAAttentionSpec", compress_ratio=128)  # the field's name up to 0.28
-    model_runner.kv_cache_config.kv_cache_groups[1].kv_cache_spec = older
-    (reason,) = compat.unsupported_layers(model_runner)
-    assert "compressed KV, 128 tokens per entry" in reason, reason
+    assert compat.unsupported_layers(model_runner) == []
+
+
+def test_two_caches_of_one_layer_never_share_a_scratch_tensor():
+    """A DeepSeek-V4 attention layer writes and reads its sliding-window cache and its
+    compressed cache of ratio 4 in one call, and both have the same layout; the same cache of
+    the next layer may reuse its tensor (layers run one after another)."""
+    kv = torch.zeros(ENGINE_BLOCKS, 64, 584, dtype=torch.uint8)
+    names = [f"model.layers.{i}.attn{part}" for i in (1, 2) for part in (".swa_cache", "")]
+    groups = [
+        (spec("SlidingWindowMLASpec", 64), [Group(names[0::2], 64)]),
+        (spec("MLAAttentionSpec", 256, tokens_per_state=4), [Group(names[1::2], 256)]),
+    ]
+    fwd = forward_of(runner({name: Layer(kv) for name in names}, groups))
+    _, _, scratch = fwd.attention(2, 300, torch.arange(300).repeat(2))
+    one, two = ([scratch[name][0] for name in names[i : i + 2]] for i in (0, 2))
+    assert one[0].data_ptr() != one[1].data_ptr()
+    assert [t.data_ptr() for t in one] == [t.data_ptr() for t in two]
+    assert cache_role(names[0]) == "model.layers.*.attn.swa_cache"
+    per_nonce = 5 * block_bytes(kv, 0) + 2 * block_bytes(kv, 0)  # 5 blocks of 64, 2 of 256
+    assert fwd.scratch_bytes_per_nonce(300) == per_nonce
 
 
 def test_the_forward_reports_a_layout_it_cannot_address():

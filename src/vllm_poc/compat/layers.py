@@ -9,10 +9,22 @@ from vllm_poc.compat.base import vllm_version
 from vllm_poc.compat.releases import minor_number
 from vllm_poc.compat.worker import current_cache
 
-SUPPORTED_KV_SPECS = ("FullAttentionSpec", "MLAAttentionSpec", "SlidingWindowSpec", "MambaSpec")
+SUPPORTED_KV_SPECS = (
+    "FullAttentionSpec",
+    "MLAAttentionSpec",
+    "SlidingWindowSpec",
+    "SlidingWindowMLASpec",
+    "MambaSpec",
+)
 """KV-cache kinds the PoC forward computes (exact class names; subclasses such as sink or
 circular-buffer attention change what a kernel reads and are refused until tested). A
-``MambaSpec`` only of the kind ``recurrent_refusal`` accepts."""
+``MambaSpec`` only of the kind ``recurrent_refusal`` accepts.
+
+DeepSeek-V4's kinds are among them: its sliding-window cache (``SlidingWindowMLASpec``), its
+compressor states (the same class, a few tokens per block) and its compressed and indexer
+caches (``MLAAttentionSpec`` holding one entry per ``tokens_per_state`` tokens). Like vLLM's
+model runner, the PoC forward addresses every group in tokens, in blocks of the group's
+builder's size, and the compressed layers' kernels divide by the ratio themselves."""
 
 RECURRENT_FROM = (0, 32)
 """The first release whose Mamba metadata keeps a sequence's first chunk a prefill whatever its
@@ -40,18 +52,6 @@ def recurrent_refusal(spec: Any, version: str) -> str | None:
     return None
 
 
-def compressed_refusal(spec: Any) -> str | None:
-    """Why an attention layer of ``spec`` cannot run PoC (None: it can): a cache holding one
-    entry per several tokens (DeepSeek-V4's compressed and indexer caches, which are
-    ``MLAAttentionSpec`` by name) is addressed in blocks of compressed entries that the PoC
-    forward does not size yet. The spec says how many tokens an entry holds in
-    ``tokens_per_state`` (0.29 and later) or ``compress_ratio`` (earlier)."""
-    tokens = getattr(spec, "tokens_per_state", None)
-    if tokens is None:
-        tokens = getattr(spec, "compress_ratio", 1)
-    return None if tokens == 1 else f"compressed KV, {tokens} tokens per entry"
-
-
 def holds_state(spec: Any) -> bool:
     """The KV-cache group of ``spec`` holds a recurrent state per sequence, not tokens."""
     return type(spec).__name__ == "MambaSpec"
@@ -60,9 +60,9 @@ def holds_state(spec: Any) -> bool:
 def unsupported_layers(model_runner: Any) -> list[str]:
     """What in this model the PoC forward cannot compute, one line per kind (empty: none).
 
-    Judged from the KV-cache groups (cross- or encoder-only attention, compressed caches,
-    recurrent kinds ``recurrent_refusal`` turns down, ...) and from the layers' caches (a
-    tuple of state tensors where no recurrent group names the layer).
+    Judged from the KV-cache groups (cross- or encoder-only attention, recurrent kinds
+    ``recurrent_refusal`` turns down, ...) and from the layers' caches (a tuple of state
+    tensors where no recurrent group names the layer).
     """
     context = model_runner.vllm_config.compilation_config.static_forward_context
     kinds: dict[str, list[str]] = {}
@@ -76,8 +76,6 @@ def unsupported_layers(model_runner: Any) -> list[str]:
             why = None if kind in SUPPORTED_KV_SPECS else ""
             if holds_state(spec):
                 why = recurrent_refusal(spec, vllm_version())
-            elif why is None:
-                why = compressed_refusal(spec)
             if why is not None or holds_state(spec):
                 covered.add(name)  # its group explains it: not reported again as a state tuple
             if why is not None:

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from vllm_poc import compat
-from vllm_poc.worker.scratch import Scratch, block_bytes, layout_key
+from vllm_poc.worker.scratch import Scratch, block_bytes, cache_role, layout_key
 
 Cache = tuple[torch.Tensor, int]
 """A cache tensor and the dimension that counts its blocks."""
@@ -93,13 +93,15 @@ class BatchShapes:
         return reasons
 
     def scratch_bytes_per_nonce(self, seq_len: int) -> int:
-        """Scratch KV bytes per sequence: its blocks in each distinct cache layout."""
+        """Scratch KV bytes per sequence: its blocks in each scratch tensor (cache role and
+        layout)."""
         per_layout: dict[tuple[Any, ...], int] = {}
         for layout in self.block_groups(seq_len):
-            for kv, block_dim in (t for tensors in layout.caches.values() for t in tensors):
-                key = layout_key(kv, block_dim)
-                need = layout.slots_per_seq * block_bytes(kv, block_dim)
-                per_layout[key] = max(per_layout.get(key, 0), need)
+            for name, tensors in layout.caches.items():
+                for kv, block_dim in tensors:
+                    key = (cache_role(name), *layout_key(kv, block_dim))
+                    need = layout.slots_per_seq * block_bytes(kv, block_dim)
+                    per_layout[key] = max(per_layout.get(key, 0), need)
         return sum(per_layout.values())
 
     def block_groups(self, seq_len: int) -> Iterator[GroupLayout]:
@@ -140,8 +142,9 @@ class BatchShapes:
                     attn_metadata[name] = metadata
                     slot_mappings[name] = slot_mapping
             for name, tensors in layout.caches.items():
+                role = cache_role(name)
                 scratch_for[name] = tuple(
-                    self.scratch.get(kv, 1 + batch * layout.slots_per_seq, block_dim)
+                    self.scratch.get(kv, 1 + batch * layout.slots_per_seq, block_dim, role)
                     for kv, block_dim in tensors
                 )
         return attn_metadata, slot_mappings, scratch_for

@@ -1,8 +1,10 @@
 """Scratch KV tensors for PoC forwards: the engine's KV cache (and the prefix cache living in
-it) is never written by PoC; layers whose caches share a layout share one scratch tensor."""
+it) is never written by PoC; caches of one role (the same cache of every decoder layer) that
+share a layout share one scratch tensor."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,17 +17,19 @@ logger = get_logger(__name__)
 
 @dataclass
 class Scratch:
-    """Scratch KV tensors, one per distinct layer cache layout, shared by all layers."""
+    """Scratch KV tensors, one per cache role and layout, shared by the decoder layers."""
 
     tensors: dict[tuple[Any, ...], torch.Tensor] = field(default_factory=dict)
 
-    def get(self, like: torch.Tensor, num_blocks: int, block_dim: int) -> torch.Tensor:
+    def get(
+        self, like: torch.Tensor, num_blocks: int, block_dim: int, role: str = ""
+    ) -> torch.Tensor:
         """Zeros shaped like ``like`` but with ``num_blocks`` blocks in ``block_dim``, same
-        stride order.
+        stride order, for the caches of ``role`` (``cache_role``).
 
         Zero-filled because kernels read whole pages: uninitialised memory gave NaN logits.
         """
-        key = layout_key(like, block_dim)
+        key = (role, *layout_key(like, block_dim))
         have = self.tensors.get(key)
         if have is None or have.shape[block_dim] < num_blocks:
             self.tensors.pop(key, None)
@@ -40,6 +44,16 @@ class Scratch:
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+
+def cache_role(layer: str) -> str:
+    """What a cache is within its decoder layer: its layer name without numeric parts.
+
+    Layers run one after another, so one layer's cache may reuse the scratch of the layer
+    before; two caches of one layer may not. A DeepSeek-V4 attention layer reads its
+    sliding-window cache and its compressed cache in the same call, and both have the same
+    shape, so a layout alone would hand them one tensor."""
+    return re.sub(r"\.\d+(?=\.|$)", ".*", layer)
 
 
 def layout_key(like: torch.Tensor, block_dim: int) -> tuple[Any, ...]:

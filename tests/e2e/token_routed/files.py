@@ -4,14 +4,12 @@ token-routed one (``token_routed_model.HashRoutedMoe``: gate, ``gate.tid2eid``, 
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from vllm_poc.testing.tiny_model import is_complete, make_tiny_model
+from ..derived_models import derived_model
 
 ARCHITECTURE = "PocTokenRoutedMoeForCausalLM"
 FIRST = "model.layers.0.mlp."
@@ -24,26 +22,19 @@ FOLDER = Path(__file__).parent
 
 def make_token_routed_model(out_dir: Path) -> Path:
     """Write the model to ``out_dir`` (reused when complete); returns the path."""
-    out_dir = out_dir.resolve()
-    if is_complete(out_dir):
-        return out_dir
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent))
-    try:
-        base = make_tiny_model(tmp / "base", architecture="qwen3-moe")
-        config = json.loads((base / "config.json").read_text())
-        config.update(
-            architectures=[ARCHITECTURE], mlp_only_layers=[0], hash_layer_experts=HASH_EXPERTS
-        )
-        (base / "config.json").write_text(json.dumps(config, indent=2))
-        kept = load_file(base / "model.safetensors").items()
-        weights = {k: v for k, v in kept if not k.startswith(FIRST)}
-        weights.update(_first_layer(config))
-        save_file(weights, base / "model.safetensors", metadata={"format": "pt"})
-        base.rename(out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+    return derived_model(out_dir, _route_layer_zero_by_id, architecture="qwen3-moe")
+
+
+def _route_layer_zero_by_id(base: Path, _: Path) -> None:
+    config = json.loads((base / "config.json").read_text())
+    config.update(
+        architectures=[ARCHITECTURE], mlp_only_layers=[0], hash_layer_experts=HASH_EXPERTS
+    )
+    (base / "config.json").write_text(json.dumps(config, indent=2))
+    kept = load_file(base / "model.safetensors").items()
+    weights = {k: v for k, v in kept if not k.startswith(FIRST)}
+    weights.update(_first_layer(config))
+    save_file(weights, base / "model.safetensors", metadata={"format": "pt"})
 
 
 def _first_layer(config: dict) -> dict[str, torch.Tensor]:
