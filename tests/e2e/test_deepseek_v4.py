@@ -72,4 +72,5 @@ def test_artifacts_are_transformers_deepseek_v4_with_the_pseudo_ids(
 
 def test_a_nonces_artifact_does_not_depend_on_its_batch(v4: tuple[Path, dict[str, Any]]) -> None:
     _, got = v4
-    assert got["single"] == got["batch"][5:6]
+    l2 = (_decoded(got["single"]) - _decoded(got["batch"][5:6])).norm(dim=1)
+    assert float(l2.max()) <= L2_TOL  # equal to the bit on CPU; a GPU may differ in rounding
