@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from vllm_poc import compat
-from vllm_poc.worker.scratch import Scratch, block_bytes, cache_role, layout_key
+from vllm_poc.worker.scratch import Scratch, block_bytes, cache_role, scratch_key
 
 Cache = tuple[torch.Tensor, int]
 """A cache tensor and the dimension that counts its blocks."""
@@ -99,7 +99,7 @@ class BatchShapes:
         for layout in self.block_groups(seq_len):
             for name, tensors in layout.caches.items():
                 for kv, block_dim in tensors:
-                    key = (cache_role(name), *layout_key(kv, block_dim))
+                    key = scratch_key(cache_role(name), kv, block_dim)
                     need = layout.slots_per_seq * block_bytes(kv, block_dim)
                     per_layout[key] = max(per_layout.get(key, 0), need)
         return sum(per_layout.values())

@@ -29,7 +29,7 @@ class Scratch:
 
         Zero-filled because kernels read whole pages: uninitialised memory gave NaN logits.
         """
-        key = (role, *layout_key(like, block_dim))
+        key = scratch_key(role, like, block_dim)
         have = self.tensors.get(key)
         if have is None or have.shape[block_dim] < num_blocks:
             self.tensors.pop(key, None)
@@ -56,8 +56,14 @@ def cache_role(layer: str) -> str:
     return re.sub(r"\.\d+(?=\.|$)", ".*", layer)
 
 
+def scratch_key(role: str, like: torch.Tensor, block_dim: int) -> tuple[Any, ...]:
+    """Caches with this key share one scratch tensor: the same role, the same layout."""
+    return (role, *layout_key(like, block_dim))
+
+
 def layout_key(like: torch.Tensor, block_dim: int) -> tuple[Any, ...]:
-    """Layers whose caches share this key share one scratch tensor."""
+    """A cache's layout: its shape but the block dimension, that dimension, dtype, device and
+    dimension order."""
     shape = tuple(n for d, n in enumerate(like.shape) if d != block_dim)
     return (shape, block_dim, like.dtype, like.device, _stride_order(like))
 
